@@ -1,0 +1,152 @@
+"""The ``sftlab`` command line: plan, run, compile, submit, report.
+
+Commands that need Kubeflow Pipelines import the KFP layer (``sftlab.pipelines``) lazily, so the
+core package never imports kfp. User errors print one clear line (or one per spec problem) and
+exit 2; a sweep with failed trials exits 1 after finishing everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sftlab import __version__
+from sftlab.errors import SftlabError
+
+CONFIRM_ABOVE = 200  # trials; bigger local sweeps ask first (a typo in a grid multiplies fast)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SftlabError into ``error: ...`` on stderr and exit code 2, without a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SftlabError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="sftlab")
+def main() -> None:
+    """sftlab: supervised fine-tuning experiments at scale, on a laptop or a Kubeflow cluster."""
+
+
+def _trial_table(trials: list[Any]) -> str:
+    axes = sorted({k for t in trials for k in t.axes} - {"base_model", "dataset"})
+    header = ["#", "key", "base_model", "dataset", *axes]
+    rows = [[str(t.index + 1), t.key, t.base_model.name, t.dataset.name, *(str(t.axes.get(a, "")) for a in axes)] for t in trials]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
+
+
+@main.command()
+@click.argument("spec_path", type=click.Path(dir_okay=False))
+@friendly
+def plan(spec_path: str) -> None:
+    """Validate SPEC and print its trial table, without running anything."""
+    from sftlab.grid import expand
+    from sftlab.spec import load_spec
+
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    click.echo(_trial_table(trials))
+    click.echo(f"\n{len(trials)} trials; benchmarks: {', '.join(b.name for b in spec.benchmarks) or 'none'}")
+
+
+@main.command()
+@click.argument("spec_path", type=click.Path(dir_okay=False))
+@click.option("--max-parallel", type=int, default=None, help="Trials at once (default: spec.pipeline.max_parallel_trials, capped at 2 locally).")
+@click.option("--yes", is_flag=True, help=f"Do not ask before running more than {CONFIRM_ABOVE} trials.")
+@friendly
+def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
+    """Run the whole sweep of SPEC locally: each trial's pipeline through kfp.local, tracked in MLflow."""
+    from sftlab.grid import expand
+    from sftlab.job import tracking_uri_for
+    from sftlab.pipelines.launchers import LocalLauncher
+    from sftlab.spec import load_spec
+    from sftlab.sweep import run_sweep
+
+    spec = load_spec(spec_path)
+    n_trials = len(expand(spec))
+    if n_trials > CONFIRM_ABOVE and not yes:
+        click.confirm(f"{n_trials} trials will run on this machine. Continue?", abort=True)
+    parallel = max_parallel or min(spec.pipeline.max_parallel_trials, 2)
+    root = Path(spec.tracking.root).resolve()
+    result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)
+    uri = tracking_uri_for(spec)
+    click.echo("")
+    click.echo(f"trials: {result.total} total, {result.skipped} skipped (already finished), "
+               f"{result.succeeded} finished now, {len(result.failed)} failed")
+    for label, error in result.failed:
+        click.echo(f"  FAILED {label}: {error.splitlines()[0][:300] if error else ''}")
+    click.echo(f"report:    {result.report_path}")
+    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)"
+               if uri.startswith("sqlite:") else f"MLflow:    {uri}")
+    click.echo(f"trial logs: {root / 'logs'}")
+    if result.failed:
+        sys.exit(1)
+
+
+@main.command(name="compile")
+@click.argument("spec_path", type=click.Path(dir_okay=False), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write the pipeline IR YAML.")
+@click.option("--pipeline", "kind", type=click.Choice(["sweep", "trial"]), default="sweep", show_default=True)
+@friendly
+def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
+    """Compile the sweep (or trial) pipeline to IR YAML for the KFP UI, with SPEC's image and resources."""
+    from sftlab.pipelines.compile import compile_pipeline
+    from sftlab.spec import load_spec
+
+    spec = load_spec(spec_path) if spec_path else None
+    compile_pipeline(kind, spec, Path(output))
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("spec_path", type=click.Path(dir_okay=False))
+@click.option("--host", default=lambda: os.environ.get("KFP_HOST"), help="KFP API URL (default: $KFP_HOST or spec.pipeline.kfp_host).")
+@click.option("--experiment", default=None, help="KFP experiment name (default: the spec's experiment).")
+@friendly
+def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
+    """Submit the sweep pipeline for SPEC to a Kubeflow Pipelines API."""
+    from sftlab.pipelines.compile import submit as submit_sweep
+    from sftlab.spec import load_spec
+
+    spec = load_spec(spec_path)
+    host = host or spec.pipeline.kfp_host
+    if not host:
+        raise SftlabError("--host: expected the KFP API URL (or set KFP_HOST / pipeline.kfp_host)")
+    run_id = submit_sweep(Path(spec_path).read_text(encoding="utf-8"), host, experiment or spec.experiment, spec)
+    click.echo(f"submitted sweep run {run_id} to {host}")
+
+
+@main.command()
+@click.option("--experiment", required=True, help="MLflow experiment (one per spec; default name = spec name).")
+@click.option("--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else ./sftlab-runs/mlflow.db.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None, help="Default: ./sftlab-runs/reports/EXPERIMENT")
+@friendly
+def report(experiment: str, tracking_uri: str | None, output_dir: str | None) -> None:
+    """Build the report of an experiment from MLflow (also for sweeps run earlier or elsewhere)."""
+    from sftlab.stages.report import build_for_experiment
+
+    root = Path("sftlab-runs").resolve()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    out = Path(output_dir) if output_dir else root / "reports" / experiment
+    path = build_for_experiment(uri, experiment, out)
+    click.echo(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

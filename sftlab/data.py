@@ -1,0 +1,162 @@
+"""Training data: read rows from any source and turn them into prompt/completion examples.
+
+Three row formats: chat ``messages``; ``prompt``/``completion``; and instruction/response rows
+rendered with a template (the study's ``###Question: {instruction}\\n###Answer: {response}``).
+Templated and prompt/completion rows become text pairs; chat rows stay conversational so TRL
+applies the model's chat template, exactly as it will for training.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import SftlabError
+from sftlab.job import RunContext
+from sftlab.spec import DatasetSpec, classify_uri
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str | Messages
+    completion: str | Messages
+
+    def as_record(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "completion": self.completion}
+
+
+@dataclass
+class LoadedData:
+    examples: list[Example]
+    skipped: list[tuple[int, str]]  # (row index, reason): reported, never fatal
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise SftlabError(f"{path}:{number}: not a JSON object ({type(exc).__name__})") from None
+            if not isinstance(row, dict):
+                raise SftlabError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
+        matching = [p for p in files if p.stem.startswith(split)] or files
+        if not matching:
+            raise SftlabError(f"{path}: no .jsonl/.json/.parquet/.csv files in this folder")
+        return [row for p in matching for row in _read_local(p, split)]
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise SftlabError(f"{path}: expected a JSON list of rows")
+        return data
+    if path.suffix in (".parquet", ".csv"):
+        from datasets import load_dataset
+
+        return list(load_dataset(path.suffix[1:], data_files=str(path), split="train"))
+    raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .json, .parquet, .csv)")
+
+
+def read_rows(uri: str, split: str, ctx: RunContext) -> list[dict[str, Any]]:
+    kind = classify_uri(uri)
+    if kind == "local":
+        return _read_local(Path(uri.removeprefix("file://")), split)
+    if kind == "s3":
+        from sftlab.uris import download
+
+        return _read_local(download(uri, ctx.cache_dir, ctx.storage), split)
+    if kind == "hub":
+        from datasets import load_dataset
+
+        try:
+            return list(load_dataset(uri, split=split))
+        except Exception as exc:  # noqa: BLE001 - hub errors vary; one line for the user
+            raise SftlabError(f"{uri}: cannot load dataset from the hub ({str(exc).splitlines()[0]})") from None
+    raise SftlabError(f"{uri}: not a dataset source")
+
+
+def render_template(template: str, instruction: str) -> str:
+    """The prompt part of a template: everything before ``{response}`` with the instruction filled in."""
+    return template[: template.index("{response}")].replace("{instruction}", instruction)
+
+
+def to_example(row: dict[str, Any], ds: DatasetSpec, template: str | None) -> Example:
+    """One row -> Example; raises ValueError with a short reason for a malformed row."""
+    if ds.format == "messages":
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("missing 'messages' list")
+        for turn in messages:
+            if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
+                raise ValueError("each message needs role system/user/assistant")
+            if not isinstance(turn.get("content"), str):
+                raise ValueError("each message needs text content")
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise ValueError("the last message must be a non-empty assistant turn")
+        return Example(prompt=messages[:-1], completion=messages[-1:])
+    if ds.format == "prompt_completion":
+        prompt, completion = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
+            raise ValueError("needs text 'prompt' and non-empty 'completion'")
+        return Example(prompt, completion)
+    instruction, response = row.get(ds.instruction_field), row.get(ds.response_field)
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(f"missing text field {ds.instruction_field!r}")
+    if not isinstance(response, str) or not response.strip():
+        raise ValueError(f"missing text field {ds.response_field!r}")
+    extra = row.get(ds.input_field) if ds.input_field else None
+    if isinstance(extra, str) and extra.strip():
+        instruction = f"{instruction}\n\n{extra}"
+    assert template is not None  # the spec guarantees a template for instruction data
+    return Example(render_template(template, instruction), response)
+
+
+def load_examples(
+    ds: DatasetSpec, template: str | None, ctx: RunContext, max_rows: int | None = None, seed: int = 0
+) -> LoadedData:
+    """All usable examples of a dataset (optionally a seeded subsample); bad rows are listed, not fatal."""
+    rows = read_rows(ds.uri, ds.split, ctx)
+    indices = list(range(len(rows)))
+    if max_rows is not None and max_rows < len(rows):
+        indices = sorted(random.Random(seed).sample(indices, max_rows))
+    examples, skipped = [], []
+    for i in indices:
+        try:
+            examples.append(to_example(rows[i], ds, template))
+        except ValueError as exc:
+            skipped.append((i, str(exc)))
+    if not examples:
+        reason = f" (first problem, row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise SftlabError(f"dataset {ds.name} ({ds.uri}): no usable rows{reason}")
+    return LoadedData(examples, skipped)
+
+
+def render_text(example: Example, tokenizer: Any) -> tuple[str, str]:
+    """Prompt and completion text exactly as training tokenizes them (chat template; eos appended)."""
+    if isinstance(example.prompt, list):
+        assert isinstance(example.completion, list)
+        prompt = tokenizer.apply_chat_template(example.prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(example.prompt + example.completion, tokenize=False)
+        if not full.startswith(prompt):
+            raise SftlabError("the chat template renders the prompt differently inside the full conversation")
+        return prompt, full[len(prompt) :]
+    assert isinstance(example.completion, str)
+    eos = tokenizer.eos_token or ""
+    completion = example.completion if example.completion.endswith(eos) else example.completion + eos
+    return example.prompt, completion

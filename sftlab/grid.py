@@ -1,0 +1,187 @@
+"""Sweep expansion: a spec's grid becomes a list of trials, each with a deterministic key.
+
+Axes under ``sweep:`` are ``base_model`` and ``dataset`` (lists of names; default: all of them)
+and ``training.<field>`` / ``training.lora.<field>`` (lists of values). The trial key hashes the
+trial's normalised configuration (names excluded: renaming a dataset does not redo its trials),
+so a re-run of the same spec finds the trials it already finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from sftlab.spec import (
+    BenchmarkSpec,
+    DatasetSpec,
+    EvaluationConfig,
+    ModelSpec,
+    ProfileConfig,
+    Spec,
+    Strict,
+    TrainingConfig,
+    describe_errors,
+)
+
+NAME_AXES = ("base_model", "dataset")
+
+
+class Trial(Strict):
+    """One fine-tuning run of the sweep: everything a stage needs, nothing it does not."""
+
+    key: str
+    index: int
+    base_model: ModelSpec
+    dataset: DatasetSpec
+    training: TrainingConfig
+    benchmarks: list[BenchmarkSpec]
+    prompt_template: str | None
+    profile: ProfileConfig
+    evaluation: EvaluationConfig
+    axes: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k.removeprefix('training.')}={v}" for k, v in self.axes.items() if k not in NAME_AXES)
+        return f"{self.base_model.name}/{self.dataset.name}" + (f"[{extra}]" if extra else "")
+
+    @property
+    def dataset_template(self) -> str | None:
+        return self.dataset.template or self.prompt_template
+
+
+def digest(payload: Any, length: int = 16) -> str:
+    """Stable short hash of JSON-able data (sorted keys, no whitespace)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _source(item: ModelSpec | DatasetSpec | BenchmarkSpec) -> dict[str, Any]:
+    return item.model_dump(exclude={"name"})
+
+
+def trial_key(
+    base_model: ModelSpec,
+    dataset: DatasetSpec,
+    training: TrainingConfig,
+    benchmarks: list[BenchmarkSpec],
+    prompt_template: str | None,
+) -> str:
+    return digest(
+        {
+            "base_model": _source(base_model),
+            "dataset": _source(dataset),
+            "training": training.model_dump(),
+            "benchmarks": sorted((_source(b) for b in benchmarks), key=lambda b: json.dumps(b, sort_keys=True)),
+            "prompt_template": dataset.template or prompt_template,
+        }
+    )
+
+
+def _with_training_value(training: TrainingConfig, axis: str, value: Any) -> TrainingConfig:
+    """A copy of ``training`` with one dotted field set, validated like the spec itself."""
+    data = training.model_dump()
+    node = data
+    *parents, leaf = axis.split(".")[1:]
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return TrainingConfig.model_validate(data)
+
+
+def _axis_problem(axis: str) -> str | None:
+    if axis in NAME_AXES:
+        return None
+    parts = axis.split(".")
+    if parts[0] != "training" or len(parts) < 2:
+        return f"sweep.{axis}: unknown axis; expected base_model, dataset, training.<field> or training.lora.<field>"
+    model: type[Strict] = TrainingConfig
+    for part in parts[1:]:
+        field = model.model_fields.get(part)
+        if field is None:
+            return f"sweep.{axis}: {'.'.join(parts[:-1])} has no field {part!r}"
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, Strict) else None  # type: ignore[assignment]
+        if model is None and part != parts[-1]:
+            return f"sweep.{axis}: {part!r} is not a group of settings"
+    return None
+
+
+def _names(data: dict[str, Any], field: str) -> set[str]:
+    items = data.get(field)
+    return {i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)} if isinstance(items, list) else set()
+
+
+def sweep_problems(data: dict[str, Any], spec: Spec | None) -> list[str]:
+    """Every problem with the ``sweep:`` axes, each value checked like the field it sets.
+
+    Works on the raw mapping so that sweep mistakes are reported together with any others; values
+    are checked against the spec's training settings when those are valid, else the defaults.
+    """
+    sweep = data.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        return []  # the model validation reports the type
+    training = spec.training if spec else TrainingConfig()
+    problems = []
+    names = {"base_model": _names(data, "base_models"), "dataset": _names(data, "datasets")}
+    for axis, values in sweep.items():
+        if not isinstance(values, list):
+            continue  # reported by the model validation
+        if not values:
+            problems.append(f"sweep.{axis}: expected a non-empty list of values, got []")
+            continue
+        problem = _axis_problem(axis)
+        if problem:
+            problems.append(problem)
+            continue
+        for i, value in enumerate(values):
+            if axis in NAME_AXES:
+                if value not in names[axis]:
+                    allowed = ", ".join(sorted(names[axis]))
+                    problems.append(f"sweep.{axis}[{i}]: expected one of {allowed}, got {value!r}")
+                continue
+            try:
+                _with_training_value(training, axis, value)
+            except ValidationError as exc:
+                problems += [line.replace(line.split(":")[0], f"sweep.{axis}[{i}]", 1) for line in describe_errors(exc)]
+        if len(set(map(repr, values))) != len(values):
+            problems.append(f"sweep.{axis}: values repeat, got {values!r}")
+    return problems
+
+
+def expand(spec: Spec) -> list[Trial]:
+    """All trials of a (validated) spec, in a stable order: base model, dataset, then other axes."""
+    axes: dict[str, list[Any]] = {
+        "base_model": spec.sweep.get("base_model") or [m.name for m in spec.base_models],
+        "dataset": spec.sweep.get("dataset") or [d.name for d in spec.datasets],
+    }
+    axes.update({k: v for k, v in spec.sweep.items() if k not in NAME_AXES})
+    models = {m.name: m for m in spec.base_models}
+    datasets = {d.name: d for d in spec.datasets}
+    trials = []
+    for index, combo in enumerate(itertools.product(*axes.values())):
+        chosen = dict(zip(axes, combo))
+        training = spec.training
+        for axis, value in chosen.items():
+            if axis not in NAME_AXES:
+                training = _with_training_value(training, axis, value)
+        model, dataset = models[chosen["base_model"]], datasets[chosen["dataset"]]
+        trials.append(
+            Trial(
+                key=trial_key(model, dataset, training, spec.benchmarks, spec.prompt_template),
+                index=index,
+                base_model=model,
+                dataset=dataset,
+                training=training,
+                benchmarks=spec.benchmarks,
+                prompt_template=spec.prompt_template,
+                profile=spec.profile,
+                evaluation=spec.evaluation,
+                axes=chosen,
+            )
+        )
+    return trials

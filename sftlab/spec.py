@@ -1,0 +1,375 @@
+"""The experiment spec: every setting of a sweep, typed and validated in one place.
+
+``load_spec(path)`` reads YAML, validates it and reports *every* problem at once, each as
+``path.to.field: what was expected, what was found``. Unknown keys are errors. Relative local
+paths are resolved against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sftlab.errors import SftlabError, SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+STUDY_TEMPLATE = "###Question: {instruction}\n###Answer: {response}"  # arXiv 2506.14681, all runs
+DEFAULT_IMAGE = "ghcr.io/sftlab/sftlab"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """A base model: a local folder, ``s3://bucket/prefix``, a hub id, or a ``tiny:`` model."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    uri: str = Field(min_length=1)
+    revision: str | None = None
+
+
+class DatasetSpec(Strict):
+    """A training dataset: a file (JSONL/JSON/Parquet/CSV) or folder, ``s3://`` URI, or hub id.
+
+    Row formats: ``messages`` (chat turns), ``prompt_completion``, or ``instruction`` (fields
+    named below, rendered with the prompt template).
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    uri: str = Field(min_length=1)
+    format: Literal["messages", "prompt_completion", "instruction"] = "instruction"
+    split: str = "train"
+    instruction_field: str = "instruction"
+    input_field: str | None = "input"
+    response_field: str = "response"
+    template: str | None = Field(None, description="Overrides the spec's prompt_template for this dataset.")
+
+
+class BenchmarkSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["gsm8k"] = "gsm8k"
+    uri: str = Field(min_length=1)
+    split: str = "test"
+    max_items: int | None = Field(None, ge=1)
+    num_fewshot: int = Field(0, ge=0, le=16)
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+    template: str | None = Field(None, description="Overrides the spec's prompt_template for this benchmark.")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainingConfig(Strict):
+    """Optimisation settings. Defaults follow the study's full fine-tuning recipe (arXiv 2506.14681)."""
+
+    method: Literal["full", "lora", "qlora"] = "full"
+    learning_rate: float = Field(1e-5, gt=0, le=1.0)  # study: full FT 1e-5, LoRA 2e-6
+    lr_scheduler: Literal["cosine", "constant", "linear"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    epochs: int = Field(10, ge=1, le=1000)  # study: 10 epochs
+    global_batch_size: int = Field(32, ge=1)  # study: 32 full FT, 128 LoRA
+    per_device_batch_size: int = Field(8, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)  # study: 0
+    max_length: int = Field(1024, ge=8)
+    packing: bool = False
+    max_rows: int | None = Field(None, ge=1, description="Subsample the dataset to this many rows (seeded).")
+    seed: int = 0
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainingConfig:
+        if self.global_batch_size % self.per_device_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"per_device_batch_size ({self.per_device_batch_size})"
+            )
+        return self
+
+
+class ProfileConfig(Strict):
+    max_rows: int = Field(2000, ge=1, description="Rows sampled (seeded) for perplexity.")
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+
+
+class EvaluationConfig(Strict):
+    concurrency: int = Field(4, ge=1, le=256)
+    request_timeout_s: float = Field(120.0, gt=0)
+    ready_timeout_s: float = Field(180.0, gt=0, description="How long a model server may take to become ready.")
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite under root.")
+    experiment: str | None = Field(None, description="Default: the spec's name.")
+    root: str = Field("./sftlab-runs", description="Local folder for the embedded store, artifacts and reports.")
+
+
+class StorageConfig(Strict):
+    """Where ``s3://`` URIs are served. Credentials come from the environment, never from the spec."""
+
+    s3_endpoint_url: str | None = None
+    region: str | None = None
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class TaskResources(Strict):
+    cpu: str | None = None
+    memory: str | None = None
+    gpus: int = Field(0, ge=0, le=64)
+    accelerator: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+
+
+class SecretEnv(Strict):
+    """Expose keys of a Kubernetes Secret as environment variables of every pipeline task."""
+
+    secret: str
+    env: dict[str, str] = Field(description="ENV_VAR: secret key")
+
+
+class ResourcesConfig(Strict):
+    default: TaskResources = TaskResources()
+    train: TaskResources | None = None
+    evaluate: TaskResources | None = None
+    secrets: list[SecretEnv] = []
+
+    def for_stage(self, stage: str) -> TaskResources:
+        return getattr(self, stage, None) or self.default
+
+
+class PipelineConfig(Strict):
+    image: str | None = Field(None, description="Component image; default $SFTLAB_IMAGE or the release image.")
+    max_parallel_trials: int = Field(4, ge=1, le=1000)
+    kfp_host: str | None = None
+
+
+class Spec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    prompt_template: str | None = Field(
+        STUDY_TEMPLATE, description="Renders instruction rows and benchmark questions; null uses the chat template."
+    )
+    base_models: list[ModelSpec] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    benchmarks: list[BenchmarkSpec] = []
+    training: TrainingConfig = TrainingConfig()
+    profile: ProfileConfig = ProfileConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    sweep: dict[str, list[Any]] = {}
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def check_template(template: str) -> None:
+    if "{instruction}" not in template or not template.endswith("{response}"):
+        raise ValueError("expected a template containing {instruction} and ending with {response}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt", ".yaml", ".yml", ".safetensors", ".gguf")
+
+
+def classify_uri(uri: str) -> Literal["local", "s3", "tiny", "hub"]:
+    """What kind of source a URI names; an unsupported scheme is a one-line error.
+
+    Without a scheme, a string is a hub id (``org/name``) unless it looks like a path: it starts
+    with ``/ . ~``, has more than one ``/``, ends in a data/model file suffix, or exists.
+    """
+    scheme = urlsplit(uri).scheme
+    if scheme == "s3":
+        return "s3"
+    if scheme == "tiny":
+        return "tiny"
+    if scheme == "file":
+        return "local"
+    if scheme and len(scheme) > 1:
+        raise SftlabError(
+            f"unsupported URI scheme '{scheme}:' in {uri!r} (expected a local path, s3://, tiny: or a hub id)"
+        )
+    looks_like_path = uri.startswith(("/", ".", "~")) or uri.lower().endswith(_FILE_SUFFIXES)
+    if looks_like_path or not _HUB_ID.match(uri) or Path(uri).exists():
+        return "local"
+    return "hub"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic errors -> ``field.path: expected ..., got ...`` lines."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = _loc(loc)
+        path = f"{prefix}{'.' if prefix and not path.startswith('[') else ''}{path}" if prefix else path
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+        elif kind == "missing":
+            lines.append(f"{path}: required field is missing")
+        else:
+            msg = msg.removeprefix("Value error, ").replace("Input should be", "expected")
+            lines.append(f"{path}: {msg[0].lower() + msg[1:]}, got {err['input']!r}")
+    return lines
+
+
+def _resolve_local(uri: str, base_dir: Path) -> str:
+    try:
+        if classify_uri(uri) != "local" or uri.startswith("file:"):
+            return uri
+    except SftlabError:
+        return uri  # reported by the source checks
+    return str((base_dir / Path(uri).expanduser()).resolve())
+
+
+def _check_sources(data: dict[str, Any]) -> list[str]:
+    """URI and name checks on the raw mapping, so they run even when other fields are invalid."""
+    problems = []
+    for field in ("base_models", "datasets", "benchmarks"):
+        items = data.get(field)
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            uri = item.get("uri") if isinstance(item, dict) else None
+            if not isinstance(uri, str) or not uri:
+                continue
+            problem = _uri_problem(uri, model=field == "base_models")
+            if problem:
+                problems.append(f"{field}[{i}].uri: {problem}")
+        names = [item.get("name") for item in items if isinstance(item, dict)]
+        for dup in sorted({n for n in names if n is not None and names.count(n) > 1}, key=str):
+            problems.append(f"{field}: name {dup!r} is used more than once")
+    return problems
+
+
+def _uri_problem(uri: str, model: bool) -> str | None:
+    try:
+        kind = classify_uri(uri)
+    except SftlabError as exc:
+        return str(exc)
+    if kind == "local" and not Path(uri.removeprefix("file://")).exists():
+        return f"no such file or folder, got {uri!r}"
+    if kind == "tiny" and not model:
+        return f"tiny: URIs name models, not data, got {uri!r}"
+    if kind == "tiny":
+        from sftlab.tiny import parse_tiny_uri
+
+        try:
+            parse_tiny_uri(uri)
+        except SftlabError as exc:
+            return str(exc)
+    return None
+
+
+def _check_templates(spec: Spec) -> list[str]:
+    problems = []
+    for i, ds in enumerate(spec.datasets):
+        if ds.format == "instruction" and (ds.template or spec.prompt_template) is None:
+            problems.append(f"datasets[{i}].template: instruction data needs a template (or set prompt_template)")
+        elif ds.template is not None:
+            try:
+                check_template(ds.template)
+            except ValueError as exc:
+                problems.append(f"datasets[{i}].template: {exc}, got {ds.template!r}")
+    return problems
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and validate a spec file; raises SpecError listing every problem."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SftlabError(f"{source}: spec file not found") from None
+    except UnicodeDecodeError:
+        raise SftlabError(f"{source}: spec file is not UTF-8 text") from None
+    return parse_spec(text, source=str(source), base_dir=source.resolve().parent)
+
+
+def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) -> Spec:
+    from sftlab.grid import sweep_problems  # the sweep is validated against the trial model
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [f"{where}invalid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"(top level): expected a mapping of settings, got {type(data).__name__}"])
+    base_dir = base_dir or Path.cwd()
+    for field in ("base_models", "datasets", "benchmarks"):
+        for item in data.get(field) or []:
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                item["uri"] = _resolve_local(item["uri"], base_dir)
+    problems = _check_sources(data)
+    try:
+        spec: Spec | None = Spec.model_validate(data)
+    except ValidationError as exc:
+        spec = None
+        problems = describe_errors(exc) + problems
+    problems += sweep_problems(data, spec)
+    if spec is not None:
+        problems += _check_templates(spec)
+    if problems:
+        raise SpecError(source, problems)
+    assert spec is not None
+    return spec
+
+
+def load_spec_source(source: str, storage: StorageConfig | None = None) -> Spec:
+    """A spec given as a file path, an ``s3://`` URI, or the YAML text itself (KFP parameter)."""
+    if source.startswith("s3://"):
+        from sftlab.uris import read_text
+
+        return parse_spec(read_text(source, storage or StorageConfig()), source=source)
+    if "\n" not in source and Path(source).exists():
+        return load_spec(source)
+    return parse_spec(source, source="<spec parameter>")

@@ -1,0 +1,154 @@
+"""Train stage: supervised fine-tuning with TRL's ``SFTTrainer`` (full or LoRA via peft).
+
+Loss covers completions only (TRL's prompt/completion handling). The result — full weights as
+safetensors, or the LoRA adapter alone — is stored once, in the trial run's MLflow artifacts
+(S3 in production); downstream stages receive its URI, not a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sftlab import data, models
+from sftlab.errors import SftlabError
+from sftlab.grid import Trial
+from sftlab.job import TrialJob
+from sftlab.spec import TrainingConfig
+from sftlab.stages.common import StageResult, log, trial_stage
+from sftlab.tracking import Tracker
+
+MODEL_ARTIFACT = "model"
+
+
+def check_method(training: TrainingConfig) -> None:
+    import torch
+
+    if training.method == "qlora" and not torch.cuda.is_available():
+        raise SftlabError("training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU")
+
+
+def gradient_accumulation(training: TrainingConfig, world_size: int = 1) -> int:
+    per_step = training.per_device_batch_size * world_size
+    if training.global_batch_size % per_step:
+        raise SftlabError(
+            f"training.global_batch_size {training.global_batch_size} is not a multiple of "
+            f"per_device_batch_size × devices = {per_step}"
+        )
+    return training.global_batch_size // per_step
+
+
+def sft_config(training: TrainingConfig, output_dir: Path) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=training.epochs,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        per_device_train_batch_size=training.per_device_batch_size,
+        gradient_accumulation_steps=gradient_accumulation(training, int(os.environ.get("WORLD_SIZE", "1"))),
+        weight_decay=training.weight_decay,
+        max_length=training.max_length,
+        packing=training.packing,
+        seed=training.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        gradient_checkpointing=cuda,  # saves memory on big models; only slows tiny CPU runs
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def peft_config(training: TrainingConfig) -> Any:
+    if training.method == "full":
+        return None
+    from peft import LoraConfig
+
+    lora = training.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _callback(tracker: Tracker, run_id: str) -> Any:
+    from transformers import TrainerCallback
+
+    class MlflowLogCallback(TrainerCallback):
+        """Per-step loss / lr / grad-norm onto the trial's own run (TRL's MLflow hook would open another)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - transformers' signature
+            wanted = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm"}
+            step_metrics = {name: logs[k] for k, name in wanted.items() if logs and k in logs}
+            if step_metrics:
+                tracker.log_metrics(run_id, step_metrics, step=state.global_step)
+
+    return MlflowLogCallback()
+
+
+def train(trial: Trial, job: TrialJob, tracker: Tracker, run_id: str, out_dir: Path) -> dict[str, float]:
+    """Fine-tune the trial's base model on its dataset; save the model (or adapter) to ``out_dir``."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    training = trial.training
+    check_method(training)
+    source = models.resolve(trial.base_model, job.context)
+    tokenizer = models.load_tokenizer(source, trial.base_model.revision)
+    loaded = data.load_examples(trial.dataset, trial.dataset_template, job.context, training.max_rows, training.seed)
+    train_set = Dataset.from_list([e.as_record() for e in loaded.examples])
+    model = models.load_causal_lm(source, trial.base_model.revision)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(training, out_dir / "work"),
+        train_dataset=train_set,
+        processing_class=tokenizer,
+        peft_config=peft_config(training),
+        callbacks=[_callback(tracker, run_id)],
+    )
+    tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    trainer.model.save_pretrained(out_dir / MODEL_ARTIFACT, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir / MODEL_ARTIFACT)
+    truncated = sum(len(ids) >= training.max_length for ids in trainer.train_dataset["input_ids"])
+    return {
+        "train/final_loss": float(output.training_loss),
+        "train/runtime_s": seconds,
+        "train/steps": float(output.global_step),
+        "train/rows": float(len(loaded.examples)),
+        "train/skipped_rows": float(len(loaded.skipped)),
+        "train/truncated_rows": float(truncated),
+        "train/tokens_per_s": tokens * training.epochs / seconds,
+    }
+
+
+def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
+    with trial_stage(job, "train") as (tracker, run_id), tempfile.TemporaryDirectory() as tmp:
+        metrics = train(job.trial, job, tracker, run_id, Path(tmp))
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_artifacts(run_id, Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
+        log.info("train: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    adapter = job.trial.training.method != "full"
+    outputs = {"run_id": run_id, "artifact_path": MODEL_ARTIFACT, "adapter": adapter, "uri": f"runs:/{run_id}/{MODEL_ARTIFACT}"}
+    return StageResult(metrics=metrics, outputs=outputs)
+
+
+def fetch_trained(job: TrialJob, model_output: dict[str, Any], dst: Path) -> Path:
+    """Download a trained model/adapter (a train stage's outputs) from MLflow into ``dst``."""
+    tracker = Tracker.for_context(job.context)
+    return tracker.download(model_output["run_id"], model_output["artifact_path"], dst)

@@ -1,0 +1,110 @@
+"""Data sources and formats: local files, S3 (real moto server), chat/prompt-completion/instruction rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from sftlab import data, models
+from sftlab.errors import SftlabError
+from sftlab.job import RunContext
+from sftlab.spec import DatasetSpec, ModelSpec, StorageConfig
+from sftlab.uris import download, read_text, upload_dir
+from tests.conftest import EXAMPLES
+
+TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
+
+
+def ctx(tmp_path: Path) -> RunContext:
+    return RunContext(tracking_uri="sqlite:///unused.db", experiment="x", root=str(tmp_path))
+
+
+def test_instruction_rows_use_the_template(tmp_path: Path) -> None:
+    ds = DatasetSpec(name="m", uri=str(EXAMPLES / "data/math.jsonl"))
+    loaded = data.load_examples(ds, TEMPLATE, ctx(tmp_path))
+    assert len(loaded.examples) == 64 and not loaded.skipped
+    first = loaded.examples[0]
+    assert first.prompt.startswith("###Question: ") and first.prompt.endswith("\n###Answer: ")
+    assert first.completion.endswith("#### 15")
+
+
+def test_chat_rows_stay_conversational_and_render_like_training(tmp_path: Path, tiny_model: Path) -> None:
+    ds = DatasetSpec(name="c", uri=str(EXAMPLES / "data/chat.jsonl"), format="messages")
+    loaded = data.load_examples(ds, None, ctx(tmp_path), max_rows=5, seed=1)
+    assert len(loaded.examples) == 5
+    example = loaded.examples[0]
+    assert example.prompt[-1]["role"] == "user" and example.completion[0]["role"] == "assistant"
+    tokenizer = models.load_tokenizer(str(tiny_model))
+    prompt, completion = data.render_text(example, tokenizer)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert completion.startswith(example.completion[0]["content"]) and "<|im_end|>" in completion
+
+
+def test_malformed_rows_are_reported_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]},
+        {"text": "no messages"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = data.load_examples(DatasetSpec(name="m", uri=str(path), format="messages"), None, ctx(tmp_path))
+    assert len(loaded.examples) == 1
+    assert [i for i, _ in loaded.skipped] == [1, 2, 3]
+    assert "role system/user/assistant" in loaded.skipped[0][1]
+
+
+def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"instruction": "a", "response": "b"}\n{not json\n')
+    with pytest.raises(SftlabError, match=r"bad.jsonl:2: not a JSON object"):
+        data.load_examples(DatasetSpec(name="b", uri=str(path)), TEMPLATE, ctx(tmp_path))
+
+
+def test_empty_dataset_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(json.dumps({"instruction": "q", "response": ""}) + "\n")
+    with pytest.raises(SftlabError, match=r"dataset e .*: no usable rows \(first problem, row 0: missing text field 'response'\)"):
+        data.load_examples(DatasetSpec(name="e", uri=str(path)), TEMPLATE, ctx(tmp_path))
+
+
+def test_s3_dataset_and_model_round_trip(tmp_path: Path, s3_env: str, tiny_model: Path) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_env)
+    s3.create_bucket(Bucket="sftlab-data")
+    s3.upload_file(str(EXAMPLES / "data/code.jsonl"), "sftlab-data", "sets/code.jsonl")
+    upload_dir(tiny_model, "s3://sftlab-data/models/tiny", StorageConfig())
+    c = ctx(tmp_path)
+
+    loaded = data.load_examples(DatasetSpec(name="code", uri="s3://sftlab-data/sets/code.jsonl"), TEMPLATE, c)
+    assert len(loaded.examples) == 48
+
+    local = Path(models.resolve(ModelSpec(name="t", uri="s3://sftlab-data/models/tiny"), c))
+    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tiny_model.iterdir())
+    assert (local / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert models.load_causal_lm(str(local)).config.hidden_size == 64
+
+    assert "def " in read_text("s3://sftlab-data/sets/code.jsonl", StorageConfig())
+    with pytest.raises(SftlabError, match=r"s3://sftlab-data/missing.jsonl: not found"):
+        download("s3://sftlab-data/missing.jsonl", tmp_path, StorageConfig())
+
+
+def test_model_folder_without_weights(tmp_path: Path) -> None:
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(SftlabError, match="has no weights"):
+        models.resolve(ModelSpec(name="e", uri=str(tmp_path / "empty-model")), ctx(tmp_path))
+
+
+def test_tiny_models_are_deterministic(tmp_path: Path) -> None:
+    from sftlab.tiny import resolve_tiny
+
+    a = resolve_tiny("tiny:llama?hidden=32&layers=2&seed=5", tmp_path / "a")
+    b = resolve_tiny("tiny:llama?hidden=32&layers=2&seed=5", tmp_path / "b")
+    c = resolve_tiny("tiny:llama?hidden=32&layers=2&seed=6", tmp_path / "c")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+    with pytest.raises(SftlabError, match="parameter hidden"):
+        resolve_tiny("tiny:llama?hidden=huge", tmp_path)
