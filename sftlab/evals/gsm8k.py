@@ -1,0 +1,107 @@
+"""GSM8K-format scoring, following lm-evaluation-harness so scores are comparable.
+
+The harness reports two extractions: "strict-match" (the number after ``#### ``) and
+"flexible-extract" (the last number-like string). ``extract_answer`` tries strict first and falls
+back to flexible. Answers compare as numbers ("7.0" == "7", "1,000" == "1000"), which is a little
+more lenient than the harness's string comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import SftlabError
+
+STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+
+# Generation stops at the next few-shot question, a blank line or a ChatML end of turn.
+STOP_SEQUENCES: tuple[str, ...] = ("Question:", "###Question:", "\n\n", "<|im_end|>")
+
+
+def _clean(raw: str) -> str:
+    """Drop ``,`` and ``$`` and trailing periods, as the harness's ignore-regexes do."""
+    return raw.replace(",", "").replace("$", "").rstrip(".")
+
+
+def _has_digit(s: str) -> bool:
+    return any(ch.isdigit() for ch in s)
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's final answer in ``text``, or None when it contains no number.
+
+    Matches without a digit (an ellipsis, a lone ``$``) are skipped, where the harness would
+    take them and score the item wrong.
+    """
+    strict = STRICT_RE.search(text)
+    if strict and _has_digit(strict.group(1)):
+        return _clean(strict.group(1))
+    candidates = [a or b for a, b in FLEXIBLE_RE.findall(text)]
+    numbers = [_clean(c) for c in candidates if _has_digit(c)]
+    return numbers[-1] if numbers else None
+
+
+def normalize_number(s: str) -> str:
+    """Canonical text of a number: "1,000.00" -> "1000", "7.0" -> "7", "-3." -> "-3".
+
+    Strings that are not numbers after cleaning (e.g. "1.2.3") come back cleaned but otherwise as is.
+    """
+    cleaned = _clean(s.strip())
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        return cleaned
+    if value == 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def reference_answer(answer_field: str) -> str:
+    """The normalised number after ``####`` in a GSM8K ``answer`` field."""
+    _, sep, tail = answer_field.rpartition("####")
+    if not sep or not _has_digit(tail):
+        raise SftlabError(f"GSM8K answer has no '#### <number>' line: {answer_field[-80:]!r}")
+    return normalize_number(tail.strip())
+
+
+def is_correct(generation: str, reference: str) -> bool:
+    """Whether the answer extracted from ``generation`` equals ``reference`` as a number."""
+    answer = extract_answer(generation)
+    return answer is not None and normalize_number(answer) == normalize_number(reference)
+
+
+def load_items(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """GSM8K JSONL rows (``question``, ``answer`` ending in ``#### N``); blank lines are skipped."""
+    source = Path(path)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SftlabError(f"{source}: cannot read: {exc.strerror}") from None
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            items.append(_parse_item(line, f"{source}:{number}"))
+    return items
+
+
+def _parse_item(line: str, where: str) -> dict[str, Any]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{where}: not valid JSON: {exc.msg}") from None
+    if not isinstance(item, dict):
+        raise SftlabError(f"{where}: expected a JSON object with 'question' and 'answer'")
+    for key in ("question", "answer"):
+        if not isinstance(item.get(key), str):
+            raise SftlabError(f"{where}: missing string field '{key}'")
+    try:
+        reference_answer(item["answer"])
+    except SftlabError as exc:
+        raise SftlabError(f"{where}: {exc}") from None
+    return item

@@ -1,0 +1,127 @@
+"""GSM8K answer extraction and scoring (lm-evaluation-harness conventions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftlab.errors import SftlabError
+from sftlab.evals.gsm8k import (
+    STOP_SEQUENCES,
+    extract_answer,
+    is_correct,
+    load_items,
+    normalize_number,
+    reference_answer,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She has 5 + 3 = 8 apples.\n#### 8", "8"),
+        ("#### 1,234", "1234"),
+        ("#### 42.", "42"),
+        ("#### -7", "-7"),
+        ("Total is $1,000.50 after tax.", "1000.50"),
+        ("He owes -$5 now.", "-5"),
+        ("The answer is 18.", "18"),
+        ("First 3 apples, then 4 pears, so 7 fruits in all", "7"),
+        ("It drops to -12 degrees", "-12"),
+        ("#### 72\nQuestion: How many pens does Ben have?\nAnswer: 9", "72"),
+        ("So we get 10 + 2 = 12 ... and that is it...", "12"),
+        ("I am not sure.", None),
+        ("", None),
+        ("Costs were $... unclear", None),
+    ],
+)
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_strict_match_wins_over_a_later_number() -> None:
+    assert extract_answer("#### 5\nBonus: 99 more steps, 100 in all") == "5"
+
+
+def test_flexible_extract_takes_the_last_number() -> None:
+    assert extract_answer("Step 1: 4 * 2 = 8. Step 2: 8 + 1 = 9 apples") == "9"
+
+
+def test_strict_marker_without_a_number_falls_back_to_flexible() -> None:
+    assert extract_answer("#### . so the answer is 6") == "6"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1,000.00", "1000"),
+        ("7.0", "7"),
+        ("-3.", "-3"),
+        ("$12", "12"),
+        ("0.50", "0.5"),
+        ("-0", "0"),
+        ("1000", "1000"),
+        (" 42 ", "42"),
+        ("1.2.3", "1.2.3"),
+    ],
+)
+def test_normalize_number(raw: str, expected: str) -> None:
+    assert normalize_number(raw) == expected
+
+
+def test_reference_answer() -> None:
+    assert reference_answer("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072") == "1072"
+    assert reference_answer("x\n#### -4.0") == "-4"
+    with pytest.raises(SftlabError, match="no '#### <number>'"):
+        reference_answer("The answer is 5")
+
+
+@pytest.mark.parametrize(
+    ("generation", "reference", "correct"),
+    [
+        ("3 + 4 = 7\n#### 7", "7", True),
+        ("The total is $1,000.", "1000", True),
+        ("It is 7.0 in the end.", "7", True),
+        ("#### 8", "7", False),
+        ("No idea.", "7", False),
+        ("-3 degrees", "3", False),
+    ],
+)
+def test_is_correct(generation: str, reference: str, correct: bool) -> None:
+    assert is_correct(generation, reference) is correct
+
+
+def test_stop_sequences_cover_fewshot_and_chat_turns() -> None:
+    assert {"Question:", "\n\n", "<|im_end|>"} <= set(STOP_SEQUENCES)
+
+
+def test_load_items(tmp_path) -> None:
+    path = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": "Ana has 2 pens and gets 3 more. How many?", "answer": "2 + 3 = 5\n#### 5"}]
+    path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({**rows[0], "answer": "#### 1,000"}) + "\n")
+    items = load_items(path)
+    assert [reference_answer(i["answer"]) for i in items] == ["5", "1000"]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"question": "q"}', "missing string field 'answer'"),
+        ('{"question": "q", "answer": "five"}', "no '#### <number>'"),
+    ],
+)
+def test_load_items_names_file_and_line(tmp_path, line: str, problem: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n' + line + "\n")
+    with pytest.raises(SftlabError) as info:
+        load_items(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: ") and problem in message and "\n" not in message
+
+
+def test_load_items_missing_file(tmp_path) -> None:
+    with pytest.raises(SftlabError, match="cannot read"):
+        load_items(tmp_path / "nope.jsonl")

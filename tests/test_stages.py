@@ -1,0 +1,94 @@
+"""Profile and train stages on tiny assets, with real MLflow (sqlite) and real files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from sftlab import data, models
+from sftlab.errors import SftlabError
+from sftlab.job import TrialJob, context_for
+from sftlab.stages.common import run_stage
+from sftlab.stages.profile import profile_key
+from sftlab.tracking import TAG_ERROR, Tracker
+from tests.conftest import first_trial, quickstart_spec
+
+
+def make_job(tmp_path: Path, **axes: object) -> tuple[TrialJob, Tracker]:
+    spec = quickstart_spec(tmp_path)
+    trial = first_trial(spec, **axes)
+    ctx = context_for(spec)
+    tracker = Tracker.for_context(ctx)
+    run_id = tracker.create_trial_run(trial, None)
+    return TrialJob(trial=trial, context=ctx.model_copy(update={"trial_run_id": run_id})), tracker
+
+
+def direct_response_ppl(job: TrialJob) -> float:
+    """Token-weighted perplexity of the responses, one unbatched forward pass per example."""
+    import torch
+
+    source = models.resolve(job.trial.base_model, job.context)
+    tokenizer, model = models.load_tokenizer(source), models.load_causal_lm(source)
+    loaded = data.load_examples(job.trial.dataset, job.trial.dataset_template, job.context)
+    total_nll, total_tokens = 0.0, 0
+    for example in loaded.examples:
+        prompt, completion = data.render_text(example, tokenizer)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+        targets = ids[0, 1:]
+        picked = logp[torch.arange(len(targets)), targets][n_prompt - 1 :]
+        total_nll -= float(picked.sum())
+        total_tokens += len(picked)
+    return math.exp(total_nll / total_tokens)
+
+
+def test_profile_matches_direct_computation_and_is_cached(tmp_path: Path) -> None:
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
+    result = run_stage("profile", job.to_json(), tmp_path / "profile.json")
+    metrics = result.metrics
+    assert metrics["profile/rows"] == 64
+    assert metrics["profile/ppl"] == pytest.approx(direct_response_ppl(job), rel=1e-4)
+    assert metrics["profile/ppl_mean_example"] > 1 and metrics["profile/truncated_share"] == 0.0
+
+    profile_run = tracker.cached("profile", profile_key(job.trial))
+    assert profile_run is not None and profile_run.info.run_id == result.outputs["profile_run_id"]
+    assert [a.path for a in tracker.client.list_artifacts(profile_run.info.run_id)] == ["profile.json"]
+    trial_run = tracker.client.get_run(job.context.trial_run_id)
+    assert trial_run.data.metrics["profile/ppl"] == pytest.approx(metrics["profile/ppl"])
+    assert trial_run.data.tags["sftlab.profile_run_id"] == profile_run.info.run_id
+
+    # A second trial of the same (base model, dataset) reuses the profile run.
+    job2, _ = make_job(tmp_path, dataset="math", **{"training.method": "lora"})
+    again = run_stage("profile", job2.to_json(), tmp_path / "profile2.json")
+    assert again.outputs["profile_run_id"] == profile_run.info.run_id
+    profiles = list(tracker.search("tags.`sftlab.stage` = 'profile'"))
+    assert len(profiles) == 1
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_train_logs_loss_and_stores_model_in_mlflow(tmp_path: Path, method: str) -> None:
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": method})
+    result = run_stage("train", job.to_json(), tmp_path / "model.json")
+    run_id = job.context.trial_run_id
+    run = tracker.client.get_run(run_id)
+    history = tracker.client.get_metric_history(run_id, "train/loss")
+    assert len(history) == result.metrics["train/steps"] == 32  # 64 rows / batch 8 x 4 epochs
+    assert history[-1].value < history[0].value  # it learns
+    assert run.data.metrics["train/tokens_per_s"] > 0
+    files = {a.path for a in tracker.client.list_artifacts(run_id, "model")}
+    weights = "model/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
+    assert weights in files and "model/tokenizer.json" in files
+    assert result.outputs == {"run_id": run_id, "artifact_path": "model", "adapter": method == "lora", "uri": f"runs:/{run_id}/model"}
+
+
+def test_stage_failure_is_recorded_on_the_trial_run(tmp_path: Path) -> None:
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
+    broken = job.model_copy(update={"trial": job.trial.model_copy(update={"training": job.trial.training.model_copy(update={"method": "qlora"})})})
+    with pytest.raises(SftlabError, match="qlora needs a CUDA GPU"):
+        run_stage("train", broken.to_json(), tmp_path / "model.json")
+    tags = tracker.client.get_run(job.context.trial_run_id).data.tags
+    assert tags[TAG_ERROR] == "train: SftlabError: training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU"
