@@ -152,7 +152,9 @@ class ResourcesConfig(Strict):
     secrets: list[SecretEnv] = []
 
     def for_stage(self, stage: str) -> TaskResources:
-        return getattr(self, stage, None) or self.default
+        """Pod settings of a stage; the baseline serves a model, so it runs like evaluate."""
+        group = "evaluate" if stage == "baseline" else stage
+        return getattr(self, group, None) or self.default
 
 
 class PipelineConfig(Strict):

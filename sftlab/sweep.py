@@ -94,6 +94,6 @@ def run_sweep(spec: Spec, launcher: Launcher, echo: Echo = print) -> SweepResult
 
     tracker, plan = prepare(spec)
     result = launch(tracker, plan, launcher, echo)
-    result.report_path = report.build_for_sweep(tracker, plan.trials, plan.context, echo=echo)
+    result.report_path = report.build_for_sweep(tracker, plan.trials, plan.context)
     tracker.finish(result.sweep_run_id, ok=not result.failed)
     return result

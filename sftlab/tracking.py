@@ -189,6 +189,48 @@ class Tracker:
             "AND attributes.status = 'FINISHED'"
         )
 
+    def claim(
+        self,
+        stage: str,
+        cache_key: str,
+        name: str,
+        tags: Mapping[str, str],
+        wait_s: float = 6 * 3600,
+        poll_s: float = 2.0,
+        settle_s: float = 1.0,
+    ) -> tuple[Run | None, str | None]:
+        """Reuse a cached result, or own the computation of it: ``(finished_run, None)`` or ``(None, run_id)``.
+
+        Parallel trials that need the same profile/baseline must not all compute it. Each
+        candidate creates a RUNNING run with the key; the earliest one (start time, then run id)
+        owns the work and the others delete theirs and wait for it. Each candidate looks only after
+        ``settle_s`` (longer than a create takes to commit), so concurrent candidates all see each
+        other and agree on the owner, while later ones see an earlier claim. If the owner fails, or stays
+        RUNNING past ``wait_s`` (its pod died), the waiters compete again. The owner must
+        ``finish`` its run, also on failure.
+        """
+        while True:
+            done = self.cached(stage, cache_key)
+            if done is not None:
+                return done, None
+            mine = self.create_run(stage, name, {TAG_CACHE_KEY: cache_key, **tags})
+            time.sleep(settle_s)
+            active = list(
+                self.search(
+                    f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' "
+                    "AND attributes.status = 'RUNNING'"
+                )
+            )
+            owner = min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+            if owner == mine:
+                return None, mine
+            self.client.delete_run(mine)
+            deadline = time.monotonic() + wait_s
+            while self.client.get_run(owner).info.status == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(poll_s)
+            if self.client.get_run(owner).info.status == "RUNNING":  # stale claim: its owner is gone
+                self.finish(owner, ok=False, error="abandoned: no progress within the wait limit")
+
     def finished_trials(self) -> dict[str, Run]:
         """Newest FINISHED run per trial key: what a re-run skips and what the report counts."""
         found: dict[str, Run] = {}

@@ -92,3 +92,38 @@ def test_stage_failure_is_recorded_on_the_trial_run(tmp_path: Path) -> None:
         run_stage("train", broken.to_json(), tmp_path / "model.json")
     tags = tracker.client.get_run(job.context.trial_run_id).data.tags
     assert tags[TAG_ERROR] == "train: SftlabError: training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU"
+
+
+def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
+    """Parallel trials sharing a profile/baseline: exactly one computes it, the others reuse it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'claims.db'}", "claims")
+    computed: list[str] = []
+
+    def worker(i: int) -> str:
+        cached, run_id = tracker.claim("profile", "k1", f"w{i}", {}, poll_s=0.05, settle_s=0.5)
+        if cached is not None:
+            return cached.info.run_id
+        assert run_id is not None
+        computed.append(run_id)
+        tracker.log_metrics(run_id, {"profile/ppl": 3.0})
+        tracker.finish(run_id)
+        return run_id
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(worker, range(4)))
+    assert len(computed) == 1 and set(results) == set(computed)
+    assert [r.info.status for r in tracker.search("tags.`sftlab.stage` = 'profile'")] == ["FINISHED"]
+
+    # A failed owner does not poison the key: the next claimant owns it anew.
+    _, failing = tracker.claim("baseline", "k2", "a", {}, settle_s=0)
+    assert failing is not None
+    tracker.finish(failing, ok=False, error="boom")
+    cached, retry = tracker.claim("baseline", "k2", "b", {}, settle_s=0)
+    assert cached is None and retry not in (None, failing)
+    # A claim left RUNNING past the wait limit (its pod died) is abandoned and taken over.
+    _, stale = tracker.claim("weights", "k3", "a", {}, settle_s=0)
+    _, taker = tracker.claim("weights", "k3", "b", {}, wait_s=0.2, poll_s=0.05, settle_s=0)
+    assert taker not in (None, stale)
+    assert tracker.client.get_run(stale).info.status == "FAILED"

@@ -17,7 +17,7 @@ from sftlab.grid import Trial, digest
 from sftlab.job import TrialJob
 from sftlab.spec import BenchmarkSpec
 from sftlab.stages.common import StageResult, log, trial_stage
-from sftlab.tracking import TAG_CACHE_KEY, Tracker
+from sftlab.tracking import Tracker
 
 SCORES = ("exact_match", "loglik")
 
@@ -44,38 +44,50 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
     scores: dict[str, dict[str, float]] = {}
     run_ids: dict[str, str] = {}
     with trial_stage(job, "baseline") as (tracker, trial_run_id):
-        missing = []
-        for bench in trial.benchmarks:
-            cached = tracker.cached("baseline", baseline_key(trial, bench))
-            if cached is None:
-                missing.append(bench)
-                continue
-            scores[bench.name] = {s: cached.data.metrics[f"eval/{bench.name}/{s}"] for s in SCORES}
-            run_ids[bench.name] = cached.info.run_id
-        if missing:
-            log.info("baseline: scoring %s on %s", trial.base_model.name, ", ".join(b.name for b in missing))
-            with tempfile.TemporaryDirectory() as tmp:
-                results = score_model(
-                    models.resolve(trial.base_model, job.context),
-                    missing,
-                    trial.prompt_template,
-                    trial.evaluation,
-                    job.context,
-                    log_path=Path(tmp) / "server.log",
-                )
-            for bench in missing:
-                result = results[bench.name]
-                run_id = tracker.create_run(
-                    "baseline",
-                    f"baseline {trial.base_model.name}/{bench.name}",
-                    {TAG_CACHE_KEY: baseline_key(trial, bench), "sftlab.base_model": trial.base_model.name,
-                     "sftlab.benchmark": bench.name},
-                )
-                tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
-                log_benchmark_rows(tracker, run_id, bench.name, result.rows)
-                tracker.finish(run_id)
-                scores[bench.name] = {s: result.metrics[s] for s in SCORES}
-                run_ids[bench.name] = run_id
+        owned: dict[str, str] = {}  # benchmark -> the baseline run this trial must fill
+        # Claims are taken in key order so two trials can never wait on each other.
+        for bench in sorted(trial.benchmarks, key=lambda b: baseline_key(trial, b)):
+            tags = {"sftlab.base_model": trial.base_model.name, "sftlab.benchmark": bench.name}
+            name = f"baseline {trial.base_model.name}/{bench.name}"
+            cached, run_id = tracker.claim("baseline", baseline_key(trial, bench), name, tags)
+            if cached is not None:
+                scores[bench.name] = {s: cached.data.metrics[f"eval/{bench.name}/{s}"] for s in SCORES}
+                run_ids[bench.name] = cached.info.run_id
+            else:
+                assert run_id is not None
+                owned[bench.name] = run_id
+        if owned:
+            scores.update(_score_base(job, tracker, owned))
+            run_ids.update(owned)
         tracker.set_tags(trial_run_id, {f"sftlab.baseline_run.{b}": r for b, r in run_ids.items()})
     metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items()}
     return StageResult(metrics=metrics, outputs={"scores": scores, "run_ids": run_ids})
+
+
+def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Score the base model on the claimed benchmarks (one server) and fill their baseline runs."""
+    trial = job.trial
+    benchmarks = [b for b in trial.benchmarks if b.name in owned]
+    log.info("baseline: scoring %s on %s", trial.base_model.name, ", ".join(owned))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = score_model(
+                models.resolve(trial.base_model, job.context),
+                benchmarks,
+                trial.prompt_template,
+                trial.evaluation,
+                job.context,
+                log_path=Path(tmp) / "server.log",
+            )
+    except BaseException as exc:
+        for run_id in owned.values():
+            tracker.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    scores = {}
+    for bench in benchmarks:
+        result, run_id = results[bench.name], owned[bench.name]
+        tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
+        log_benchmark_rows(tracker, run_id, bench.name, result.rows)
+        tracker.finish(run_id)
+        scores[bench.name] = {s: result.metrics[s] for s in SCORES}
+    return scores

@@ -22,7 +22,7 @@ from sftlab import data, models
 from sftlab.grid import Trial, digest
 from sftlab.job import RunContext, TrialJob
 from sftlab.stages.common import StageResult, log, trial_stage
-from sftlab.tracking import TAG_CACHE_KEY, Tracker
+from sftlab.tracking import Tracker
 
 
 def profile_key(trial: Trial) -> str:
@@ -127,21 +127,22 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
 def cached_or_compute(trial: Trial, ctx: RunContext, tracker: Tracker) -> tuple[dict[str, float], str]:
     """The profile metrics of the trial's (base model, dataset) and the profile run holding them."""
     key = profile_key(trial)
-    cached = tracker.cached("profile", key)
+    tags = {"sftlab.base_model": trial.base_model.name, "sftlab.dataset": trial.dataset.name}
+    cached, run_id = tracker.claim("profile", key, f"profile {trial.base_model.name}/{trial.dataset.name}", tags)
     if cached is not None:
         log.info("profile: reusing run %s for %s", cached.info.run_id, key)
         return {k: v for k, v in cached.data.metrics.items() if k.startswith("profile/")}, cached.info.run_id
-    metrics, detail = compute_profile(trial, ctx)
-    run_id = tracker.create_run(
-        "profile",
-        f"profile {trial.base_model.name}/{trial.dataset.name}",
-        {TAG_CACHE_KEY: key, "sftlab.base_model": trial.base_model.name, "sftlab.dataset": trial.dataset.name},
-    )
-    tracker.log_metrics(run_id, metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "profile.json"
-        path.write_text(json.dumps(detail, indent=2))
-        tracker.log_artifact(run_id, path)
+    assert run_id is not None
+    try:
+        metrics, detail = compute_profile(trial, ctx)
+        tracker.log_metrics(run_id, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "profile.json"
+            path.write_text(json.dumps(detail, indent=2))
+            tracker.log_artifact(run_id, path)
+    except BaseException as exc:
+        tracker.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        raise
     tracker.finish(run_id)
     return metrics, run_id
 

@@ -1,0 +1,74 @@
+"""The trial pipeline: one trial's stages, ``profile`` and ``baseline``, ``train`` (after
+``profile``), then ``evaluate(model, baseline)`` and ``weights(model)``.
+
+Its one parameter is the trial's ``TrialJob`` JSON (a few KB, well under KFP's 10,000-character
+cap). Pod settings (CPU, memory, GPUs, node selector, tolerations, secrets) come from the spec's
+``resources`` at compile time; locally, ``kfp.local`` ignores them.
+"""
+
+from kfp import dsl, kubernetes
+from kfp.dsl import PipelineTask
+from kfp.dsl.base_component import BaseComponent
+from kfp.dsl.pipeline_channel import PipelineChannel
+
+from sftlab.components import image_for
+from sftlab.components.stages import stage_components
+from sftlab.spec import ResourcesConfig, SecretEnv, Spec, TaskResources
+
+TRIAL_PIPELINE = "sftlab-trial"
+
+
+def use_secrets(task: PipelineTask, secrets: list[SecretEnv]) -> None:
+    """Expose the spec's Kubernetes Secrets to a task as environment variables."""
+    for secret in secrets:
+        for env, key in secret.env.items():  # one call per variable: two variables may share a key
+            kubernetes.use_secret_as_env(task, secret_name=secret.secret, secret_key_to_env={key: env})
+
+
+def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:
+    """Apply one stage's pod settings.
+
+    Caching is off: every stage writes to the trial's MLflow run, so a cache hit would skip that.
+    """
+    task.set_caching_options(False)
+    if resources.cpu:
+        task.set_cpu_request(resources.cpu).set_cpu_limit(resources.cpu)
+    if resources.memory:
+        task.set_memory_request(resources.memory).set_memory_limit(resources.memory)
+    if resources.gpus:
+        task.set_accelerator_type(resources.accelerator).set_accelerator_limit(resources.gpus)
+    for label, value in resources.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for tol in resources.tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    use_secrets(task, secrets)
+    return task
+
+
+def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
+    """The trial pipeline for ``spec``'s image and resources (release image, no settings, if None)."""
+    components = stage_components(image_for(spec))
+    resources = spec.resources if spec is not None else ResourcesConfig()
+
+    @dsl.pipeline(name=TRIAL_PIPELINE)
+    def trial_pipeline(job: str):
+        """One sftlab trial: profile, baseline, train, evaluate, weights.
+
+        Args:
+            job: The trial as TrialJob JSON (its settings plus the MLflow tracking context), as
+                written by the sweep's launcher.
+        """
+
+        def stage(name: str, **inputs: PipelineChannel) -> PipelineTask:
+            component = getattr(components, name)
+            ids = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
+            task = component(job=job, **ids, **inputs)
+            return configure(task, resources.for_stage(name), resources.secrets)
+
+        profile = stage("profile")
+        baseline = stage("baseline")
+        train = stage("train").after(profile)  # bad data fails in the cheap stage, before a training pod starts
+        stage("evaluate", model=train.outputs["model"], baseline=baseline.outputs["result"])
+        stage("weights", model=train.outputs["model"])
+
+    return trial_pipeline

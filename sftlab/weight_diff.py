@@ -1,0 +1,497 @@
+"""How far fine-tuning moved each weight tensor, streamed from safetensors files.
+
+The study behind sftlab found that weight change in the *middle* layers correlates most with SFT
+gains, so the change is measured per tensor and aggregated per layer, module type and depth third.
+Checkpoints of 7-9B models do not fit comfortably in memory twice, so tensors are read in row
+chunks through ``safe_open`` (memory ~ two chunks), and a LoRA adapter's ΔW = B·A·scale is built
+chunk by chunk instead of merging a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftlab.errors import SftlabError
+
+if TYPE_CHECKING:
+    import torch
+
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+CHUNK_ELEMENTS = 1 << 22  # ~32 MB per float64 chunk
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODULE_TYPES = (*PROJECTIONS, "norm", "embed", "lm_head", "other")
+DEPTHS = ("bottom", "middle", "top")
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")  # Llama/Qwen/Mistral, GPT-2, others
+_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.weight$")
+_EMBED = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|embed_in)\.weight$")
+_PEFT_PREFIX = "base_model.model."
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<param>weight|bias))?$"
+)
+
+# Reads rows ``rows`` of the tuned tensor, given the same rows of the base tensor (float64).
+TunedRows = Callable[[slice, "torch.Tensor"], "torch.Tensor"]
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer block a tensor belongs to (``model.layers.<i>.``), None outside blocks."""
+    found = _LAYER.search(name)
+    return int(found.group(1)) if found else None
+
+
+def module_type(name: str) -> str:
+    """The module family a tensor belongs to, so changes can be compared across layers."""
+    parts = name.split(".")
+    if _HEAD.search(name):
+        return "lm_head"
+    if "embed" in name:
+        return "embed"
+    for kind in PROJECTIONS:
+        if kind in parts:
+            return kind
+    return "norm" if any("norm" in p or p.startswith("ln") for p in parts) else "other"
+
+
+def depth_bucket(layer: int, num_layers: int) -> str:
+    """Bottom, middle or top third of the stack (sizes as equal as possible)."""
+    return DEPTHS[min(2, layer * 3 // num_layers)]
+
+
+def _natural_key(name: str) -> list[tuple[int, Any]]:
+    """Sort ``layers.10`` after ``layers.9``."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in name.split(".")]
+
+
+def _ratio(num: float, den: float) -> float:
+    if den > 0:
+        return num / den
+    return 0.0 if num == 0 else math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    """Change of one tensor; norms are Frobenius norms over the whole tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    base_norm: float
+    tuned_norm: float
+    delta_norm: float
+    dot: float
+    max_abs_delta: float
+    tied_to: str | None = None  # the base tensor compared against, when weight tying hid this one
+
+    @property
+    def rel_change(self) -> float:
+        return _ratio(self.delta_norm, self.base_norm)
+
+    @property
+    def cosine(self) -> float:
+        """cos(W_ft, W_base); 1 for two identical all-zero tensors."""
+        if self.base_norm == 0 or self.tuned_norm == 0:
+            return 1.0 if self.delta_norm == 0 else 0.0
+        return self.dot / (self.base_norm * self.tuned_norm)
+
+    @property
+    def layer(self) -> int | None:
+        return layer_index(self.name)
+
+    @property
+    def module(self) -> str:
+        return module_type(self.name)
+
+
+def _group_rel_change(tensors: Iterable[TensorDiff]) -> float:
+    """sqrt(Σ||ΔW||²) / sqrt(Σ||W||²): big tensors weigh more, as they do in the model."""
+    items = list(tensors)
+    delta = math.sqrt(sum(t.delta_norm**2 for t in items))
+    base = math.sqrt(sum(t.base_norm**2 for t in items))
+    return _ratio(delta, base)
+
+
+@dataclass
+class WeightDiff:
+    """Per-tensor changes plus the aggregates the report correlates with gains."""
+
+    tensors: list[TensorDiff] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        layers = [t.layer for t in self.tensors if t.layer is not None]
+        return max(layers) + 1 if layers else 0
+
+    def _grouped(self, key: Callable[[TensorDiff], Any]) -> dict[Any, float]:
+        """Relative change of each group of tensors; tensors whose key is None are left out."""
+        groups: dict[Any, list[TensorDiff]] = {}
+        for tensor in self.tensors:
+            group = key(tensor)
+            if group is not None:
+                groups.setdefault(group, []).append(tensor)
+        return {group: _group_rel_change(items) for group, items in groups.items()}
+
+    def by_layer(self) -> dict[int, float]:
+        return dict(sorted(self._grouped(lambda t: t.layer).items()))
+
+    def by_module(self) -> dict[str, float]:
+        return self._grouped(lambda t: t.module)
+
+    def by_depth(self) -> dict[str, float]:
+        n = self.num_layers
+        found = self._grouped(lambda t: None if t.layer is None else depth_bucket(t.layer, n))
+        return {d: found[d] for d in DEPTHS if d in found}
+
+    def by_layer_and_module(self) -> dict[tuple[int, str], float]:
+        return self._grouped(lambda t: None if t.layer is None else (t.layer, t.module))
+
+    def total(self) -> float:
+        return _group_rel_change(self.tensors)
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics; infinite ratios (all-zero base groups) are left out, MLflow and ranks can't use them."""
+        named = {f"weights/layer_{i}/rel_change": v for i, v in self.by_layer().items()}
+        named.update({f"weights/module_{m}/rel_change": v for m, v in self.by_module().items()})
+        named.update({f"weights/depth_{d}/rel_change": v for d, v in self.by_depth().items()})
+        named["weights/total/rel_change"] = self.total()
+        return {k: v for k, v in named.items() if math.isfinite(v)}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-able row per tensor, for a per-tensor artifact table."""
+        return [
+            {
+                **{k: v for k, v in asdict(t).items() if k != "dot"},
+                "shape": list(t.shape),
+                "layer": t.layer,
+                "module": t.module,
+                "rel_change": t.rel_change,
+                "cosine": t.cosine,
+            }
+            for t in self.tensors
+        ]
+
+    def heatmap_png(self, path: str | Path) -> Path:
+        """Layer × module relative-change heatmap, to see at a glance where training moved weights."""
+        from matplotlib.figure import Figure
+
+        cells = self.by_layer_and_module()
+        layers = sorted({layer for layer, _ in cells})
+        present = {module for _, module in cells}
+        modules = [m for m in MODULE_TYPES if m in present]
+        grid = [[cells.get((layer, m), math.nan) for m in modules] for layer in layers] or [[math.nan]]
+        fig = Figure(figsize=(1.2 + 0.8 * max(1, len(modules)), 1.5 + 0.35 * max(1, len(layers))))
+        ax = fig.add_subplot()
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right")
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_xlabel("module")
+        ax.set_ylabel("layer")
+        ax.set_title("relative weight change ||ΔW|| / ||W||")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", dpi=100)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading safetensors folders
+
+
+class _Checkpoint:
+    """Tensor name → open safetensors file of one folder; tensors are read by row ranges."""
+
+    def __init__(self, files: dict[str, Path], stack: ExitStack):
+        opened = {path: stack.enter_context(_safe_open(path)) for path in set(files.values())}
+        self._handles = {name: opened[path] for name, path in files.items()}
+
+    @property
+    def names(self) -> set[str]:
+        return set(self._handles)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._handles
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[name].get_slice(name).get_shape())
+
+    def read(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of a tensor as float64 (a 0-d tensor is read whole, as one row)."""
+        import torch
+
+        handle = self._handles[name]
+        if not self.shape(name):
+            return handle.get_tensor(name).to(torch.float64).reshape(1)
+        return handle.get_slice(name)[rows].to(torch.float64)
+
+    def read_all(self, name: str) -> torch.Tensor:
+        return self.read(name, slice(None))
+
+
+def _weight_files(folder: Path, role: str) -> dict[str, Path]:
+    """Tensor name → file, from the shard index if there is one, else every model .safetensors file."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    files = sorted(p for p in folder.glob("*.safetensors") if p.name != ADAPTER_FILE) if folder.is_dir() else []
+    if not files:
+        hint = "; it holds a LoRA adapter, compare it with compare_lora" if (folder / ADAPTER_CONFIG).is_file() else ""
+        raise SftlabError(f"{role} {folder}: no safetensors weights (model.safetensors or {INDEX_FILE}){hint}")
+    found: dict[str, Path] = {}
+    for path in files:
+        found.update(_file_tensors(path))
+    return found
+
+
+def _safe_open(path: Path) -> Any:
+    """``safe_open`` (memory-mapped, nothing read yet) with a one-line error for missing or corrupt files."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (OSError, SafetensorError) as exc:
+        raise SftlabError(f"{path}: cannot read safetensors weights: {str(exc).splitlines()[0]}") from exc
+
+
+def _file_tensors(path: Path) -> dict[str, Path]:
+    """Tensor name → ``path`` for every tensor stored in one safetensors file."""
+    with _safe_open(path) as handle:
+        return dict.fromkeys(handle.keys(), path)
+
+
+@contextmanager
+def _open(folder: Path, role: str) -> Iterator[_Checkpoint]:
+    with ExitStack() as stack:
+        yield _Checkpoint(_weight_files(Path(folder), role), stack)
+
+
+def _tied_partner(name: str, present: Iterable[str]) -> str | None:
+    """The tensor a tied output head shares with the input embedding (or vice versa), if present."""
+    wanted = _EMBED if _HEAD.search(name) else _HEAD if _EMBED.search(name) else None
+    if wanted is None:
+        return None
+    found = [n for n in present if wanted.search(n)]
+    return found[0] if len(found) == 1 else None
+
+
+def _matched(names: Iterable[str], side: _Checkpoint) -> tuple[dict[str, str], list[str]]:
+    """Each name's tensor on ``side`` (itself, or its partner through weight tying), and the names it lacks."""
+    resolved: dict[str, str] = {}
+    missing: list[str] = []
+    for name in names:
+        found = name if name in side else _tied_partner(name, side.names)
+        if found is None:
+            missing.append(name)
+        else:
+            resolved[name] = found
+    return resolved, missing
+
+
+def _rows_of(side: _Checkpoint, name: str) -> TunedRows:
+    """Tuned rows read straight from a full checkpoint (the base rows are not needed)."""
+    return lambda rows, _base_rows: side.read(name, rows)
+
+
+def _row_slices(shape: tuple[int, ...]) -> Iterator[slice]:
+    rows = shape[0] if shape else 1
+    row_size = math.prod(shape[1:]) if len(shape) > 1 else 1
+    step = max(1, CHUNK_ELEMENTS // max(1, row_size))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+def _measure(name: str, base: _Checkpoint, base_name: str, tuned_rows: TunedRows) -> TensorDiff:
+    """Stream one tensor pair chunk by chunk, accumulating the sums every statistic needs."""
+    base_sq = tuned_sq = delta_sq = dot = max_abs = 0.0
+    shape = base.shape(base_name)
+    for rows in _row_slices(shape):
+        b = base.read(base_name, rows)
+        t = tuned_rows(rows, b)
+        d = t - b
+        base_sq += float((b * b).sum())
+        tuned_sq += float((t * t).sum())
+        delta_sq += float((d * d).sum())
+        dot += float((b * t).sum())
+        max_abs = max(max_abs, float(d.abs().max())) if d.numel() else max_abs
+    return TensorDiff(
+        name=name,
+        shape=shape,
+        base_norm=math.sqrt(base_sq),
+        tuned_norm=math.sqrt(tuned_sq),
+        delta_norm=math.sqrt(delta_sq),
+        dot=dot,
+        max_abs_delta=max_abs,
+        tied_to=base_name if base_name != name else None,
+    )
+
+
+def _mismatch(only_base: list[str], only_tuned: list[str]) -> SftlabError:
+    def describe(names: list[str], other: str) -> str:
+        if not names:
+            return f"no tensors the {other} lacks"
+        return f"{len(names)} tensor(s) the {other} lacks (e.g. {sorted(names, key=_natural_key)[0]})"
+
+    return SftlabError(
+        f"architecture mismatch: base has {describe(only_base, 'fine-tuned model')}, "
+        f"fine-tuned has {describe(only_tuned, 'base')}"
+    )
+
+
+def _check_shapes(name: str, base_shape: tuple[int, ...], tuned_shape: tuple[int, ...]) -> None:
+    if base_shape != tuned_shape:
+        raise SftlabError(f"shape mismatch for {name}: base {list(base_shape)}, fine-tuned {list(tuned_shape)}")
+
+
+def compare_checkpoints(base_dir: Path, tuned_dir: Path) -> WeightDiff:
+    """Per-tensor change between two full checkpoints (sharded or not), matched by tensor name."""
+    with _open(base_dir, "base model") as base, _open(tuned_dir, "fine-tuned model") as tuned:
+        names = base.names | tuned.names
+        in_base, only_tuned = _matched(names, base)
+        in_tuned, only_base = _matched(names, tuned)
+        if only_base or only_tuned:
+            raise _mismatch(only_base, only_tuned)
+        diffs = []
+        for name in sorted(names, key=_natural_key):
+            _check_shapes(name, base.shape(in_base[name]), tuned.shape(in_tuned[name]))
+            diffs.append(_measure(name, base, in_base[name], _rows_of(tuned, in_tuned[name])))
+    return WeightDiff(diffs)
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA adapters
+
+
+@dataclass
+class _LowRank:
+    """ΔW = B·A·scale of one adapted module, computed for a block of rows at a time."""
+
+    a: torch.Tensor  # (r, in) — or (r, num_embeddings) for embeddings
+    b: torch.Tensor  # (out, r)
+    scale: float
+    transposed: bool  # embeddings and fan_in_fan_out layers store ΔW transposed
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.a.shape[1], self.b.shape[0]) if self.transposed else (self.b.shape[0], self.a.shape[1])
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        if self.transposed:
+            return (self.a[:, rows].T @ self.b.T) * self.scale
+        return (self.b[rows] @ self.a) * self.scale
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` lookup: a key matches a module-name suffix."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _scale(config: dict[str, Any], module: str, rank: int) -> float:
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / ADAPTER_CONFIG
+    if not path.is_file() or not (adapter_dir / ADAPTER_FILE).is_file():
+        raise SftlabError(f"LoRA adapter {adapter_dir}: expected {ADAPTER_CONFIG} and {ADAPTER_FILE}")
+    config = json.loads(path.read_text())
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
+        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
+        raise SftlabError(f"LoRA adapter {adapter_dir}: {kind} adapters are not supported, only plain LoRA")
+    return config
+
+
+@dataclass
+class _AdapterParts:
+    """What an adapter changes, keyed by the base tensor it changes."""
+
+    low_rank: dict[str, _LowRank] = field(default_factory=dict)
+    bias: dict[str, torch.Tensor] = field(default_factory=dict)  # lora_B bias (lora_bias=True) × scale
+    replaced: dict[str, str] = field(default_factory=dict)  # full copies (modules_to_save) → adapter key
+
+    @property
+    def targets(self) -> set[str]:
+        return set(self.low_rank) | set(self.bias) | set(self.replaced)
+
+
+def _adapter_parts(adapter: _Checkpoint, config: dict[str, Any]) -> _AdapterParts:
+    """Group the adapter's tensors by the base tensor they change."""
+    parts = _AdapterParts()
+    factors: dict[str, dict[str, str]] = {}
+    for key in adapter.names:
+        plain = key.removeprefix(_PEFT_PREFIX)
+        found = _LORA_KEY.match(plain)
+        if found is None:  # a trained full copy (modules_to_save) or a saved copy of a base layer
+            parts.replaced[plain.replace(".base_layer.", ".")] = key
+        else:
+            part = "bias" if found["param"] == "bias" else found["part"][-1]
+            factors.setdefault(found["module"], {})[part] = key
+    for module, keys in factors.items():
+        if not {"A", "B"} <= set(keys):
+            raise SftlabError(f"LoRA adapter: module {module} lacks lora_{'B' if 'A' in keys else 'A'}")
+        a, b = adapter.read_all(keys["A"]), adapter.read_all(keys["B"])
+        transposed = "embedding" in keys["A"] or bool(config.get("fan_in_fan_out"))
+        low_rank = _LowRank(a, b, _scale(config, module, a.shape[0]), transposed)
+        parts.low_rank[f"{module}.weight"] = low_rank
+        if "bias" in keys:
+            parts.bias[f"{module}.bias"] = adapter.read_all(keys["bias"]) * low_rank.scale
+    return parts
+
+
+def _lora_tuned_rows(name: str, adapter: _Checkpoint, parts: _AdapterParts) -> TunedRows:
+    """Rows of the merged tensor: (trained copy or base rows) + B·A·scale + LoRA bias."""
+    replaced, low_rank, bias = parts.replaced.get(name), parts.low_rank.get(name), parts.bias.get(name)
+
+    def rows_of(rows: slice, base_rows: torch.Tensor) -> torch.Tensor:
+        tuned = adapter.read(replaced, rows) if replaced else base_rows
+        if low_rank is not None:
+            tuned = tuned + low_rank.rows(rows)
+        if bias is not None:
+            tuned = tuned + bias[rows]
+        return tuned
+
+    return rows_of
+
+
+def compare_lora(base_dir: Path, adapter_dir: Path) -> WeightDiff:
+    """Per-tensor change a PEFT LoRA adapter makes to its base model, as if merged (but never merged)."""
+    adapter_dir = Path(adapter_dir)
+    config = _read_adapter_config(adapter_dir)
+    with _open(base_dir, "base model") as base, ExitStack() as stack:
+        adapter = _Checkpoint(_file_tensors(adapter_dir / ADAPTER_FILE), stack)
+        parts = _adapter_parts(adapter, config)
+        names = base.names | parts.targets
+        in_base, unmatched = _matched(names, base)
+        if unmatched:
+            first = sorted(unmatched, key=_natural_key)[0]
+            raise SftlabError(f"LoRA adapter {adapter_dir}: {first} has no tensor in the base model")
+        diffs = []
+        for name in sorted(names, key=_natural_key):
+            _check_adapter_shape(name, base.shape(in_base[name]), parts, adapter)
+            diffs.append(_measure(name, base, in_base[name], _lora_tuned_rows(name, adapter, parts)))
+    return WeightDiff(diffs)
+
+
+def _check_adapter_shape(name: str, base_shape: tuple[int, ...], parts: _AdapterParts, adapter: _Checkpoint) -> None:
+    if name in parts.low_rank:
+        _check_shapes(name, base_shape, parts.low_rank[name].shape)
+    if name in parts.replaced:
+        _check_shapes(name, base_shape, adapter.shape(parts.replaced[name]))
+    if name in parts.bias:
+        _check_shapes(name, base_shape, tuple(parts.bias[name].shape))

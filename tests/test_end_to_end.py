@@ -1,0 +1,94 @@
+"""The whole sweep through the real CLI: kfp.local pipelines, kserve model servers, MLflow.
+
+CI runs a reduced quickstart (one base model) plus a dataset whose rows are all malformed, to
+prove a failing trial is recorded as a FAILED child run while the others finish. A second run of
+the same spec must skip every finished trial and redo only the failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftlab.tracking import TAG_ERROR, TAG_PARENT, TAG_TRIAL_KEY, Tracker
+from tests.conftest import EXAMPLES, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def write_spec(tmp_path: Path) -> Path:
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    for item in spec["datasets"] + spec["benchmarks"]:
+        item["uri"] = str(EXAMPLES / item["uri"])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"instruction": "no answer here"}) + "\n")
+    spec["datasets"].append({"name": "broken", "uri": str(broken)})
+    spec["sweep"]["base_model"] = ["tiny-llama-chat"]
+    spec["tracking"] = {"root": str(tmp_path / "runs")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
+    spec_path = write_spec(tmp_path)
+    first = run_cli("run", str(spec_path), cwd=tmp_path)
+    out = first.stdout + first.stderr
+    assert first.returncode == 1, out  # two trials fail (broken data); the rest finish
+    assert "6 trials: 0 already finished, 6 to run" in out
+    assert "4 finished now, 2 failed" in out
+    assert "FAILED tiny-llama-chat/broken[method=full]" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    report = tmp_path / "runs" / "reports" / "quickstart" / "report.html"
+    assert f"report:    {report}" in out and report.exists()
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "quickstart")
+    sweeps = list(tracker.search("tags.`sftlab.stage` = 'sweep'"))
+    assert len(sweeps) == 1
+    sweep_id = sweeps[0].info.run_id
+    trials = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
+    assert len(trials) == 6 and all(t.data.tags[TAG_PARENT] == sweep_id for t in trials)
+    finished = [t for t in trials if t.info.status == "FINISHED"]
+    failed = [t for t in trials if t.info.status == "FAILED"]
+    assert len(finished) == 4 and len(failed) == 2
+    for run in failed:
+        assert run.data.tags["sftlab.dataset"] == "broken"
+        assert run.data.tags[TAG_ERROR].startswith("profile: SftlabError: dataset broken")
+        assert "no usable rows" in run.data.tags[TAG_ERROR]
+    for run in finished:
+        metrics, tags = run.data.metrics, run.data.tags
+        assert {"sftlab.base_model", "sftlab.dataset", "sftlab.method", TAG_TRIAL_KEY} <= set(tags)
+        assert run.data.params["training.method"] == tags["sftlab.method"]
+        for name in ("profile/ppl", "train/final_loss", "train/tokens_per_s", "eval/gsm8k-tiny/exact_match",
+                     "eval/gsm8k-tiny/loglik", "base/gsm8k-tiny/loglik", "gain/gsm8k-tiny/loglik",
+                     "weights/layer_0/rel_change", "weights/layer_3/rel_change"):
+            assert name in metrics, (name, tags["sftlab.label"])
+        assert metrics["gain/gsm8k-tiny/loglik"] == pytest.approx(
+            metrics["eval/gsm8k-tiny/loglik"] - metrics["base/gsm8k-tiny/loglik"]
+        )
+        assert metrics["weights/layer_0/rel_change"] > 0
+        assert tags.get("sftlab.kfp_task.train"), "KFP task name recorded on the MLflow run"
+        assert any(a.path == "model" for a in tracker.client.list_artifacts(run.info.run_id))
+    # Fine-tuning on math moves the likelihood of GSM8K-format answers more than code does.
+    gain = {(r.data.tags["sftlab.dataset"], r.data.tags["sftlab.method"]): r.data.metrics["gain/gsm8k-tiny/loglik"] for r in finished}
+    assert gain[("math", "full")] > gain[("code", "full")]
+    assert len(set(gain.values())) == 4  # real, varying effects
+    # One profile per (base model, dataset) and one baseline per (base model, benchmark), even with
+    # two trials in parallel; the broken dataset's profile attempts are FAILED runs.
+    profiles = list(tracker.search("tags.`sftlab.stage` = 'profile'"))
+    assert sorted(p.data.tags["sftlab.dataset"] for p in profiles if p.info.status == "FINISHED") == ["code", "math"]
+    assert {p.info.status for p in profiles if p.data.tags["sftlab.dataset"] == "broken"} == {"FAILED"}
+    baselines = list(tracker.search("tags.`sftlab.stage` = 'baseline'"))
+    assert [b.info.status for b in baselines] == ["FINISHED"]
+    assert any(a.path == "report" for a in tracker.client.list_artifacts(sweep_id))
+
+    again = run_cli("run", str(spec_path), cwd=tmp_path)
+    out = again.stdout + again.stderr
+    assert "6 trials: 4 already finished, 2 to run" in out, out
+    trials_after = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
+    assert len(trials_after) == 8  # only the two failed trials ran again
+    assert len(list(tracker.search("tags.`sftlab.stage` = 'sweep'"))) == 1
+    assert sum(t.info.status == "FINISHED" for t in trials_after) == 4

@@ -1,0 +1,313 @@
+"""The KFP layer: compiled pipelines, pod settings, core purity, submission and the launchers.
+
+KFP's REST API is a real HTTP server on 127.0.0.1 (``tests/kfp_api.py``); local trials run real
+``kfp.local`` child processes. Positive end-to-end trials (real stages) are in test_end_to_end.py.
+No ``from __future__ import annotations``: KFP reads component annotations at runtime.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp.dsl import Dataset, Output
+
+from sftlab import __version__
+from sftlab.errors import SftlabError, SpecError
+from sftlab.grid import Trial, expand
+from sftlab.job import RunContext, TrialJob
+from sftlab.launch import StartTrial, TrialOutcome
+from sftlab.spec import DEFAULT_IMAGE, Spec, parse_spec
+from tests.kfp_api import FakeKfp
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_RESOURCES = {
+    "default": {"cpu": "2", "memory": "8Gi"},
+    "train": {
+        "cpu": "8",
+        "memory": "64Gi",
+        "gpus": 2,
+        "accelerator": "nvidia.com/gpu",
+        "node_selector": {"pool": "a100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
+    "secrets": [
+        {"secret": "mlflow-auth", "env": {"MLFLOW_TRACKING_USERNAME": "user", "MLFLOW_TRACKING_PASSWORD": "password"}}
+    ],
+}
+MLFLOW = "http://mlflow.example:5000"  # never contacted: these tests stop at the KFP layer
+
+
+def spec_data(rates: int = 2, **extra: Any) -> dict[str, Any]:
+    """A spec that needs no files: a tiny: model, a hub dataset, ``rates`` trials."""
+    return {
+        "name": "pipetest",
+        "base_models": [{"name": "m", "uri": "tiny:llama?hidden=64&layers=4"}],
+        "datasets": [{"name": "d", "uri": "org/data"}],
+        "sweep": {"training.learning_rate": [0.1 * (i + 1) for i in range(rates)]},
+        "tracking": {"uri": MLFLOW},
+        **extra,
+    }
+
+
+def make_spec(rates: int = 2, **extra: Any) -> Spec:
+    return parse_spec(yaml.safe_dump(spec_data(rates, **extra)))
+
+
+def starter(tracking_uri: str, root: Path, started: list[Trial] | None = None) -> StartTrial:
+    """A ``start`` callback without MLflow: the job's trial run id is ``mlflow-<index>``."""
+
+    def start(trial: Trial) -> TrialJob:
+        if started is not None:
+            started.append(trial)
+        run_id = f"mlflow-{trial.index}"
+        ctx = RunContext(tracking_uri=tracking_uri, experiment="pipetest", root=str(root), trial_run_id=run_id)
+        return TrialJob(trial=trial, context=ctx)
+
+    return start
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+
+
+def images(pipeline_spec: dict[str, Any]) -> set[str]:
+    return {e["container"]["image"] for e in pipeline_spec["deploymentSpec"]["executors"].values()}
+
+
+def k8s_executors(platform_spec: dict[str, Any]) -> dict[str, Any]:
+    return platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def job_of(run: dict[str, Any]) -> TrialJob:
+    """The TrialJob a fake-KFP run was submitted with."""
+    return TrialJob.from_json(run["runtime_config"]["parameters"]["job"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled pipelines
+
+
+def test_committed_pipelines_match_a_fresh_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftlab.pipelines.compile import COMPILED, compile_pipeline
+
+    monkeypatch.setenv("SFTLAB_IMAGE", "somewhere/else:dev")  # must not leak into the committed files
+    for kind, committed in COMPILED.items():
+        fresh = load_docs(compile_pipeline(kind, None, tmp_path / committed.name))
+        assert fresh == load_docs(committed), f"{committed.name} is stale: run python -m sftlab.pipelines.compile"
+        assert images(fresh[0]) == {f"{DEFAULT_IMAGE}:{__version__}"}
+
+
+def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
+    from sftlab.pipelines.compile import compile_pipeline
+
+    spec = make_spec(resources=GPU_RESOURCES, pipeline={"image": "registry.local/sftlab:dev"})
+    ir, platform = load_docs(compile_pipeline("trial", spec, tmp_path / "trial.yaml"))
+    executors = ir["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["image"] == "registry.local/sftlab:dev"
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "2"
+    assert (train["resources"]["resourceCpuLimit"], train["resources"]["resourceMemoryRequest"]) == ("8", "64Gi")
+    profile = executors["exec-profile"]["container"]["resources"]
+    assert profile["resourceCpuRequest"] == "2" and "accelerator" not in profile
+    assert all(not task["cachingOptions"].get("enableCache") for task in ir["root"]["dag"]["tasks"].values())
+
+    k8s = k8s_executors(platform)
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert k8s["exec-train"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "nodeSelector" not in k8s["exec-profile"]
+    secret_env = {
+        ("mlflow-auth", "user", "MLFLOW_TRACKING_USERNAME"),
+        ("mlflow-auth", "password", "MLFLOW_TRACKING_PASSWORD"),
+    }
+    for name in ("exec-profile", "exec-baseline", "exec-train", "exec-evaluate", "exec-weights"):
+        env = {(s["secretName"], k["secretKey"], k["envVar"]) for s in k8s[name]["secretAsEnv"] for k in s["keyToEnv"]}
+        assert env == secret_env, name
+
+    ir, platform = load_docs(compile_pipeline("sweep", spec, tmp_path / "sweep.yaml"))
+    assert images(ir) == {"registry.local/sftlab:dev"}
+    assert set(k8s_executors(platform)) == {"exec-plan", "exec-launch", "exec-report"}
+
+
+def test_core_package_never_imports_kfp() -> None:
+    modules = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for path in (REPO / "sftlab").rglob("*.py")
+    )
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'kfp' or m.startswith('kfp.'))\n"
+        "assert not loaded, f'the core imports kfp: {loaded[:5]}'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitting to KFP
+
+
+def test_submit_sends_the_sweep_pipeline_with_the_spec_text(tmp_path: Path) -> None:
+    from sftlab.pipelines.compile import submit
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_data(resources=GPU_RESOURCES)), encoding="utf-8")
+    spec = parse_spec(spec_file.read_text(encoding="utf-8"))
+    with FakeKfp() as kfp_api:
+        run_id = submit(str(spec_file), host=kfp_api.url, experiment=None, spec=spec)
+    (experiment,) = kfp_api.experiments.values()
+    run = kfp_api.runs[run_id]
+    assert experiment["display_name"] == "pipetest" and run["experiment_id"] == experiment["experiment_id"]
+    assert run["display_name"] == "pipetest"
+    assert run["runtime_config"]["parameters"] == {"spec": spec_file.read_text(encoding="utf-8")}
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "sftlab-sweep"
+    assert "exec-launch" in k8s_executors(run["pipeline_spec"]["platform_spec"])
+
+
+def test_submit_refuses_what_cluster_pods_cannot_use(tmp_path: Path) -> None:
+    from sftlab.pipelines.compile import submit
+
+    data_file = tmp_path / "train.jsonl"
+    data_file.write_text('{"instruction": "1+1", "response": "2"}\n', encoding="utf-8")
+    local = make_spec(datasets=[{"name": "d", "uri": str(data_file)}], tracking={"uri": "sqlite:///x.db"})
+    nowhere = "http://127.0.0.1:9"  # both are refused before any request
+    with pytest.raises(SpecError) as caught:
+        submit(yaml.safe_dump(spec_data()), host=nowhere, experiment=None, spec=local)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["tracking.uri", "datasets[0].uri"]
+    with pytest.raises(SftlabError, match="10,000-character"):
+        submit(yaml.safe_dump(spec_data(description="x" * 10_001)), host=nowhere, experiment=None, spec=make_spec())
+
+
+# ---------------------------------------------------------------------------------------------
+# KfpLauncher
+
+
+def test_kfp_launcher_caps_runs_in_flight_and_maps_failures(tmp_path: Path) -> None:
+    import kfp
+
+    from sftlab.pipelines.launchers import KfpLauncher
+
+    def decide(run: dict[str, Any]) -> tuple[str, str | None]:
+        return ("FAILED", "task train failed") if job_of(run).trial.index % 2 else ("SUCCEEDED", None)
+
+    spec = make_spec(rates=5, resources=GPU_RESOURCES)
+    trials, started, outcomes = expand(spec), [], {}
+    with FakeKfp(decide, polls=2, failing_gets=2) as kfp_api:  # two 503s: tolerated, not fatal
+        client = kfp.Client(host=kfp_api.url)
+        launcher = KfpLauncher(client, max_parallel=2, poll_s=0.01, experiment="sweeps", spec=spec)
+        launcher.run(trials, starter(MLFLOW, tmp_path, started), lambda job, o: outcomes.update({o.key: o}))
+
+    assert kfp_api.max_in_flight == 2 and len(kfp_api.runs) == 5 and started == trials
+    assert [e["display_name"] for e in kfp_api.experiments.values()] == ["sweeps"]
+    for run in kfp_api.runs.values():
+        assert run["display_name"] == job_of(run).trial.label
+        assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "sftlab-trial"
+        assert "exec-train" in k8s_executors(run["pipeline_spec"]["platform_spec"])
+    for trial in trials:
+        outcome = outcomes[trial.key]
+        assert outcome.run_id == f"mlflow-{trial.index}"
+        if trial.index % 2:
+            assert not outcome.ok and "FAILED" in outcome.error and "task train failed" in outcome.error
+        else:
+            assert outcome.ok and outcome.error is None
+
+
+def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path) -> None:
+    import kfp
+
+    from sftlab.pipelines.launchers import KfpLauncher
+
+    def decide(run: dict[str, Any]) -> tuple[str, str | None]:
+        return ("SUCCEEDED", None) if run["run_id"] == "run-1" else ("RUNNING", None)
+
+    def finish(job: TrialJob, outcome: TrialOutcome) -> None:
+        raise KeyboardInterrupt
+
+    with FakeKfp(decide) as kfp_api:
+        launcher = KfpLauncher(kfp.Client(host=kfp_api.url), max_parallel=3, poll_s=0.01)
+        with pytest.raises(KeyboardInterrupt):
+            launcher.run(expand(make_spec(rates=4)), starter(MLFLOW, tmp_path), finish)
+    assert sorted(kfp_api.terminated) == ["run-2", "run-3"] and len(kfp_api.runs) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# LocalLauncher
+
+
+def test_local_launcher_isolates_a_failing_trial(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Every stage opens the trial's MLflow run first, so an unusable tracking URI fails the trial
+    inside a real kfp.local task, without depending on what the stages compute."""
+    from sftlab.pipelines.launchers import LocalLauncher
+
+    events: list[tuple[str, Trial | TrialOutcome]] = []
+    start = starter("bogus-scheme://nowhere", tmp_path)
+
+    def start_trial(trial: Trial) -> TrialJob:
+        events.append(("start", trial))
+        return start(trial)
+
+    trials = expand(make_spec(rates=2))
+    launcher = LocalLauncher(tmp_path / "local", max_parallel=1)
+    launcher.run(trials, start_trial, lambda job, outcome: events.append(("finish", outcome)))
+
+    assert [kind for kind, _ in events] == ["start", "finish", "start", "finish"]
+    for trial, (_, outcome) in zip(trials, events[1::2], strict=True):
+        assert isinstance(outcome, TrialOutcome) and outcome.key == trial.key and not outcome.ok
+        stage, _, cause = outcome.error.partition(": ")
+        assert stage in {"profile", "baseline"} and "bogus-scheme" in cause, outcome.error  # train waits for profile
+        log = launcher.log_path(trial.key).read_text(encoding="utf-8")
+        assert "Traceback" in log and "bogus-scheme" in log
+    assert capfd.readouterr().out == ""  # trial output goes to the logs, not the console
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep pipeline's launch step, under KFP's task runtime
+
+
+def write_text(text: str, out: Output[Dataset]):
+    """A component handing the launch step its plan (kfp.local takes no pipeline input artifacts)."""
+    with open(out.path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping")  # kfp.local on an image name without "python"
+def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
+    """kfp.local runs the launch component as KFP does (``_KFP_RUNTIME=true``, where kfp.Client
+    cannot be imported); it must still submit every pending trial and record the outcomes."""
+    from kfp import dsl, local
+
+    from sftlab.components.sweep import sweep_components, write_plan
+    from sftlab.sweep import prepare
+
+    def decide(run: dict[str, Any]) -> tuple[str, str | None]:
+        return ("FAILED", "boom") if job_of(run).trial.index == 1 else ("SUCCEEDED", None)
+
+    with FakeKfp(decide) as kfp_api:
+        data = spec_data(tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, pipeline={"kfp_host": kfp_api.url})
+        spec_text = yaml.safe_dump(data)
+        tracker, plan = prepare(parse_spec(spec_text))
+        plan_file = tmp_path / "plan.json"
+        write_plan(plan, str(plan_file))
+        launch = sweep_components("unused-locally").launch
+        writer = dsl.component(write_text, install_kfp_package=False)
+
+        @dsl.pipeline
+        def launch_only(spec: str, plan: str) -> int:
+            return launch(spec=spec, plan=writer(text=plan).output).outputs["Output"]
+
+        runner = local.SubprocessRunner(use_venv=False)
+        local.init(runner, pipeline_root=str(tmp_path / "kfp"), workspace_root=str(tmp_path / "ws"))
+        failed = launch_only(spec=spec_text, plan=plan_file.read_text(encoding="utf-8")).output
+
+    assert failed == 1 and len(kfp_api.runs) == 2
+    runs = tracker.search("tags.`sftlab.stage` = 'trial'")
+    assert {run.data.tags["sftlab.trial_key"]: run.info.status for run in runs} == {
+        plan.trials[0].key: "FINISHED",
+        plan.trials[1].key: "FAILED",
+    }
+    assert {job_of(run).context.sweep_run_id for run in kfp_api.runs.values()} == {plan.context.sweep_run_id}
