@@ -24,6 +24,7 @@ from sftlab.spec import (
     Spec,
     Strict,
     TrainingConfig,
+    WeightsConfig,
     describe_errors,
 )
 
@@ -42,6 +43,7 @@ class Trial(Strict):
     prompt_template: str | None
     profile: ProfileConfig
     evaluation: EvaluationConfig
+    weights: WeightsConfig = WeightsConfig()
     axes: dict[str, Any]
 
     @property
@@ -181,6 +183,7 @@ def expand(spec: Spec) -> list[Trial]:
                 prompt_template=spec.prompt_template,
                 profile=spec.profile,
                 evaluation=spec.evaluation,
+                weights=spec.weights,
                 axes=chosen,
             )
         )

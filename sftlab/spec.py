@@ -109,6 +109,15 @@ class EvaluationConfig(Strict):
     ready_timeout_s: float = Field(180.0, gt=0, description="How long a model server may take to become ready.")
 
 
+class WeightsConfig(Strict):
+    """Weight-change analysis. The spectral view (randomized SVD of ΔW) is off by default for speed."""
+
+    spectral: bool = False
+    spectral_top_k: int = Field(8, ge=1, le=256)
+    spectral_max_matrices: int = Field(16, ge=1, description="Matrices sampled (seeded) for the spectral view.")
+    seed: int = 0
+
+
 class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite under root.")
     experiment: str | None = Field(None, description="Default: the spec's name.")
@@ -175,6 +184,7 @@ class Spec(Strict):
     training: TrainingConfig = TrainingConfig()
     profile: ProfileConfig = ProfileConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    weights: WeightsConfig = WeightsConfig()
     sweep: dict[str, list[Any]] = {}
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
