@@ -13,6 +13,7 @@ import pytest
 from sftlab.errors import SftlabError
 from sftlab.job import RunContext
 from sftlab.stages import report
+from sftlab.reporting.render import REPORT_FILES
 from sftlab.tracking import TAG_TRIAL_KEY, Tracker
 
 EXPERIMENT = "synthetic-study"
@@ -120,9 +121,9 @@ def _rho(text: str, pattern: str) -> float:
 def test_files_and_sweep_artifacts(study, built):
     tracker, _, ctx = study
     assert built == Path(ctx.root) / "reports" / EXPERIMENT / "report.html"
-    assert {p.name for p in built.parent.iterdir()} == set(report.REPORT_FILES)
+    assert {p.name for p in built.parent.iterdir()} == set(REPORT_FILES)
     listed = tracker.client.list_artifacts(ctx.sweep_run_id, "report")
-    assert {f.path for f in listed} == {f"report/{name}" for name in report.REPORT_FILES}
+    assert {f.path for f in listed} == {f"report/{name}" for name in REPORT_FILES}
 
 
 def test_html_is_self_contained_with_trial_table(study, built):

@@ -1,0 +1,1 @@
+"""The cross-trial report: trial rows from MLflow, statistics, sections, rendering."""
