@@ -95,9 +95,12 @@ class _PollingLauncher(ABC, Generic[Handle]):
                         end(item.job, item.started, *ended)
                 if running and not ended_any:
                     time.sleep(self.poll_s)
-        except BaseException:
+        except BaseException as exc:
             for item in running:
                 self._cancel(item.handle)
+            for item in running:  # their MLflow runs must not stay RUNNING; a re-run redoes them
+                with suppress(Exception):
+                    end(item.job, item.started, False, f"interrupted ({type(exc).__name__})")
             raise
 
 

@@ -93,6 +93,37 @@ def _ratio(num: float, den: float) -> float:
 # Results
 
 
+def _cosine(dot: float, base_norm: float, tuned_norm: float, delta_norm: float) -> float:
+    """cos(W_ft, W_base); 1 for two identical all-zero tensors."""
+    if base_norm == 0 or tuned_norm == 0:
+        return 1.0 if delta_norm == 0 else 0.0
+    return dot / (base_norm * tuned_norm)
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Leading singular values of ΔW and its effective rank (Roy & Vetterli 2007).
+
+    ``exact`` is False for a randomized SVD of a large matrix: the effective rank is then that of
+    the top ``top_k + SVD_OVERSAMPLE`` values, a lower bound on the full matrix's.
+    """
+
+    singular_values: tuple[float, ...]  # top k, descending
+    effective_rank: float
+    top_k_energy: float  # Σ top-k σ² / ||ΔW||²: near 1 when the update is low-rank
+    exact: bool
+
+
+def effective_rank(singular_values: torch.Tensor) -> float:
+    """exp(entropy of σ/Σσ) (Roy & Vetterli 2007): 1 for rank one, n for n equal values."""
+    sigma = singular_values.double().clamp_min(0)
+    total = float(sigma.sum())
+    if total == 0:
+        return 0.0
+    p = sigma[sigma > 0] / total
+    return math.exp(-float((p * p.log()).sum()))
+
+
 @dataclass(frozen=True)
 class TensorDiff:
     """Change of one tensor; norms are Frobenius norms over the whole tensor."""
@@ -105,6 +136,7 @@ class TensorDiff:
     dot: float
     max_abs_delta: float
     tied_to: str | None = None  # the base tensor compared against, when weight tying hid this one
+    spectrum: Spectrum | None = None
 
     @property
     def rel_change(self) -> float:
@@ -112,10 +144,7 @@ class TensorDiff:
 
     @property
     def cosine(self) -> float:
-        """cos(W_ft, W_base); 1 for two identical all-zero tensors."""
-        if self.base_norm == 0 or self.tuned_norm == 0:
-            return 1.0 if self.delta_norm == 0 else 0.0
-        return self.dot / (self.base_norm * self.tuned_norm)
+        return _cosine(self.dot, self.base_norm, self.tuned_norm, self.delta_norm)
 
     @property
     def layer(self) -> int | None:
@@ -125,13 +154,69 @@ class TensorDiff:
     def module(self) -> str:
         return module_type(self.name)
 
+    def row(self) -> dict[str, Any]:
+        """One JSON-able table row; spectral columns are None for matrices outside the sample."""
+        spectrum = self.spectrum
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in ("dot", "spectrum")},
+            "shape": list(self.shape),
+            "layer": self.layer,
+            "module": self.module,
+            "rel_change": self.rel_change,
+            "cosine": self.cosine,
+            "top_singular_values": list(spectrum.singular_values) if spectrum else None,
+            "effective_rank": spectrum.effective_rank if spectrum else None,
+            "top_k_energy": spectrum.top_k_energy if spectrum else None,
+            "spectrum_exact": spectrum.exact if spectrum else None,
+        }
 
-def _group_rel_change(tensors: Iterable[TensorDiff]) -> float:
-    """sqrt(Σ||ΔW||²) / sqrt(Σ||W||²): big tensors weigh more, as they do in the model."""
-    items = list(tensors)
-    delta = math.sqrt(sum(t.delta_norm**2 for t in items))
-    base = math.sqrt(sum(t.base_norm**2 for t in items))
-    return _ratio(delta, base)
+
+@dataclass(frozen=True)
+class GroupChange:
+    """The change of a group of tensors taken as one long vector, so big tensors weigh more."""
+
+    base_norm: float
+    tuned_norm: float
+    delta_norm: float
+    dot: float
+    max_abs_delta: float
+
+    @classmethod
+    def of(cls, tensors: Iterable[TensorDiff]) -> GroupChange:
+        items = list(tensors)
+        return cls(
+            base_norm=math.sqrt(sum(t.base_norm**2 for t in items)),
+            tuned_norm=math.sqrt(sum(t.tuned_norm**2 for t in items)),
+            delta_norm=math.sqrt(sum(t.delta_norm**2 for t in items)),
+            dot=sum(t.dot for t in items),
+            max_abs_delta=max((t.max_abs_delta for t in items), default=0.0),
+        )
+
+    @property
+    def rel_change(self) -> float:
+        return _ratio(self.delta_norm, self.base_norm)
+
+    @property
+    def cosine(self) -> float:
+        return _cosine(self.dot, self.base_norm, self.tuned_norm, self.delta_norm)
+
+    def measures(self, names: Iterable[str]) -> dict[str, float]:
+        """The named measures: rel_change, abs_change (||ΔW||), cosine, max_abs_change."""
+        values = {
+            "rel_change": self.rel_change,
+            "abs_change": self.delta_norm,
+            "cosine": self.cosine,
+            "max_abs_change": self.max_abs_delta,
+        }
+        return {name: values[name] for name in names}
+
+
+# Which measures each aggregate logs as MLflow metrics: every module and the total get all four,
+# layers and depth thirds only the headline ones, so a 80-layer model stays near 150 metrics (the
+# MLflow UI slows past ~1,000 per run); everything per tensor goes to the table artifact.
+ALL_MEASURES = ("rel_change", "abs_change", "cosine", "max_abs_change")
+LAYER_MEASURES = ("rel_change",)
+DEPTH_MEASURES = ("rel_change", "abs_change")
 
 
 @dataclass
@@ -145,59 +230,77 @@ class WeightDiff:
         layers = [t.layer for t in self.tensors if t.layer is not None]
         return max(layers) + 1 if layers else 0
 
-    def _grouped(self, key: Callable[[TensorDiff], Any]) -> dict[Any, float]:
-        """Relative change of each group of tensors; tensors whose key is None are left out."""
+    def _grouped(self, key: Callable[[TensorDiff], Any]) -> dict[Any, GroupChange]:
+        """Change of each group of tensors; tensors whose key is None are left out."""
         groups: dict[Any, list[TensorDiff]] = {}
         for tensor in self.tensors:
             group = key(tensor)
             if group is not None:
                 groups.setdefault(group, []).append(tensor)
-        return {group: _group_rel_change(items) for group, items in groups.items()}
+        return {group: GroupChange.of(items) for group, items in groups.items()}
 
-    def by_layer(self) -> dict[int, float]:
+    def by_layer(self) -> dict[int, GroupChange]:
         return dict(sorted(self._grouped(lambda t: t.layer).items()))
 
-    def by_module(self) -> dict[str, float]:
-        return self._grouped(lambda t: t.module)
+    def by_module(self) -> dict[str, GroupChange]:
+        found = self._grouped(lambda t: t.module)
+        return {m: found[m] for m in MODULE_TYPES if m in found}
 
-    def by_depth(self) -> dict[str, float]:
+    def by_depth(self) -> dict[str, GroupChange]:
         n = self.num_layers
         found = self._grouped(lambda t: None if t.layer is None else depth_bucket(t.layer, n))
         return {d: found[d] for d in DEPTHS if d in found}
 
-    def by_layer_and_module(self) -> dict[tuple[int, str], float]:
+    def by_layer_and_module(self) -> dict[tuple[int, str], GroupChange]:
         return self._grouped(lambda t: None if t.layer is None else (t.layer, t.module))
 
-    def total(self) -> float:
-        return _group_rel_change(self.tensors)
+    def total(self) -> GroupChange:
+        return GroupChange.of(self.tensors)
+
+    def spectra(self) -> list[TensorDiff]:
+        return [t for t in self.tensors if t.spectrum is not None]
 
     def metrics(self) -> dict[str, float]:
         """MLflow metrics; infinite ratios (all-zero base groups) are left out, MLflow and ranks can't use them."""
-        named = {f"weights/layer_{i}/rel_change": v for i, v in self.by_layer().items()}
-        named.update({f"weights/module_{m}/rel_change": v for m, v in self.by_module().items()})
-        named.update({f"weights/depth_{d}/rel_change": v for d, v in self.by_depth().items()})
-        named["weights/total/rel_change"] = self.total()
+        named: dict[str, float] = {}
+        groups: list[tuple[str, dict[Any, GroupChange], tuple[str, ...]]] = [
+            ("layer_", self.by_layer(), LAYER_MEASURES),
+            ("module_", self.by_module(), ALL_MEASURES),
+            ("depth_", self.by_depth(), DEPTH_MEASURES),
+            ("", {"total": self.total()}, ALL_MEASURES),
+        ]
+        for prefix, grouped, measures in groups:
+            for group, change in grouped.items():
+                named.update({f"weights/{prefix}{group}/{k}": v for k, v in change.measures(measures).items()})
+        named.update(self._spectral_metrics())
         return {k: v for k, v in named.items() if math.isfinite(v)}
+
+    def _spectral_metrics(self) -> dict[str, float]:
+        spectra = [t.spectrum for t in self.spectra() if t.spectrum is not None]
+        if not spectra:
+            return {}
+        return {
+            "weights/spectral/matrices": float(len(spectra)),
+            "weights/spectral/effective_rank_mean": sum(s.effective_rank for s in spectra) / len(spectra),
+            "weights/spectral/top_k_energy_mean": sum(s.top_k_energy for s in spectra) / len(spectra),
+            "weights/spectral/top_singular_value_max": max(s.singular_values[0] for s in spectra),
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-able row per tensor, for a per-tensor artifact table."""
-        return [
-            {
-                **{k: v for k, v in asdict(t).items() if k != "dot"},
-                "shape": list(t.shape),
-                "layer": t.layer,
-                "module": t.module,
-                "rel_change": t.rel_change,
-                "cosine": t.cosine,
-            }
-            for t in self.tensors
-        ]
+        return [t.row() for t in self.tensors]
+
+    def table(self) -> pandas.DataFrame:
+        """The per-tensor rows as a DataFrame (written as Parquet and as an MLflow table)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(), columns=list(TensorDiff("", (), 0, 0, 0, 0, 0).row()))
 
     def heatmap_png(self, path: str | Path) -> Path:
         """Layer × module relative-change heatmap, to see at a glance where training moved weights."""
         from matplotlib.figure import Figure
 
-        cells = self.by_layer_and_module()
+        cells = {key: change.rel_change for key, change in self.by_layer_and_module().items()}
         layers = sorted({layer for layer, _ in cells})
         present = {module for _, module in cells}
         modules = [m for m in MODULE_TYPES if m in present]

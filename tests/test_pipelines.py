@@ -225,14 +225,21 @@ def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path)
     def decide(run: dict[str, Any]) -> tuple[str, str | None]:
         return ("SUCCEEDED", None) if run["run_id"] == "run-1" else ("RUNNING", None)
 
+    outcomes: list[TrialOutcome] = []
+
     def finish(job: TrialJob, outcome: TrialOutcome) -> None:
-        raise KeyboardInterrupt
+        outcomes.append(outcome)
+        if len(outcomes) == 1:
+            raise KeyboardInterrupt
 
     with FakeKfp(decide) as kfp_api:
         launcher = KfpLauncher(kfp.Client(host=kfp_api.url), max_parallel=3, poll_s=0.01)
         with pytest.raises(KeyboardInterrupt):
             launcher.run(expand(make_spec(rates=4)), starter(MLFLOW, tmp_path), finish)
     assert sorted(kfp_api.terminated) == ["run-2", "run-3"] and len(kfp_api.runs) == 3
+    # The trials cut short are recorded as failed (their MLflow runs must not stay RUNNING).
+    assert [o.ok for o in outcomes] == [True, False, False]
+    assert {o.error for o in outcomes[1:]} == {"interrupted (KeyboardInterrupt)"}
 
 
 # ---------------------------------------------------------------------------------------------
