@@ -29,6 +29,7 @@ from sftlab.spec import (
 )
 
 NAME_AXES = ("base_model", "dataset")
+NOT_IN_KEY = {"checkpoint_every_epoch"}  # how a trial is run, not what it computes
 
 
 class Trial(Strict):
@@ -77,7 +78,7 @@ def trial_key(
         {
             "base_model": _source(base_model),
             "dataset": _source(dataset),
-            "training": training.model_dump(),
+            "training": training.model_dump(exclude=NOT_IN_KEY),
             "benchmarks": sorted((_source(b) for b in benchmarks), key=lambda b: json.dumps(b, sort_keys=True)),
             "prompt_template": dataset.template or prompt_template,
         }

