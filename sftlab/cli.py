@@ -65,6 +65,21 @@ def plan(spec_path: str) -> None:
     click.echo(f"\n{len(trials)} trials; benchmarks: {', '.join(b.name for b in spec.benchmarks) or 'none'}")
 
 
+def check_runs_here(spec_path: str, trials: list[Any]) -> None:
+    """Settings this machine cannot run (QLoRA without CUDA) fail before any trial starts."""
+    from sftlab.errors import SpecError
+    from sftlab.stages.train import check_method
+
+    problems = set()
+    for trial in trials:
+        try:
+            check_method(trial.training)
+        except SftlabError as exc:
+            problems.add(f"{exc} (trial {trial.label})" if len(trials) > 1 else str(exc))
+    if problems:
+        raise SpecError(spec_path, sorted(problems))
+
+
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
 @click.option("--max-parallel", type=int, default=None, help="Trials at once (default: spec.pipeline.max_parallel_trials, capped at 2 locally).")
@@ -79,7 +94,9 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     from sftlab.sweep import run_sweep
 
     spec = load_spec(spec_path)
-    n_trials = len(expand(spec))
+    trials = expand(spec)
+    check_runs_here(spec_path, trials)
+    n_trials = len(trials)
     if n_trials > CONFIRM_ABOVE and not yes:
         click.confirm(f"{n_trials} trials will run on this machine. Continue?", abort=True)
     parallel = max_parallel or min(spec.pipeline.max_parallel_trials, 2)

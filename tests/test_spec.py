@@ -101,3 +101,15 @@ def test_uri_kinds() -> None:
 def test_spec_missing_file() -> None:
     with pytest.raises(SftlabError, match="spec file not found"):
         load_spec("/nonexistent/spec.yaml")
+
+
+def test_qlora_without_cuda_fails_before_anything_runs(tmp_path: Path) -> None:
+    spec = tmp_path / "qlora.yaml"
+    spec.write_text(GOOD + f"tracking: {{root: {tmp_path / 'runs'}}}\nsweep: {{training.method: [full, qlora]}}\n")
+    result = run_cli("run", str(spec), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {spec}: 1 problem:",
+        "  training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU (trial m/d[method=qlora])",
+    ]
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing tracked
