@@ -18,6 +18,7 @@ class RunContext(Strict):
     experiment: str
     root: str
     storage: StorageConfig = StorageConfig()
+    register_models: bool = True
     sweep_run_id: str | None = None
     trial_run_id: str | None = None
     kfp_run_id: str | None = None
@@ -61,4 +62,5 @@ def context_for(spec: Spec) -> RunContext:
         experiment=spec.experiment,
         root=str(Path(spec.tracking.root).resolve()),
         storage=spec.storage,
+        register_models=spec.tracking.register_models,
     )

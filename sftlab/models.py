@@ -56,6 +56,17 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def attention_implementation() -> str:
+    """FlashAttention-2 on CUDA when installed (fastest for long sequences), else PyTorch SDPA."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_tokenizer(source: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
@@ -76,7 +87,9 @@ def load_causal_lm(source: str, revision: str | None = None, dtype: str = "auto"
     if dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         torch_dtype = torch.bfloat16
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=revision, dtype=torch_dtype, attn_implementation=attention_implementation()
+        )
     except OSError as exc:
         raise SftlabError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     return model.to(device()).eval()

@@ -149,6 +149,9 @@ class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite under root.")
     experiment: str | None = Field(None, description="Default: the spec's name.")
     root: str = Field("./sftlab-runs", description="Local folder for the embedded store, artifacts and reports.")
+    register_models: bool = Field(
+        True, description="Register each trained model as a version of '<experiment>.<base model>' in the MLflow registry."
+    )
 
 
 class StorageConfig(Strict):

@@ -56,7 +56,7 @@ def test_profile_matches_direct_computation_and_is_cached(tmp_path: Path) -> Non
 
     profile_run = tracker.cached("profile", profile_key(job.trial))
     assert profile_run is not None and profile_run.info.run_id == result.outputs["profile_run_id"]
-    assert [a.path for a in tracker.client.list_artifacts(profile_run.info.run_id)] == ["profile.json"]
+    assert [a.path for a in tracker.client.list_artifacts(profile_run.info.run_id)] == ["profile.json", "profile_card.html"]
     trial_run = tracker.client.get_run(job.context.trial_run_id)
     assert trial_run.data.metrics["profile/ppl"] == pytest.approx(metrics["profile/ppl"])
     assert trial_run.data.tags["sftlab.profile_run_id"] == profile_run.info.run_id
@@ -83,6 +83,8 @@ def test_train_logs_loss_and_stores_model_in_mlflow(tmp_path: Path, method: str)
     weights = "model/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
     assert weights in files and "model/tokenizer.json" in files
     assert result.outputs == {"run_id": run_id, "artifact_path": "model", "adapter": method == "lora", "uri": f"runs:/{run_id}/model"}
+    versions = tracker.client.search_model_versions(f"name = 'quickstart.{job.trial.base_model.name}'")
+    assert [(v.run_id, v.tags["sftlab.trial_key"], v.tags["sftlab.method"]) for v in versions] == [(run_id, job.trial.key, method)]
 
 
 def test_stage_failure_is_recorded_on_the_trial_run(tmp_path: Path) -> None:

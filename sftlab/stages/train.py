@@ -176,10 +176,28 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
         tracker.log_metrics(run_id, metrics)
         tracker.log_artifacts(run_id, Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
         shutil.rmtree(checkpoint_dir(job), ignore_errors=True)  # the stored model supersedes them
+        if job.context.register_models:
+            register(tracker, job, run_id)
         log.info("train: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     adapter = job.trial.training.method != "full"
     outputs = {"run_id": run_id, "artifact_path": MODEL_ARTIFACT, "adapter": adapter, "uri": f"runs:/{run_id}/{MODEL_ARTIFACT}"}
     return StageResult(metrics=metrics, outputs=outputs)
+
+
+def register(tracker: Tracker, job: TrialJob, run_id: str) -> None:
+    """Each fine-tune becomes a version of ``<experiment>.<base model>``, tagged with its trial."""
+    trial = job.trial
+    name = f"{job.context.experiment}.{trial.base_model.name}"
+    if tracker.client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        tracker.client.create_registered_model(name, description=f"Fine-tunes of {trial.base_model.uri}")
+    tracker.client.create_model_version(
+        name,
+        source=f"runs:/{run_id}/{MODEL_ARTIFACT}",
+        run_id=run_id,
+        tags={"sftlab.trial_key": trial.key, "sftlab.dataset": trial.dataset.name, "sftlab.method": trial.training.method,
+              "sftlab.adapter": str(trial.training.method != "full").lower()},
+        description=trial.label,
+    )
 
 
 def fetch_trained(job: TrialJob, model_output: dict[str, Any], dst: Path) -> Path:
