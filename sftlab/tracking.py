@@ -131,10 +131,14 @@ class Tracker:
     # -- logging ----------------------------------------------------------------------------
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.log_metric_steps(run_id, [(step, {k: v for k, v in metrics.items() if v is not None})])
+
+    def log_metric_steps(self, run_id: str, steps: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Many steps of metrics in as few requests as MLflow allows."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items()]
         for i in range(0, len(items), _MAX_METRICS):
             self.client.log_batch(run_id, metrics=items[i : i + _MAX_METRICS], synchronous=True)
 
