@@ -14,7 +14,9 @@ from sftlab.spec import DEFAULT_IMAGE, Spec
 
 
 def image_for(spec: Spec | None) -> str:
-    """The components' image: the spec's, else ``$SFTLAB_IMAGE``, else this release's image.
+    """The components' image: the spec's, else ``$SFTLAB_IMAGE``, else ``sftlab:VERSION`` in
+    ``$SFTLAB_REGISTRY`` (the one registry ``images/build.sh`` pushes every image to; the Helm
+    chart's ``sftlab-defaults`` ConfigMap carries it), else this release's image.
 
     Without a spec (the committed pipeline files) only the release image counts, so the files do
     not depend on who compiled them or where.
@@ -22,4 +24,6 @@ def image_for(spec: Spec | None) -> str:
     release = f"{DEFAULT_IMAGE}:{__version__}"
     if spec is None:
         return release
-    return spec.pipeline.image or os.environ.get("SFTLAB_IMAGE") or release
+    registry = os.environ.get("SFTLAB_REGISTRY", "").strip().rstrip("/")
+    in_registry = f"{registry}/{DEFAULT_IMAGE.rsplit('/', 1)[1]}:{__version__}" if registry else release
+    return spec.pipeline.image or os.environ.get("SFTLAB_IMAGE") or in_registry

@@ -10,8 +10,8 @@ from kfp.dsl.base_component import BaseComponent
 
 from sftlab.components import image_for
 from sftlab.components.sweep import sweep_components
-from sftlab.pipelines.trial import use_secrets
-from sftlab.spec import Spec
+from sftlab.pipelines.trial import use_cluster_defaults, use_secrets
+from sftlab.spec import PipelineConfig, Spec
 
 SWEEP_PIPELINE = "sftlab-sweep"
 
@@ -23,6 +23,7 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
     """
     components = sweep_components(image_for(spec))
     secrets = spec.resources.secrets if spec is not None else []
+    defaults = (spec.pipeline if spec is not None else PipelineConfig()).defaults_config_map
 
     @dsl.pipeline(name=SWEEP_PIPELINE)
     def sweep_pipeline(spec: str):
@@ -39,5 +40,6 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
         for task in (plan, launch, report):
             task.set_caching_options(False)  # each step reads or writes MLflow state
             use_secrets(task, secrets)
+            use_cluster_defaults(task, defaults)
 
     return sweep_pipeline

@@ -13,7 +13,7 @@ from kfp.dsl.pipeline_channel import PipelineChannel
 
 from sftlab.components import image_for
 from sftlab.components.stages import stage_components
-from sftlab.spec import ResourcesConfig, SecretEnv, Spec, TaskResources
+from sftlab.spec import PipelineConfig, ResourcesConfig, SecretEnv, Spec, TaskResources
 
 TRIAL_PIPELINE = "sftlab-trial"
 
@@ -23,6 +23,23 @@ def use_secrets(task: PipelineTask, secrets: list[SecretEnv]) -> None:
     for secret in secrets:
         for env, key in secret.env.items():  # one call per variable: two variables may share a key
             kubernetes.use_secret_as_env(task, secret_name=secret.secret, secret_key_to_env={key: env})
+
+
+# Keys of the Helm chart's defaults ConfigMap that stages read (tracking server, S3 endpoint, uploads).
+CLUSTER_DEFAULTS = (
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
+    "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE",
+    "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE",
+)
+
+
+def use_cluster_defaults(task: PipelineTask, config_map: str | None) -> None:
+    """Cluster defaults as env (optional: a cluster without the chart's ConfigMap still runs)."""
+    if config_map:
+        keys = {key: key for key in CLUSTER_DEFAULTS}
+        kubernetes.use_config_map_as_env(task, config_map_name=config_map, config_map_key_to_env=keys, optional=True)
 
 
 def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:
@@ -49,6 +66,7 @@ def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
     """The trial pipeline for ``spec``'s image and resources (release image, no settings, if None)."""
     components = stage_components(image_for(spec))
     resources = spec.resources if spec is not None else ResourcesConfig()
+    defaults = (spec.pipeline if spec is not None else PipelineConfig()).defaults_config_map
 
     @dsl.pipeline(name=TRIAL_PIPELINE)
     def trial_pipeline(job: str):
@@ -63,6 +81,7 @@ def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
             component = getattr(components, name)
             ids = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
             task = component(job=job, **ids, **inputs)
+            use_cluster_defaults(task, defaults)
             return configure(task, resources.for_stage(name), resources.secrets)
 
         profile = stage("profile")

@@ -200,6 +200,9 @@ class PipelineConfig(Strict):
     image: str | None = Field(None, description="Component image; default $SFTLAB_IMAGE or the release image.")
     max_parallel_trials: int = Field(4, ge=1, le=1000)
     kfp_host: str | None = None
+    defaults_config_map: str | None = Field(
+        "sftlab-defaults", description="ConfigMap (from the Helm chart) whose cluster defaults every task gets as env."
+    )
 
 
 class Spec(Strict):

@@ -1,0 +1,58 @@
+#!/bin/sh
+# Build (and push) every sftlab image with tag = the package version from pyproject.toml.
+#
+#   images/build.sh                 build all four images
+#   images/build.sh --push          build and push them
+#   images/build.sh --dry-run       print the commands only
+#   REGISTRY=registry.example.com/ml images/build.sh --push
+#
+# Images (REGISTRY defaults to ghcr.io/sftlab, so REGISTRY/sftlab:VERSION is the image the
+# compiled pipelines reference, sftlab.spec.DEFAULT_IMAGE):
+#   REGISTRY/sftlab:VERSION         images/base/Dockerfile   CPU base, KFP components
+#   REGISTRY/sftlab-train:VERSION   images/train/Dockerfile  CUDA training (component image on GPU clusters)
+#   REGISTRY/sftlab-serve:VERSION   images/serve/Dockerfile  KServe evaluation server (ServingRuntime)
+#   REGISTRY/sftlab-mlflow:VERSION  mlflow/Dockerfile        MLflow tracking server (Helm chart)
+# Other settings: DOCKER (docker; podman/nerdctl work), PLATFORM (linux/amd64),
+# TORCH_CUDA_INDEX_URL (https://download.pytorch.org/whl/cu128), FLASH_ATTN_VERSION (empty: skip).
+set -eu
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+REGISTRY="${REGISTRY:-ghcr.io/sftlab}"
+REGISTRY="${REGISTRY%/}"
+DOCKER="${DOCKER:-docker}"
+PLATFORM="${PLATFORM:-linux/amd64}"
+TORCH_CUDA_INDEX_URL="${TORCH_CUDA_INDEX_URL:-https://download.pytorch.org/whl/cu128}"
+FLASH_ATTN_VERSION="${FLASH_ATTN_VERSION:-}"
+VERSION="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pyproject.toml")"
+REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+push=false
+dry_run=false
+for arg in "$@"; do
+    case "$arg" in
+        --push) push=true ;;
+        --dry-run) dry_run=true ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "build.sh: unknown argument '$arg'" >&2; exit 64 ;;
+    esac
+done
+
+run() {
+    echo "+ $*"
+    if [ "$dry_run" = false ]; then "$@"; fi
+}
+
+# name  dockerfile  extra build args
+build() {
+    name="$1"; dockerfile="$2"; shift 2
+    run "$DOCKER" build --platform "$PLATFORM" -f "$ROOT/$dockerfile" \
+        --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" "$@" \
+        -t "$REGISTRY/$name:$VERSION" "$ROOT"
+    if [ "$push" = true ]; then run "$DOCKER" push "$REGISTRY/$name:$VERSION"; fi
+}
+
+build sftlab images/base/Dockerfile
+build sftlab-train images/train/Dockerfile \
+    --build-arg "TORCH_INDEX_URL=$TORCH_CUDA_INDEX_URL" --build-arg "FLASH_ATTN_VERSION=$FLASH_ATTN_VERSION"
+build sftlab-serve images/serve/Dockerfile --build-arg "TORCH_INDEX_URL=$TORCH_CUDA_INDEX_URL"
+build sftlab-mlflow mlflow/Dockerfile
