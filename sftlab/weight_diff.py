@@ -16,7 +16,7 @@ import random
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,9 @@ INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 # Rows are read in blocks of ~256K elements (2 MB as float64), so the float64 passes over a block
-# stay in CPU cache: measured 6 GB/s vs 0.9 GB/s with 4M-element blocks (benchmarks/weights_speed.py).
+# stay in CPU cache (2-core VM, page-cached float32 pair: 6 GB/s vs 0.9 GB/s with 4M-element blocks).
+# The blocks are processed on one thread: on shared cores torch's intra-op threads waited on each
+# other (11 ms vs 0.11 ms for one 2 MB dot product with another job running).
 CHUNK_ELEMENTS = 1 << 18
 # Spectral view: ΔW with a side at most this long gets an exact SVD (cheap); larger ones a
 # randomized SVD (Halko et al. 2011) of rank top_k + SVD_OVERSAMPLE with SVD_NITER power iterations.
@@ -50,7 +52,7 @@ _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<param>weight|bias))?$"
 )
 
-# Reads rows ``rows`` of the tuned tensor, given the same rows of the base tensor (in their dtype).
+# Reads rows ``rows`` of the tuned tensor (any float dtype), given the same rows of the base tensor as stored.
 TunedRows = Callable[[slice, "torch.Tensor"], "torch.Tensor"]
 
 
@@ -341,17 +343,20 @@ class _Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handles[name].get_slice(name).get_shape())
 
-    def read(self, name: str, rows: slice) -> torch.Tensor:
-        """Rows ``rows`` of a tensor as float64 (a 0-d tensor is read whole, as one row)."""
-        import torch
+    def read(self, name: str, rows: slice, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``rows`` of a tensor, as stored or as ``dtype`` (a 0-d tensor is read whole, as one row).
 
+        The result may be a read-only view of the memory-mapped file: never modify it in place.
+        """
         handle = self._handles[name]
         if not self.shape(name):
-            return handle.get_tensor(name).to(torch.float64).reshape(1)
-        return handle.get_slice(name)[rows].to(torch.float64)
+            block = handle.get_tensor(name).reshape(1)
+        else:
+            block = handle.get_slice(name)[rows]
+        return block if dtype is None else block.to(dtype)
 
-    def read_all(self, name: str) -> torch.Tensor:
-        return self.read(name, slice(None))
+    def read_all(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.read(name, slice(None), dtype)
 
 
 def _weight_files(folder: Path, role: str) -> dict[str, Path]:
@@ -392,6 +397,19 @@ def _open(folder: Path, role: str) -> Iterator[_Checkpoint]:
         yield _Checkpoint(_weight_files(Path(folder), role), stack)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops single-threaded (see CHUNK_ELEMENTS), restoring the caller's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _tied_partner(name: str, present: Iterable[str]) -> str | None:
     """The tensor a tied output head shares with the input embedding (or vice versa), if present."""
     wanted = _EMBED if _HEAD.search(name) else _HEAD if _EMBED.search(name) else None
@@ -419,44 +437,70 @@ def _rows_of(side: _Checkpoint, name: str) -> TunedRows:
     return lambda rows, _base_rows: side.read(name, rows)
 
 
+def _row_size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+def _row_step(shape: tuple[int, ...]) -> int:
+    """Rows per block: as many as fit CHUNK_ELEMENTS, at least one."""
+    return max(1, CHUNK_ELEMENTS // max(1, _row_size(shape)))
+
+
 def _row_slices(shape: tuple[int, ...]) -> Iterator[slice]:
     rows = shape[0] if shape else 1
-    row_size = math.prod(shape[1:]) if len(shape) > 1 else 1
-    step = max(1, CHUNK_ELEMENTS // max(1, row_size))
+    step = _row_step(shape)
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
 
 
 def _measure(name: str, base: _Checkpoint, base_name: str, tuned_rows: TunedRows) -> TensorDiff:
-    """Stream one tensor pair chunk by chunk, accumulating the sums every statistic needs."""
-    base_sq = tuned_sq = delta_sq = dot = max_abs = 0.0
+    """Stream one tensor pair block by block, accumulating the sums every statistic needs.
+
+    Each block goes into one reused float64 buffer as rows [W_base; ΔW], whose 2×2 Gram matrix
+    (one BLAS call) gives Σb², Σb·d and Σd²; then Σt² = Σb² + 2Σb·d + Σd² and Σb·t = Σb² + Σb·d.
+    float64 keeps 1 - cos ~ 1e-6 fine-tunes exact; the blocks stay in CPU cache.
+    """
+    import torch
+
     shape = base.shape(base_name)
-    for rows in _row_slices(shape):
-        b = base.read(base_name, rows)
-        t = tuned_rows(rows, b)
-        d = t - b
-        base_sq += float((b * b).sum())
-        tuned_sq += float((t * t).sum())
-        delta_sq += float((d * d).sum())
-        dot += float((b * t).sum())
-        max_abs = max(max_abs, float(d.abs().max())) if d.numel() else max_abs
+    rows = shape[0] if shape else 1
+    buffer = torch.empty(2, min(rows, _row_step(shape)) * _row_size(shape), dtype=torch.float64)
+    gram = torch.zeros(2, 2, dtype=torch.float64)
+    max_abs = 0.0
+    for rows_slice in _row_slices(shape):
+        block = base.read(base_name, rows_slice)
+        pair = buffer[:, : block.numel()]
+        pair[0].copy_(block.reshape(-1))
+        pair[1].copy_(tuned_rows(rows_slice, block).reshape(-1))
+        pair[1].sub_(pair[0])
+        gram += pair @ pair.T
+        if pair.shape[1]:
+            low, high = torch.aminmax(pair[1])
+            max_abs = max(max_abs, float(high), -float(low))
+    (base_sq, base_delta), (_, delta_sq) = gram.tolist()
     return TensorDiff(
         name=name,
         shape=shape,
         base_norm=math.sqrt(base_sq),
-        tuned_norm=math.sqrt(tuned_sq),
+        tuned_norm=math.sqrt(max(0.0, base_sq + 2 * base_delta + delta_sq)),
         delta_norm=math.sqrt(delta_sq),
-        dot=dot,
+        dot=base_sq + base_delta,
         max_abs_delta=max_abs,
         tied_to=base_name if base_name != name else None,
     )
+
+
+def _measure_all(names: list[str], base: _Checkpoint, in_base: dict[str, str], readers: dict[str, TunedRows]) -> list[TensorDiff]:
+    """Every tensor's change, in the order given, on one thread (see CHUNK_ELEMENTS)."""
+    with _one_thread():
+        return [_measure(name, base, in_base[name], readers[name]) for name in names]
 
 
 def _mismatch(only_base: list[str], only_tuned: list[str]) -> SftlabError:
     def describe(names: list[str], other: str) -> str:
         if not names:
             return f"no tensors the {other} lacks"
-        return f"{len(names)} tensor(s) the {other} lacks (e.g. {sorted(names, key=_natural_key)[0]})"
+        return f"{len(names)} tensor(s) the {other} lacks (e.g. {min(names, key=_natural_key)})"
 
     return SftlabError(
         f"architecture mismatch: base has {describe(only_base, 'fine-tuned model')}, "
@@ -469,19 +513,81 @@ def _check_shapes(name: str, base_shape: tuple[int, ...], tuned_shape: tuple[int
         raise SftlabError(f"shape mismatch for {name}: base {list(base_shape)}, fine-tuned {list(tuned_shape)}")
 
 
-def compare_checkpoints(base_dir: Path, tuned_dir: Path) -> WeightDiff:
+def compare_checkpoints(base_dir: Path, tuned_dir: Path, config: WeightsConfig | None = None) -> WeightDiff:
     """Per-tensor change between two full checkpoints (sharded or not), matched by tensor name."""
+    config = config or WeightsConfig()
     with _open(base_dir, "base model") as base, _open(tuned_dir, "fine-tuned model") as tuned:
         names = base.names | tuned.names
         in_base, only_tuned = _matched(names, base)
         in_tuned, only_base = _matched(names, tuned)
         if only_base or only_tuned:
             raise _mismatch(only_base, only_tuned)
-        diffs = []
-        for name in sorted(names, key=_natural_key):
+        readers = {name: _rows_of(tuned, in_tuned[name]) for name in names}
+        ordered = sorted(names, key=_natural_key)  # layers.2 before layers.10; first mismatch reported
+        for name in ordered:
             _check_shapes(name, base.shape(in_base[name]), tuned.shape(in_tuned[name]))
-            diffs.append(_measure(name, base, in_base[name], _rows_of(tuned, in_tuned[name])))
-    return WeightDiff(diffs)
+        diffs = _measure_all(ordered, base, in_base, readers)
+        return _with_spectra(diffs, config, lambda t: _dense_spectrum(t, base, in_base[t.name], readers[t.name], config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectral view (optional)
+
+
+def _with_spectra(diffs: list[TensorDiff], config: WeightsConfig, spectrum_of: Callable[[TensorDiff], Spectrum]) -> WeightDiff:
+    """Add spectra to a seeded sample of the changed 2-D matrices (all of them if there are few)."""
+    if not config.spectral:
+        return WeightDiff(diffs)
+    candidates = [t.name for t in diffs if len(t.shape) == 2 and t.delta_norm > 0]
+    chosen = set(random.Random(config.seed).sample(candidates, min(config.spectral_max_matrices, len(candidates))))
+    return WeightDiff([replace(t, spectrum=spectrum_of(t)) if t.name in chosen else t for t in diffs])
+
+
+def _dense_spectrum(
+    tensor: TensorDiff, base: _Checkpoint, base_name: str, tuned_rows: TunedRows, config: WeightsConfig
+) -> Spectrum:
+    """Spectrum of a materialised float32 ΔW: the one place a whole matrix (two, briefly) is in memory."""
+    import torch
+
+    base_matrix = base.read_all(base_name, torch.float32)
+    delta = tuned_rows(slice(None), base_matrix).to(torch.float32) - base_matrix  # reads may be views: no in-place
+    del base_matrix
+    return matrix_spectrum(delta, config.spectral_top_k, config.seed, tensor.delta_norm)
+
+
+def matrix_spectrum(delta: torch.Tensor, top_k: int, seed: int, frobenius: float | None = None) -> Spectrum:
+    """Top-k singular values and effective rank of a 2-D ΔW.
+
+    Exact (``svdvals``) when a side is at most EXACT_SVD_MAX_DIM long; otherwise a seeded
+    randomized SVD (``torch.svd_lowrank``), whose cost grows with top_k, not with the rank.
+    """
+    import torch
+
+    rows, cols = delta.shape
+    if min(rows, cols) <= EXACT_SVD_MAX_DIM:
+        return _spectrum(torch.linalg.svdvals(delta.double()), top_k, frobenius, exact=True)
+    rank = min(top_k + SVD_OVERSAMPLE, rows, cols)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _, sigma, _ = torch.svd_lowrank(delta, q=rank, niter=SVD_NITER)
+    return _spectrum(sigma, top_k, frobenius, exact=rank == min(rows, cols))
+
+
+def _low_rank_spectrum(low_rank: _LowRank, top_k: int, frobenius: float) -> Spectrum:
+    """Exact spectrum of B·A·scale from an r×r core: B = Q_b R_b, Aᵀ = Q_a R_a ⇒ σ(BA) = σ(R_b R_aᵀ)."""
+    import torch
+
+    r_b = torch.linalg.qr(low_rank.b).R
+    r_a = torch.linalg.qr(low_rank.a.T).R
+    return _spectrum(torch.linalg.svdvals(r_b @ r_a.T) * abs(low_rank.scale), top_k, frobenius, exact=True)
+
+
+def _spectrum(sigma: torch.Tensor, top_k: int, frobenius: float | None, exact: bool) -> Spectrum:
+    sigma = sigma.double().sort(descending=True).values
+    top = sigma[:top_k]
+    total_sq = frobenius**2 if frobenius is not None else float((sigma * sigma).sum())
+    energy = min(1.0, float((top * top).sum()) / total_sq) if total_sq > 0 else 0.0
+    return Spectrum(tuple(float(x) for x in top), effective_rank(sigma), energy, exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,6 +608,7 @@ class _LowRank:
         return (self.a.shape[1], self.b.shape[0]) if self.transposed else (self.b.shape[0], self.a.shape[1])
 
     def rows(self, rows: slice) -> torch.Tensor:
+        """ΔW rows ``rows`` (float64, as the factors are read)."""
         if self.transposed:
             return (self.a[:, rows].T @ self.b.T) * self.scale
         return (self.b[rows] @ self.a) * self.scale
@@ -546,6 +653,8 @@ class _AdapterParts:
 
 def _adapter_parts(adapter: _Checkpoint, config: dict[str, Any]) -> _AdapterParts:
     """Group the adapter's tensors by the base tensor they change."""
+    import torch
+
     parts = _AdapterParts()
     factors: dict[str, dict[str, str]] = {}
     for key in adapter.names:
@@ -559,12 +668,12 @@ def _adapter_parts(adapter: _Checkpoint, config: dict[str, Any]) -> _AdapterPart
     for module, keys in factors.items():
         if not {"A", "B"} <= set(keys):
             raise SftlabError(f"LoRA adapter: module {module} lacks lora_{'B' if 'A' in keys else 'A'}")
-        a, b = adapter.read_all(keys["A"]), adapter.read_all(keys["B"])
+        a, b = adapter.read_all(keys["A"], torch.float64), adapter.read_all(keys["B"], torch.float64)
         transposed = "embedding" in keys["A"] or bool(config.get("fan_in_fan_out"))
         low_rank = _LowRank(a, b, _scale(config, module, a.shape[0]), transposed)
         parts.low_rank[f"{module}.weight"] = low_rank
         if "bias" in keys:
-            parts.bias[f"{module}.bias"] = adapter.read_all(keys["bias"]) * low_rank.scale
+            parts.bias[f"{module}.bias"] = adapter.read_all(keys["bias"], torch.float64) * low_rank.scale
     return parts
 
 
@@ -583,23 +692,32 @@ def _lora_tuned_rows(name: str, adapter: _Checkpoint, parts: _AdapterParts) -> T
     return rows_of
 
 
-def compare_lora(base_dir: Path, adapter_dir: Path) -> WeightDiff:
+def compare_lora(base_dir: Path, adapter_dir: Path, config: WeightsConfig | None = None) -> WeightDiff:
     """Per-tensor change a PEFT LoRA adapter makes to its base model, as if merged (but never merged)."""
+    config = config or WeightsConfig()
     adapter_dir = Path(adapter_dir)
-    config = _read_adapter_config(adapter_dir)
+    adapter_config = _read_adapter_config(adapter_dir)
     with _open(base_dir, "base model") as base, ExitStack() as stack:
         adapter = _Checkpoint(_file_tensors(adapter_dir / ADAPTER_FILE), stack)
-        parts = _adapter_parts(adapter, config)
+        parts = _adapter_parts(adapter, adapter_config)
         names = base.names | parts.targets
         in_base, unmatched = _matched(names, base)
         if unmatched:
-            first = sorted(unmatched, key=_natural_key)[0]
+            first = min(unmatched, key=_natural_key)
             raise SftlabError(f"LoRA adapter {adapter_dir}: {first} has no tensor in the base model")
-        diffs = []
-        for name in sorted(names, key=_natural_key):
+        readers = {name: _lora_tuned_rows(name, adapter, parts) for name in names}
+        ordered = sorted(names, key=_natural_key)
+        for name in ordered:
             _check_adapter_shape(name, base.shape(in_base[name]), parts, adapter)
-            diffs.append(_measure(name, base, in_base[name], _lora_tuned_rows(name, adapter, parts)))
-    return WeightDiff(diffs)
+        diffs = _measure_all(ordered, base, in_base, readers)
+
+        def spectrum_of(tensor: TensorDiff) -> Spectrum:
+            low_rank = parts.low_rank.get(tensor.name)
+            if low_rank is not None and tensor.name not in parts.replaced and tensor.name not in parts.bias:
+                return _low_rank_spectrum(low_rank, config.spectral_top_k, tensor.delta_norm)
+            return _dense_spectrum(tensor, base, in_base[tensor.name], readers[tensor.name], config)
+
+        return _with_spectra(diffs, config, spectrum_of)
 
 
 def _check_adapter_shape(name: str, base_shape: tuple[int, ...], parts: _AdapterParts, adapter: _Checkpoint) -> None:
