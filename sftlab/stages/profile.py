@@ -1,145 +1,265 @@
 """Profile stage: what the training data looks like to the base model, before any training.
 
 Per (base model, dataset) — cached in MLflow by key, so every trial sharing the pair reuses one
-profile run: rows, token lengths under the base tokenizer, share truncated at the training max
-length, and the perplexity of the responses given their prompts under the base model (the study's
-best predictor of SFT gains), formatted exactly as training formats them.
+profile run. One streaming pass over the rows feeds every cheap measure (sizes, token lengths,
+tokenizer fit, distinct-n, duplicates, benchmark n-gram overlap and contamination, format
+checks) in bounded memory, while two seeded reservoirs collect the samples for the expensive ones:
+the perplexity of the responses given their prompts under the base model (the study's best
+predictor of SFT gains), formatted exactly as training formats them, and sentence embeddings.
+The measures themselves live in ``sftlab.profiling``; this module only wires and logs them.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import tempfile
-from dataclasses import dataclass
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sftlab import data, models
+from sftlab.errors import SftlabError
+from sftlab.evaluation import benchmark_items
 from sftlab.grid import Trial, digest
 from sftlab.job import RunContext, TrialJob
+from sftlab.profiling import card, embeddings, perplexity
+from sftlab.profiling.diversity import DistinctN, DuplicateFinder
+from sftlab.profiling.lengths import LengthStats, histogram, percentiles
+from sftlab.profiling.ngrams import HashedChunk
+from sftlab.profiling.similarity import BenchmarkOverlap, benchmark_text
+from sftlab.profiling.stream import Reservoir, RowProblems, iter_examples
+from sftlab.spec import ProfileConfig
 from sftlab.stages.common import StageResult, log, trial_stage
 from sftlab.tracking import Tracker
+
+PROFILE_VERSION = 2  # bump when measures change, so cached profiles of older code are not reused
+CHUNK_ROWS = 512  # rows tokenized and hashed together: amortises per-call overhead, bounds memory
 
 
 def profile_key(trial: Trial) -> str:
     return digest(
         {
+            "version": PROFILE_VERSION,
             "base_model": trial.base_model.model_dump(exclude={"name"}),
             "dataset": trial.dataset.model_dump(exclude={"name"}),
             "template": trial.dataset_template,
             "max_length": trial.training.max_length,
             "profile": trial.profile.model_dump(),
+            "benchmarks": sorted(b.model_dump_json() for b in trial.benchmarks),
         }
     )
 
 
+def content_text(example: data.Example) -> tuple[str, str]:
+    """Prompt and response as plain text (chat turns joined), for the word-level measures."""
+
+    def text(part: str | data.Messages) -> str:
+        return part if isinstance(part, str) else "\n".join(m["content"] for m in part)
+
+    return text(example.prompt), text(example.completion)
+
+
 @dataclass
-class Tokenized:
-    ids: list[int]
-    prompt_len: int
+class StreamState:
+    """Everything the streaming pass accumulates; per-row state is a few numbers, never the row."""
+
+    cfg: ProfileConfig
+    lengths: LengthStats
+    benches: list[BenchmarkOverlap]
+    distinct: DistinctN = field(default_factory=DistinctN)
+    dups: DuplicateFinder = field(init=False)
+    ppl_sample: Reservoir[perplexity.Tokenized] = field(init=False)
+    embed_sample: Reservoir[str] = field(init=False)
+    row_ids: array = field(default_factory=lambda: array("q"))  # source row id of each usable row, 8 bytes each
+    turns: int = 0
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        self.dups = DuplicateFinder(cfg.near_dup_threshold, cfg.minhash_perms, cfg.minhash_shingle, cfg.seed + 1)
+        self.ppl_sample = Reservoir(cfg.max_rows, cfg.seed)
+        self.embed_sample = Reservoir(cfg.embedding_rows, cfg.seed + 1)
 
 
-def tokenize(examples: list[data.Example], tokenizer: Any) -> list[Tokenized]:
-    """Prompt+completion token ids, with the prompt length (the loss covers the rest)."""
-    out = []
-    for example in examples:
-        prompt, completion = data.render_text(example, tokenizer)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-        out.append(Tokenized(full_ids, min(len(prompt_ids), len(full_ids) - 1)))
-    return out
+def consume_chunk(state: StreamState, chunk: list[tuple[int, data.Example]], tokenizer: Any, problems: RowProblems) -> None:
+    """Feed one chunk of usable rows to every streaming measure."""
+    rendered: list[tuple[int, data.Example, str, str]] = []
+    for row, example in chunk:
+        try:
+            prompt, completion = data.render_text(example, tokenizer)
+        except Exception as exc:  # noqa: BLE001 - a row the chat template rejects is a bad row, not a crash
+            problems.add(row, f"cannot render with the chat template: {exc}")
+            continue
+        rendered.append((row, example, prompt, completion))
+    if not rendered:
+        return
+    prompts = [r[2] for r in rendered]
+    fulls = [r[2] + r[3] for r in rendered]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    state.lengths.add(fulls, prompt_ids, full_ids)
+    contents = [content_text(r[1]) for r in rendered]
+    whole = [f"{p}\n{c}" for p, c in contents]
+    for (_, example, _, _), p_ids, f_ids, text in zip(rendered, prompt_ids, full_ids, whole):
+        state.ppl_sample.add(perplexity.Tokenized(f_ids, min(len(p_ids), len(f_ids) - 1)))
+        state.embed_sample.add(text)
+        state.turns += len(example.prompt) + 1 if isinstance(example.prompt, list) else 2
+    state.distinct.add(HashedChunk.of([c for _, c in contents]))
+    hashed = HashedChunk.of(whole)
+    state.dups.add(whole, hashed)
+    for bench in state.benches:
+        bench.add(hashed, state.rows)  # rows numbered in stream order of usable rows (see row_ids)
+    state.row_ids.extend(r[0] for r in rendered)
+    state.rows += len(rendered)
 
 
-def response_nll(model: Any, items: list[Tokenized], batch_size: int, max_length: int) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each response given its prompt, batched by length."""
-    import torch
-
-    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))  # similar lengths share a batch
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(items)
-    dev = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        seqs = [items[i].ids[:max_length] for i in chunk]
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target_lp = logp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).cpu()
-        for row, i in enumerate(chunk):
-            first, last = items[i].prompt_len, len(seqs[row])  # predict tokens [prompt_len, last)
-            if last <= first:
-                continue
-            results[i] = (float(-target_lp[row, first - 1 : last - 1].sum()), last - first)
-    return results
+def stream_profile(examples: Iterable[tuple[int, data.Example]], tokenizer: Any, cfg: ProfileConfig, benches: list[BenchmarkOverlap], problems: RowProblems) -> StreamState:
+    """One pass over the usable rows, chunk by chunk."""
+    state = StreamState(cfg, LengthStats.for_tokenizer(tokenizer), benches)
+    chunk: list[tuple[int, data.Example]] = []
+    for item in examples:
+        chunk.append(item)
+        if len(chunk) >= CHUNK_ROWS:
+            consume_chunk(state, chunk, tokenizer, problems)
+            chunk = []
+    if chunk:
+        consume_chunk(state, chunk, tokenizer, problems)
+    return state
 
 
-def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], dict[str, Any]]:
-    """All profile measures of a (base model, dataset) pair: metrics and a JSON-able detail record."""
+def _embedding_measures(cfg: ProfileConfig, train_texts: list[str], benches: dict[str, list[dict[str, Any]]], notes: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    source, note = embeddings.resolve_model(cfg.embedding_model)
+    if source is None:
+        notes.append(note or "embeddings disabled")
+        return {}, {}
+    embedder = embeddings.Embedder(source)
+    train = embedder.encode(train_texts)
+    overall = {"embed_pairwise_distance": embeddings.mean_pairwise_distance(train), "embed_sampled_rows": float(len(train))}
+    per_bench = {}
+    for name, items in benches.items():
+        picked = items if len(items) <= cfg.embedding_rows else random.Random(cfg.seed).sample(items, cfg.embedding_rows)
+        per_bench[name] = embeddings.benchmark_similarity(train, embedder.encode([benchmark_text(it) for it in picked]))
+    return overall, per_bench
+
+
+def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], dict[str, Any], dict[str, str]]:
+    """All profile measures of a (base model, dataset) pair: metrics, a JSON-able record, card images."""
+    cfg, max_length = trial.profile, trial.training.max_length
     source = models.resolve(trial.base_model, ctx)
     tokenizer = models.load_tokenizer(source, trial.base_model.revision)
-    loaded = data.load_examples(trial.dataset, trial.dataset_template, ctx)
-    items = tokenize(loaded.examples, tokenizer)
-    prompt_lens = np.array([t.prompt_len for t in items])
-    total_lens = np.array([len(t.ids) for t in items])
-    response_lens = total_lens - prompt_lens
-    cfg = trial.profile
-    sample = items
-    if len(items) > cfg.max_rows:
-        sample = random.Random(cfg.seed).sample(items, cfg.max_rows)
+    bench_items = {b.name: benchmark_items(b, ctx) for b in trial.benchmarks}
+    overlaps = [BenchmarkOverlap(name, items, tuple(cfg.overlap_ns), cfg.contamination_n) for name, items in bench_items.items()]
+    problems = RowProblems()
+    state = stream_profile(iter_examples(trial.dataset, trial.dataset_template, ctx, problems), tokenizer, cfg, overlaps, problems)
+    if not state.rows:
+        first = f" (first problem, row {problems.listed[0][0]}: {problems.listed[0][1]})" if problems.listed else ""
+        raise SftlabError(f"dataset {trial.dataset.name} ({trial.dataset.uri}): no usable rows{first}")
+    notes: list[str] = []
+
     model = models.load_causal_lm(source, trial.base_model.revision)
-    nll = response_nll(model, sample, cfg.batch_size, trial.training.max_length)
-    scored = [(s, n) for s, n in nll if n > 0]
-    per_example_ppl = np.array([math.exp(s / n) for s, n in scored])
-    token_ppl = math.exp(sum(s for s, _ in scored) / max(1, sum(n for _, n in scored)))
-    metrics = {
-        "profile/rows": float(len(items)),
-        "profile/skipped_rows": float(len(loaded.skipped)),
+    nll = perplexity.response_nll(model, state.ppl_sample.items, cfg.batch_size, max_length)
+    ppl = perplexity.summarize(nll, cfg.bootstrap_resamples, cfg.seed)
+    del model
+    embed_overall, embed_bench = _embedding_measures(cfg, state.embed_sample.items, bench_items, notes)
+
+    prompt_lens, response_lens = state.lengths.arrays()
+    total_lens = prompt_lens + response_lens
+    exact_rate, near_rate, exact_rows = state.dups.rates()
+    raw_rows = state.rows + problems.count
+    metrics: dict[str, float] = {
+        "profile/rows": float(state.rows),
+        "profile/skipped_rows": float(problems.count),
+        "profile/malformed_share": problems.count / raw_rows,
+        "profile/empty_response_share": problems.empty_response / raw_rows,
+        "profile/overlong_response_share": float((response_lens >= max_length).mean()),
+        "profile/turns_mean": state.turns / state.rows,
         "profile/tokens_total": float(total_lens.sum()),
         "profile/tokens_mean": float(total_lens.mean()),
         "profile/prompt_tokens_mean": float(prompt_lens.mean()),
+        **{f"profile/prompt_tokens_{k}": v for k, v in percentiles(prompt_lens).items()},
         "profile/response_tokens_mean": float(response_lens.mean()),
-        "profile/response_tokens_p50": float(np.percentile(response_lens, 50)),
-        "profile/response_tokens_p90": float(np.percentile(response_lens, 90)),
-        "profile/truncated_share": float((total_lens > trial.training.max_length).mean()),
-        "profile/ppl": token_ppl,
-        "profile/ppl_mean_example": float(per_example_ppl.mean()),
-        "profile/ppl_sampled_rows": float(len(scored)),
+        **{f"profile/response_tokens_{k}": v for k, v in percentiles(response_lens).items()},
+        "profile/truncated_share": float((total_lens > max_length).mean()),
+        **{f"profile/{k}": v for k, v in state.lengths.fit().items()},
+        "profile/ppl": ppl.token_weighted,
+        "profile/ppl_ci_low": ppl.ci_token_weighted[0],
+        "profile/ppl_ci_high": ppl.ci_token_weighted[1],
+        "profile/ppl_mean_example": ppl.mean_example,
+        "profile/ppl_mean_example_ci_low": ppl.ci_mean_example[0],
+        "profile/ppl_mean_example_ci_high": ppl.ci_mean_example[1],
+        **{f"profile/ppl_{k}": v for k, v in percentiles(ppl.per_example, (50, 90)).items()},
+        "profile/ppl_sampled_rows": float(ppl.rows),
+        **{f"profile/distinct_{n}": v for n, v in state.distinct.values().items()},
+        "profile/exact_dup_rate": exact_rate,
+        "profile/near_dup_rate": near_rate,
+        **{f"profile/{k}": v for k, v in embed_overall.items()},
     }
+    bench_detail: dict[str, Any] = {}
+    for bench in overlaps:
+        found = bench.contaminated()
+        metrics.update({f"profile/sim/{bench.name}/ngram_overlap_{n}": v for n, v in bench.overlaps().items()})
+        metrics.update({f"profile/sim/{bench.name}/{k}": v for k, v in embed_bench.get(bench.name, {}).items()})
+        metrics[f"profile/contaminated/{bench.name}"] = float(len(found))
+        bench_detail[bench.name] = {
+            "items": len(bench.items),
+            "items_shorter_than_n": bench.short_items,
+            "contaminated": [
+                {"item": c.item, "train_row": state.row_ids[c.train_row], "ngram": c.ngram} for c in found
+            ],
+        }
     detail = {
         "base_model": trial.base_model.model_dump(),
         "dataset": trial.dataset.model_dump(),
+        "config": cfg.model_dump(),
+        "definitions": {
+            "distinct_n": "distinct / total lowercased whitespace-word n-grams of the responses",
+            "exact_dup_rate": "share of rows whose prompt+response text equals an earlier row's",
+            "near_dup_rate": f"share of rows sharing a MinHash LSH bucket (Jaccard >= {cfg.near_dup_threshold} "
+            f"on {cfg.minhash_shingle}-word shingles) with an earlier row; includes exact duplicates",
+            "contamination": f"benchmark items sharing a lowercased whitespace-word {cfg.contamination_n}-gram with training text",
+            "ppl_ci": f"95% percentile bootstrap over sampled rows ({cfg.bootstrap_resamples} resamples)",
+            "byte_fallback_rate": "tokens that are raw bytes: <0xNN> tokens, or byte-level BPE tokens that are not valid UTF-8 alone",
+        },
         "metrics": metrics,
-        "skipped_rows": [{"row": i, "reason": r} for i, r in loaded.skipped],
-        "per_example_ppl": [round(float(p), 4) for p in per_example_ppl],
+        "benchmarks": bench_detail,
+        "bad_rows_total": problems.count,
+        "bad_rows": [{"row": i, "reason": r} for i, r in sorted(problems.listed)],
+        "exact_duplicate_rows": [state.row_ids[i] for i in exact_rows[:1000]],
+        "histograms": {
+            "prompt_tokens": histogram(prompt_lens, cfg.hist_bins),
+            "response_tokens": histogram(response_lens, cfg.hist_bins),
+            "ppl_per_example": histogram(ppl.per_example, cfg.hist_bins),
+        },
+        "per_example_ppl": [round(float(p), 4) for p in ppl.per_example],
+        "notes": notes,
     }
-    return metrics, detail
+    images = {
+        "Token lengths": card.histogram_png({"prompt": prompt_lens, "response": response_lens}, cfg.hist_bins, "tokens"),
+        "Per-example perplexity (sample)": card.histogram_png({"responses": ppl.per_example}, cfg.hist_bins, "perplexity", log_x=True),
+    }
+    return metrics, detail, images
 
 
 def cached_or_compute(trial: Trial, ctx: RunContext, tracker: Tracker) -> tuple[dict[str, float], str]:
     """The profile metrics of the trial's (base model, dataset) and the profile run holding them."""
     key = profile_key(trial)
     tags = {"sftlab.base_model": trial.base_model.name, "sftlab.dataset": trial.dataset.name}
-    cached, run_id = tracker.claim("profile", key, f"profile {trial.base_model.name}/{trial.dataset.name}", tags)
+    title = f"profile {trial.base_model.name}/{trial.dataset.name}"
+    cached, run_id = tracker.claim("profile", key, title, tags)
     if cached is not None:
         log.info("profile: reusing run %s for %s", cached.info.run_id, key)
         return {k: v for k, v in cached.data.metrics.items() if k.startswith("profile/")}, cached.info.run_id
     assert run_id is not None
     try:
-        metrics, detail = compute_profile(trial, ctx)
+        metrics, detail, images = compute_profile(trial, ctx)
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "profile.json"
-            path.write_text(json.dumps(detail, indent=2))
-            tracker.log_artifact(run_id, path)
+            (Path(tmp) / "profile.json").write_text(json.dumps(detail, indent=2, allow_nan=True))
+            (Path(tmp) / "profile_card.html").write_text(card.render(title, metrics, images, detail), encoding="utf-8")
+            tracker.log_artifacts(run_id, tmp)
     except BaseException as exc:
         tracker.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
         raise
