@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,21 @@ class LoadedData:
     skipped: list[tuple[int, str]]  # (row index, reason): reported, never fatal
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+Row = dict[str, Any] | str  # a row, or a one-line reason why the line is not a usable row
+
+
+def _files(path: Path, split: str) -> list[Path]:
+    """A file, or a folder's data files (those named after the split if any are)."""
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES)
+    if not files:
+        raise SftlabError(f"{path}: no .jsonl/.json/.parquet/.csv files in this folder")
+    return [p for p in files if p.stem.startswith(split)] or files
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -45,50 +59,63 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise SftlabError(f"{path}:{number}: not a JSON object ({type(exc).__name__})") from None
-            if not isinstance(row, dict):
-                raise SftlabError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+                yield f"{path.name}:{number}: not valid JSON ({type(exc).__name__})"
+                continue
+            yield row if isinstance(row, dict) else f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
 
 
-def _read_local(path: Path, split: str) -> list[dict[str, Any]]:
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
-        matching = [p for p in files if p.stem.startswith(split)] or files
-        if not matching:
-            raise SftlabError(f"{path}: no .jsonl/.json/.parquet/.csv files in this folder")
-        return [row for p in matching for row in _read_local(p, split)]
+def _file_rows(path: Path) -> Iterator[Row]:
     if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
+        yield from _jsonl(path)
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
             raise SftlabError(f"{path}: expected a JSON list of rows")
-        return data
-    if path.suffix in (".parquet", ".csv"):
+        yield from (r if isinstance(r, dict) else f"expected a JSON object, got {type(r).__name__}" for r in rows)
+    elif path.suffix in (".parquet", ".csv"):
         from datasets import load_dataset
 
-        return list(load_dataset(path.suffix[1:], data_files=str(path), split="train"))
-    raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .json, .parquet, .csv)")
+        yield from load_dataset(path.suffix[1:], data_files=str(path), split="train")  # Arrow, memory-mapped
+    else:
+        raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .json, .parquet, .csv)")
 
 
-def read_rows(uri: str, split: str, ctx: RunContext) -> list[dict[str, Any]]:
+def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:
+    """Each row of a source, one at a time (a 1M-row dataset is never held whole).
+
+    JSONL is read line by line (blank lines are not rows); Parquet/CSV files and hub datasets go
+    through ``datasets``, whose Arrow tables are memory-mapped. An unreadable line is yielded as a
+    one-line reason, so callers decide whether it is fatal.
+    """
     kind = classify_uri(uri)
-    if kind == "local":
-        return _read_local(Path(uri.removeprefix("file://")), split)
-    if kind == "s3":
-        from sftlab.uris import download
-
-        return _read_local(download(uri, ctx.cache_dir, ctx.storage), split)
     if kind == "hub":
         from datasets import load_dataset
 
         try:
-            return list(load_dataset(uri, split=split))
+            yield from load_dataset(uri, split=split)
         except Exception as exc:  # noqa: BLE001 - hub errors vary; one line for the user
             raise SftlabError(f"{uri}: cannot load dataset from the hub ({str(exc).splitlines()[0]})") from None
-    raise SftlabError(f"{uri}: not a dataset source")
+        return
+    if kind == "s3":
+        from sftlab.uris import download
+
+        path = download(uri, ctx.cache_dir, ctx.storage)
+    elif kind == "local":
+        path = Path(uri.removeprefix("file://"))
+    else:
+        raise SftlabError(f"{uri}: not a dataset source")
+    for file in _files(path, split):
+        yield from _file_rows(file)
+
+
+def read_rows(uri: str, split: str, ctx: RunContext) -> list[dict[str, Any]]:
+    """Every row of a source where each must be usable (benchmarks): a bad line is a one-line error."""
+    rows = []
+    for row in iter_rows(uri, split, ctx):
+        if isinstance(row, str):
+            raise SftlabError(f"{uri}: {row}")
+        rows.append(row)
+    return rows
 
 
 def render_template(template: str, instruction: str) -> str:
@@ -131,14 +158,18 @@ def load_examples(
     ds: DatasetSpec, template: str | None, ctx: RunContext, max_rows: int | None = None, seed: int = 0
 ) -> LoadedData:
     """All usable examples of a dataset (optionally a seeded subsample); bad rows are listed, not fatal."""
-    rows = read_rows(ds.uri, ds.split, ctx)
+    rows = list(iter_rows(ds.uri, ds.split, ctx))
     indices = list(range(len(rows)))
     if max_rows is not None and max_rows < len(rows):
         indices = sorted(random.Random(seed).sample(indices, max_rows))
     examples, skipped = [], []
     for i in indices:
+        row = rows[i]
+        if isinstance(row, str):
+            skipped.append((i, row))
+            continue
         try:
-            examples.append(to_example(rows[i], ds, template))
+            examples.append(to_example(row, ds, template))
         except ValueError as exc:
             skipped.append((i, str(exc)))
     if not examples:

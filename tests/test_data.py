@@ -58,11 +58,32 @@ def test_malformed_rows_are_reported_not_fatal(tmp_path: Path) -> None:
     assert "role system/user/assistant" in loaded.skipped[0][1]
 
 
-def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
+def test_bad_json_line_is_listed_with_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(b'{"instruction": "a", "response": "b"}\n{not json\n')
-    with pytest.raises(SftlabError, match=r"bad.jsonl:2: not a JSON object"):
-        data.load_examples(DatasetSpec(name="b", uri=str(path)), TEMPLATE, ctx(tmp_path))
+    path.write_bytes(b'{"instruction": "a", "response": "b"}\n{not json\n\xff\xfe\n[1, 2]\n')
+    loaded = data.load_examples(DatasetSpec(name="b", uri=str(path)), TEMPLATE, ctx(tmp_path))
+    assert len(loaded.examples) == 1
+    assert loaded.skipped == [
+        (1, "bad.jsonl:2: not valid JSON (JSONDecodeError)"),
+        (2, "bad.jsonl:3: not valid JSON (UnicodeDecodeError)"),
+        (3, "bad.jsonl:4: expected a JSON object, got list"),
+    ]
+    # Benchmark items must all be usable: there a bad line is a one-line error naming it.
+    with pytest.raises(SftlabError, match=r"bad.jsonl: bad.jsonl:2: not valid JSON"):
+        data.read_rows(str(path), "test", ctx(tmp_path))
+
+
+def test_parquet_and_folder_sources(tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = data.read_rows(str(EXAMPLES / "data/math.jsonl"), "train", ctx(tmp_path))
+    folder = tmp_path / "math"
+    folder.mkdir()
+    pd.DataFrame(rows).to_parquet(folder / "train-00000.parquet")
+    pd.DataFrame(rows[:3]).to_parquet(folder / "test-00000.parquet")
+    loaded = data.load_examples(DatasetSpec(name="m", uri=str(folder)), TEMPLATE, ctx(tmp_path))
+    assert len(loaded.examples) == 64  # the train split's file, not the test one
+    assert loaded.examples[5].completion == rows[5]["response"]
 
 
 def test_empty_dataset_is_one_clear_error(tmp_path: Path) -> None:
