@@ -126,8 +126,25 @@ def effective_rank(singular_values: torch.Tensor) -> float:
     return math.exp(-float((p * p.log()).sum()))
 
 
+class _NormRatios:
+    """Relative change and cosine from the norms and dot product a tensor or group carries."""
+
+    base_norm: float
+    tuned_norm: float
+    delta_norm: float
+    dot: float
+
+    @property
+    def rel_change(self) -> float:
+        return _ratio(self.delta_norm, self.base_norm)
+
+    @property
+    def cosine(self) -> float:
+        return _cosine(self.dot, self.base_norm, self.tuned_norm, self.delta_norm)
+
+
 @dataclass(frozen=True)
-class TensorDiff:
+class TensorDiff(_NormRatios):
     """Change of one tensor; norms are Frobenius norms over the whole tensor."""
 
     name: str
@@ -140,13 +157,6 @@ class TensorDiff:
     tied_to: str | None = None  # the base tensor compared against, when weight tying hid this one
     spectrum: Spectrum | None = None
 
-    @property
-    def rel_change(self) -> float:
-        return _ratio(self.delta_norm, self.base_norm)
-
-    @property
-    def cosine(self) -> float:
-        return _cosine(self.dot, self.base_norm, self.tuned_norm, self.delta_norm)
 
     @property
     def layer(self) -> int | None:
@@ -174,7 +184,7 @@ class TensorDiff:
 
 
 @dataclass(frozen=True)
-class GroupChange:
+class GroupChange(_NormRatios):
     """The change of a group of tensors taken as one long vector, so big tensors weigh more."""
 
     base_norm: float
@@ -194,13 +204,6 @@ class GroupChange:
             max_abs_delta=max((t.max_abs_delta for t in items), default=0.0),
         )
 
-    @property
-    def rel_change(self) -> float:
-        return _ratio(self.delta_norm, self.base_norm)
-
-    @property
-    def cosine(self) -> float:
-        return _cosine(self.dot, self.base_norm, self.tuned_norm, self.delta_norm)
 
     def measures(self, names: Iterable[str]) -> dict[str, float]:
         """The named measures: rel_change, abs_change (||ΔW||), cosine, max_abs_change."""
