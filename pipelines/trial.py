@@ -42,6 +42,16 @@ def use_cluster_defaults(task: PipelineTask, config_map: str | None) -> None:
         kubernetes.use_config_map_as_env(task, config_map_name=config_map, config_map_key_to_env=keys, optional=True)
 
 
+CACHE_MOUNT = "/cache"
+
+
+def use_model_cache(task: PipelineTask, pvc: str | None) -> None:
+    """Hub, S3 and tiny-model downloads go to a shared PVC instead of each pod's ephemeral disk."""
+    if pvc:
+        kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=CACHE_MOUNT)
+        task.set_env_variable("SFTLAB_CACHE", f"{CACHE_MOUNT}/sftlab").set_env_variable("HF_HOME", f"{CACHE_MOUNT}/hf")
+
+
 def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:
     """Apply one stage's pod settings.
 
@@ -58,6 +68,8 @@ def configure(task: PipelineTask, resources: TaskResources, secrets: list[Secret
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for tol in resources.tolerations:
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    if resources.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=resources.shm_size)
     use_secrets(task, secrets)
     return task
 
@@ -82,6 +94,7 @@ def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
             ids = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
             task = component(job=job, **ids, **inputs)
             use_cluster_defaults(task, defaults)
+            use_model_cache(task, resources.model_cache_pvc)
             return configure(task, resources.for_stage(name), resources.secrets)
 
         profile = stage("profile")

@@ -175,6 +175,9 @@ class TaskResources(Strict):
     accelerator: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
+    shm_size: str | None = Field(
+        None, description="Memory-backed /dev/shm of this size (e.g. 16Gi): NCCL and data loaders need more than 64 MB."
+    )
 
 
 class SecretEnv(Strict):
@@ -189,6 +192,9 @@ class ResourcesConfig(Strict):
     train: TaskResources | None = None
     evaluate: TaskResources | None = None
     secrets: list[SecretEnv] = []
+    model_cache_pvc: str | None = Field(
+        None, description="PVC mounted at /cache in every task: model and dataset downloads are reused across pods."
+    )
 
     def for_stage(self, stage: str) -> TaskResources:
         """Pod settings of a stage; the baseline serves a model, so it runs like evaluate."""
@@ -197,7 +203,9 @@ class ResourcesConfig(Strict):
 
 
 class PipelineConfig(Strict):
-    image: str | None = Field(None, description="Component image; default $SFTLAB_IMAGE or the release image.")
+    image: str | None = Field(
+        None, description="Component image; default $SFTLAB_IMAGE, else $SFTLAB_REGISTRY/sftlab:<version>, else the release image."
+    )
     max_parallel_trials: int = Field(4, ge=1, le=1000)
     kfp_host: str | None = None
     defaults_config_map: str | None = Field(

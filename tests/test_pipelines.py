@@ -32,7 +32,9 @@ GPU_RESOURCES = {
         "accelerator": "nvidia.com/gpu",
         "node_selector": {"pool": "a100"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "shm_size": "16Gi",
     },
+    "model_cache_pvc": "model-cache",
     "secrets": [
         {"secret": "mlflow-auth", "env": {"MLFLOW_TRACKING_USERNAME": "user", "MLFLOW_TRACKING_PASSWORD": "password"}}
     ],
@@ -126,6 +128,15 @@ def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
     for name in ("exec-profile", "exec-baseline", "exec-train", "exec-evaluate", "exec-weights"):
         env = {(s["secretName"], k["secretKey"], k["envVar"]) for s in k8s[name]["secretAsEnv"] for k in s["keyToEnv"]}
         assert env == secret_env, name
+
+    assert k8s["exec-train"]["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "16Gi"}
+    ]
+    assert "emptyDirMounts" not in k8s["exec-profile"]
+    for name in ("exec-profile", "exec-baseline", "exec-train", "exec-evaluate", "exec-weights"):
+        assert [(m["constant"], m["mountPath"]) for m in k8s[name]["pvcMount"]] == [("model-cache", "/cache")], name
+        env = {e["name"]: e["value"] for e in executors[name]["container"]["env"]}
+        assert env == {"SFTLAB_CACHE": "/cache/sftlab", "HF_HOME": "/cache/hf"}, name
 
     ir, platform = load_docs(compile_pipeline("sweep", spec, tmp_path / "sweep.yaml"))
     assert images(ir) == {"registry.local/sftlab:dev"}
