@@ -1,0 +1,356 @@
+"""TrainJob manifests for multi-node trials, and their create → watch → delete lifecycle over HTTP.
+
+The lifecycle runs against kmock (a stateful in-memory Kubernetes API on 127.0.0.1) with the real
+``kubernetes`` client; the test plays the Trainer controller by patching the object's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+
+from sftlab.errors import SftlabError
+from sftlab.job import TrialJob, context_for
+from sftlab.spec import SecretEnv, TaskResources, Toleration
+from sftlab.trainjob import (
+    GROUP,
+    JOB_ENV,
+    LABEL_TRIAL_KEY,
+    PLURAL,
+    VERSION,
+    TrainJobRunner,
+    trainjob_manifest,
+    trainjob_name,
+    trial_job_from_manifest,
+)
+from tests.conftest import first_trial, quickstart_spec
+
+NS = "sweeps"
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+SECRETS = [
+    SecretEnv(secret="s3-creds", env={"AWS_ACCESS_KEY_ID": "access", "AWS_SECRET_ACCESS_KEY": "secret"}),
+    SecretEnv(secret="hub", env={"HF_TOKEN": "token"}),
+]
+GPU_RES = TaskResources(
+    cpu="8",
+    memory="64Gi",
+    gpus=4,
+    node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+    shm_size="16Gi",
+)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> TrialJob:
+    tmp = tmp_path_factory.mktemp("trainjob")
+    spec = quickstart_spec(tmp)
+    return TrialJob(trial=first_trial(spec), context=context_for(spec).model_copy(update={"trial_run_id": "run123"}))
+
+
+def manifest_for(job: TrialJob, resources: TaskResources = GPU_RES, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"image": "registry.example/sftlab:1.0", "nodes": 2, "namespace": NS}
+    args |= {"secrets": SECRETS, "cache_pvc": "model-cache"} | kw
+    return trainjob_manifest(job, resources, **args)
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == "node"
+    return rjob["template"]["spec"]["template"]["spec"]
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def test_manifest_shape_and_gpu_settings(job: TrialJob) -> None:
+    m = manifest_for(job)
+    assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
+    assert m["metadata"]["namespace"] == NS
+    assert m["metadata"]["labels"][LABEL_TRIAL_KEY] == job.trial.key
+    assert m["spec"]["runtimeRef"] == {"name": "torch-distributed"}
+    trainer = m["spec"]["trainer"]
+    assert trainer["image"] == "registry.example/sftlab:1.0"
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4
+    assert trainer["command"][0] == "torchrun"
+    assert trainer["resourcesPerNode"] == {
+        "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+        "limits": {"memory": "64Gi", "nvidia.com/gpu": "4"},
+    }
+    pod = pod_spec(m)
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_manifest_volumes_and_env(job: TrialJob) -> None:
+    m = manifest_for(job)
+    pod = pod_spec(m)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
+    assert mounts == {"model-cache": "/cache", "dshm": "/dev/shm"}
+    env = {e["name"]: e for e in m["spec"]["trainer"]["env"]}
+    assert env["SFTLAB_CACHE"]["value"] == "/cache"
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "secret"}
+
+
+def test_manifest_secrets_are_references_only(job: TrialJob) -> None:
+    m = manifest_for(job)
+    for var in m["spec"]["trainer"]["env"]:
+        if var["name"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+            assert "value" not in var and set(var["valueFrom"]) == {"secretKeyRef"}
+    # Nothing that looks like a secret value leaks anywhere in the document.
+    text = json.dumps(m)
+    assert "secretKeyRef" in text and '"value": "access"' not in text
+
+
+def test_trial_job_round_trips_through_the_manifest(job: TrialJob) -> None:
+    m = manifest_for(job)
+    # Through JSON, as it would travel to the API server and into the pod env.
+    back = trial_job_from_manifest(json.loads(json.dumps(m)))
+    assert back == job
+    assert back.context.trial_run_id == "run123"
+    assert not any(v.get("configMapKeyRef") or v.get("valueFrom", {}).get("configMapKeyRef") for v in m["spec"]["trainer"]["env"])
+
+
+def test_cpu_only_manifest_has_no_gpu_or_patches(job: TrialJob) -> None:
+    m = manifest_for(job, TaskResources(cpu="2", memory="4Gi"), secrets=[], cache_pvc=None, nodes=1)
+    trainer = m["spec"]["trainer"]
+    assert trainer["numNodes"] == 1 and trainer["numProcPerNode"] == 1
+    assert "nvidia.com/gpu" not in json.dumps(trainer["resourcesPerNode"])
+    assert "runtimePatches" not in m["spec"]
+    assert [e["name"] for e in trainer["env"]] == [JOB_ENV]
+
+
+def test_other_accelerator_resource_name(job: TrialJob) -> None:
+    m = manifest_for(job, TaskResources(gpus=2, accelerator="amd.com/gpu"))
+    assert m["spec"]["trainer"]["resourcesPerNode"]["limits"] == {"amd.com/gpu": "2"}
+
+
+def test_bad_inputs_are_one_line_errors(job: TrialJob) -> None:
+    with pytest.raises(SftlabError, match="nodes must be at least 1"):
+        manifest_for(job, nodes=0)
+    with pytest.raises(SftlabError, match="image is required"):
+        manifest_for(job, image="")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["abc123def4567890", "Model_A/Dataset.B:lr=1e-4", "x" * 200, "-leading-and-trailing-", "UPPER"],
+)
+def test_names_are_valid_dns_labels(key: str) -> None:
+    name = trainjob_name(key)
+    assert DNS_1035.match(name) and len(name) <= 40  # child pod names must fit in 63
+    assert trainjob_name(key) == name  # stable
+    assert trainjob_name(key + "y") != name  # distinct keys, distinct names
+
+
+def test_readable_name_for_plain_keys(job: TrialJob) -> None:
+    assert manifest_for(job)["metadata"]["name"] == f"sftlab-{job.trial.key}"
+
+
+def test_manifest_validates_against_trainer_api_models(job: TrialJob) -> None:
+    models = pytest.importorskip("kubeflow_trainer_api.models")
+    m = manifest_for(job)
+    parsed = models.TrainerV1alpha1TrainJob.from_dict(m)
+    assert parsed.spec.trainer.num_nodes == 2
+    assert parsed.spec.runtime_patches[0].training_runtime_spec.template.spec.replicated_jobs[0].name == "node"
+    # No unknown keys were dropped: the model's own dump equals ours.
+    assert parsed.to_dict() == m
+
+
+def test_module_does_not_import_kfp() -> None:
+    import subprocess
+
+    code = "import sys, sftlab.trainjob; sys.exit('kfp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], check=False).returncode == 0
+
+
+# ---------------------------------------------------------------- lifecycle over HTTP (kmock)
+
+
+class KubeServer:
+    """kmock's Kubernetes emulator on 127.0.0.1, in its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.url = ""
+
+    async def _main(self) -> None:
+        import kmock
+
+        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
+            handler.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = {}
+            self.handler = handler
+            self.url = str(server.url).rstrip("/")
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(15), "kmock did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def kube() -> Iterator[Any]:
+    from kubernetes import client
+
+    with KubeServer() as server:
+        api = client.ApiClient(client.Configuration(host=server.url))
+        yield api
+        api.close()
+
+
+def custom(api: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api)
+
+
+def exists(api: Any, name: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        custom(api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        return True
+    except ApiException as exc:
+        assert exc.status == 404
+        return False
+
+
+class Controller:
+    """Plays the Trainer controller: on each poll, patches the next status over HTTP."""
+
+    def __init__(self, api: Any, name: str, steps: list[list[dict[str, Any]]]):
+        self.api, self.name, self.steps = api, name, list(steps)
+        self.seen_during_run: list[dict[str, Any]] = []
+
+    def sleep(self, _: float) -> None:
+        obj = custom(self.api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, self.name)
+        self.seen_during_run.append(obj)
+        if self.steps:
+            conditions = self.steps.pop(0)
+            custom(self.api).patch_namespaced_custom_object_status(
+                GROUP, VERSION, NS, PLURAL, self.name, {"status": {"conditions": conditions}}
+            )
+
+
+def cond(type_: str, status: str = "True", reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def runner(api: Any, logs: list[str], **kw: Any) -> TrainJobRunner:
+    return TrainJobRunner(api, NS, poll_s=kw.pop("poll_s", 0.01), timeout_s=kw.pop("timeout_s", 10), log=logs.append, **kw)
+
+
+def test_success_streams_conditions_and_deletes(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    name = m["metadata"]["name"]
+    created = cond("Created", reason="JobSetCreated", message="TrainJob is created")
+    ctl = Controller(kube, name, [[created], [created, cond("Complete", reason="JobSetCompleted", message="done")]])
+    logs: list[str] = []
+    runner(kube, logs, sleep=ctl.sleep).run(m)
+    # The object the controller saw is the manifest we sent, trial JSON included.
+    stored = ctl.seen_during_run[0]
+    assert stored["spec"] == m["spec"] and stored["metadata"]["labels"][LABEL_TRIAL_KEY] == job.trial.key
+    assert trial_job_from_manifest(stored) == job
+    assert not exists(kube, name)
+    text = "\n".join(logs)
+    assert "created" in logs[0]
+    assert "Created=True (JobSetCreated: TrainJob is created)" in text
+    assert "Complete=True (JobSetCompleted: done)" in text
+    assert logs[-1].endswith("deleted")
+    assert sum("Created=True" in line for line in logs) == 1  # changes only, not every poll
+
+
+def test_succeeded_condition_also_counts(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    ctl = Controller(kube, m["metadata"]["name"], [[cond("Succeeded")]])
+    runner(kube, [], sleep=ctl.sleep).run(m)
+    assert not exists(kube, m["metadata"]["name"])
+
+
+def test_failure_raises_reason_and_deletes(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    name = m["metadata"]["name"]
+    failed = cond("Failed", reason="TrainingFailed", message="node-0: exit code 1\nCUDA out of memory")
+    ctl = Controller(kube, name, [[cond("Created")], [cond("Created"), cond("Complete", "False"), failed]])
+    with pytest.raises(SftlabError) as info:
+        runner(kube, [], sleep=ctl.sleep).run(m)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert f"TrainJob {NS}/{name} failed: Failed=True (TrainingFailed: node-0: exit code 1 CUDA out of memory)" == msg
+    assert not exists(kube, name)
+
+
+def test_timeout_raises_and_deletes(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    name = m["metadata"]["name"]
+    ctl = Controller(kube, name, [[cond("Created", reason="JobSetCreated")]])
+
+    def slow_sleep(s: float) -> None:
+        ctl.sleep(s)
+        time.sleep(s)
+
+    started = time.monotonic()
+    with pytest.raises(SftlabError, match=r"did not finish within 0.3 s \(last condition: Created=True \(JobSetCreated\)\)"):
+        runner(kube, [], poll_s=0.05, timeout_s=0.3, sleep=slow_sleep).run(m)
+    assert time.monotonic() - started < 3
+    assert not exists(kube, name)
+
+
+def test_keyboard_interrupt_deletes(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner(kube, [], sleep=interrupted).run(m)
+    assert not exists(kube, m["metadata"]["name"])
+
+
+def test_duplicate_create_is_a_clear_error_and_leaves_the_other_alone(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    name = m["metadata"]["name"]
+    custom(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, m)
+    try:
+        with pytest.raises(SftlabError, match=rf"TrainJob {NS}/{name} already exists .*kubectl delete trainjob -n {NS} {name}"):
+            runner(kube, []).run(m)
+        assert exists(kube, name)  # someone else's object: not deleted
+    finally:
+        custom(kube).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+
+def test_object_deleted_by_someone_else(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    name = m["metadata"]["name"]
+
+    def vanish(_: float) -> None:
+        custom(kube).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    with pytest.raises(SftlabError, match="disappeared while running"):
+        runner(kube, [], sleep=vanish).run(m)
+    assert not exists(kube, name)
