@@ -173,9 +173,14 @@ def load_examples(
         except ValueError as exc:
             skipped.append((i, str(exc)))
     if not examples:
-        reason = f" (first problem, row {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-        raise SftlabError(f"dataset {ds.name} ({ds.uri}): no usable rows{reason}")
+        raise no_usable_rows(ds, skipped)
     return LoadedData(examples, skipped)
+
+
+def no_usable_rows(ds: DatasetSpec, problems: list[tuple[int, str]]) -> SftlabError:
+    """The one-line error for a dataset without a single usable row, naming the first problem."""
+    reason = f" (first problem, row {problems[0][0]}: {problems[0][1]})" if problems else ""
+    return SftlabError(f"dataset {ds.name} ({ds.uri}): no usable rows{reason}")
 
 
 def render_text(example: Example, tokenizer: Any) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +235,21 @@ class Tracker:
                 time.sleep(poll_s)
             if self.client.get_run(owner).info.status == "RUNNING":  # stale claim: its owner is gone
                 self.finish(owner, ok=False, error="abandoned: no progress within the wait limit")
+
+    @contextmanager
+    def owning(self, *run_ids: str) -> Iterator[None]:
+        """Close runs this caller claimed: FINISHED when the block succeeds, else FAILED with the cause.
+
+        A claimed cache run must never stay RUNNING: waiters would hold until the stale limit.
+        """
+        try:
+            yield
+        except BaseException as exc:
+            for run_id in run_ids:
+                self.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+            raise
+        for run_id in run_ids:
+            self.finish(run_id)
 
     def finished_trials(self) -> dict[str, Run]:
         """Newest FINISHED run per trial key: what a re-run skips and what the report counts."""

@@ -69,25 +69,19 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
     trial = job.trial
     benchmarks = [b for b in trial.benchmarks if b.name in owned]
     log.info("baseline: scoring %s on %s", trial.base_model.name, ", ".join(owned))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = score_model(
-                models.resolve(trial.base_model, job.context),
-                benchmarks,
-                trial.prompt_template,
-                trial.evaluation,
-                job.context,
-                log_path=Path(tmp) / "server.log",
-            )
-    except BaseException as exc:
-        for run_id in owned.values():
-            tracker.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-        raise
     scores = {}
-    for bench in benchmarks:
-        result, run_id = results[bench.name], owned[bench.name]
-        tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
-        log_benchmark_rows(tracker, run_id, bench.name, result.rows)
-        tracker.finish(run_id)
-        scores[bench.name] = {s: result.metrics[s] for s in SCORES}
+    with tracker.owning(*owned.values()), tempfile.TemporaryDirectory() as tmp:
+        results = score_model(
+            models.resolve(trial.base_model, job.context),
+            benchmarks,
+            trial.prompt_template,
+            trial.evaluation,
+            job.context,
+            log_path=Path(tmp) / "server.log",
+        )
+        for bench in benchmarks:
+            result, run_id = results[bench.name], owned[bench.name]
+            tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
+            log_benchmark_rows(tracker, run_id, bench.name, result.rows)
+            scores[bench.name] = {s: result.metrics[s] for s in SCORES}
     return scores

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sftlab import data, models
-from sftlab.errors import SftlabError
 from sftlab.evaluation import benchmark_items
 from sftlab.grid import Trial, digest
 from sftlab.job import RunContext, TrialJob
@@ -155,8 +154,7 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
     problems = RowProblems()
     state = stream_profile(iter_examples(trial.dataset, trial.dataset_template, ctx, problems), tokenizer, cfg, overlaps, problems)
     if not state.rows:
-        first = f" (first problem, row {problems.listed[0][0]}: {problems.listed[0][1]})" if problems.listed else ""
-        raise SftlabError(f"dataset {trial.dataset.name} ({trial.dataset.uri}): no usable rows{first}")
+        raise data.no_usable_rows(trial.dataset, problems.listed)
     notes: list[str] = []
 
     model = models.load_causal_lm(source, trial.base_model.revision)
@@ -253,17 +251,12 @@ def cached_or_compute(trial: Trial, ctx: RunContext, tracker: Tracker) -> tuple[
         log.info("profile: reusing run %s for %s", cached.info.run_id, key)
         return {k: v for k, v in cached.data.metrics.items() if k.startswith("profile/")}, cached.info.run_id
     assert run_id is not None
-    try:
+    with tracker.owning(run_id), tempfile.TemporaryDirectory() as tmp:
         metrics, detail, images = compute_profile(trial, ctx)
         tracker.log_metrics(run_id, metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "profile.json").write_text(json.dumps(detail, indent=2, allow_nan=True))
-            (Path(tmp) / "profile_card.html").write_text(card.render(title, metrics, images, detail), encoding="utf-8")
-            tracker.log_artifacts(run_id, tmp)
-    except BaseException as exc:
-        tracker.finish(run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
-        raise
-    tracker.finish(run_id)
+        (Path(tmp) / "profile.json").write_text(json.dumps(detail, indent=2, allow_nan=True))
+        (Path(tmp) / "profile_card.html").write_text(card.render(title, metrics, images, detail), encoding="utf-8")
+        tracker.log_artifacts(run_id, tmp)
     return metrics, run_id
 
 
