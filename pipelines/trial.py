@@ -13,6 +13,7 @@ from kfp.dsl.pipeline_channel import PipelineChannel
 
 from sftlab.components import image_for
 from sftlab.components.stages import stage_components
+from sftlab.job import CACHE_MOUNT, cache_env
 from sftlab.spec import PipelineConfig, ResourcesConfig, SecretEnv, Spec, TaskResources
 
 TRIAL_PIPELINE = "sftlab-trial"
@@ -42,14 +43,12 @@ def use_cluster_defaults(task: PipelineTask, config_map: str | None) -> None:
         kubernetes.use_config_map_as_env(task, config_map_name=config_map, config_map_key_to_env=keys, optional=True)
 
 
-CACHE_MOUNT = "/cache"
-
-
 def use_model_cache(task: PipelineTask, pvc: str | None) -> None:
     """Hub, S3 and tiny-model downloads go to a shared PVC instead of each pod's ephemeral disk."""
     if pvc:
         kubernetes.mount_pvc(task, pvc_name=pvc, mount_path=CACHE_MOUNT)
-        task.set_env_variable("SFTLAB_CACHE", f"{CACHE_MOUNT}/sftlab").set_env_variable("HF_HOME", f"{CACHE_MOUNT}/hf")
+        for name, value in cache_env().items():
+            task.set_env_variable(name, value)
 
 
 def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:

@@ -12,6 +12,17 @@ from pathlib import Path
 from sftlab.grid import Trial
 from sftlab.spec import Spec, StorageConfig, Strict
 
+CACHE_MOUNT = "/cache"  # where a shared model-cache volume is mounted in cluster pods
+
+
+def cache_env(mount: str = CACHE_MOUNT) -> dict[str, str]:
+    """Env that puts sftlab's and Hugging Face's download caches on a shared volume.
+
+    Every kind of pod (pipeline task, TrainJob node) must lay the volume out the same way, or
+    each would download the same models into its own corner of it.
+    """
+    return {"SFTLAB_CACHE": f"{mount}/sftlab", "HF_HOME": f"{mount}/hf"}
+
 
 class RunContext(Strict):
     tracking_uri: str

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob
+from sftlab.job import CACHE_MOUNT, TrialJob, cache_env
 from sftlab.spec import SecretEnv, TaskResources
 
 GROUP = "trainer.kubeflow.org"
@@ -40,7 +40,6 @@ DEFAULT_COMMAND: tuple[str, ...] = ("torchrun", "-m", "sftlab.stages.distributed
 JOB_ENV = "SFTLAB_TRIAL_JOB"
 LABEL_TRIAL_KEY = "sftlab.trial-key"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-CACHE_MOUNT = "/cache"
 CACHE_VOLUME = "model-cache"
 SHM_VOLUME = "dshm"
 # Child names (JobSet, Jobs, pods "<name>-node-<i>-<j>-<rand>") must still fit in 63 characters.
@@ -129,7 +128,7 @@ def trainjob_manifest(
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if cache_pvc:
-        env.append(_env("SFTLAB_CACHE", CACHE_MOUNT))
+        env.extend(_env(name, value) for name, value in cache_env().items())
         volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_pvc}})
         mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
     if resources.shm_size:

@@ -103,7 +103,8 @@ def test_manifest_volumes_and_env(job: TrialJob) -> None:
     mounts = {v["name"]: v["mountPath"] for v in container["volumeMounts"]}
     assert mounts == {"model-cache": "/cache", "dshm": "/dev/shm"}
     env = {e["name"]: e for e in m["spec"]["trainer"]["env"]}
-    assert env["SFTLAB_CACHE"]["value"] == "/cache"
+    # The same cache layout as the pipeline tasks (tests/test_pipelines.py checks theirs).
+    assert (env["SFTLAB_CACHE"]["value"], env["HF_HOME"]["value"]) == ("/cache/sftlab", "/cache/hf")
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "secret"}
 
