@@ -102,6 +102,8 @@ def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:
         path = download(uri, ctx.cache_dir, ctx.storage)
     elif kind == "local":
         path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            raise SftlabError(f"{path}: no such file or folder")
     else:
         raise SftlabError(f"{uri}: not a dataset source")
     for file in _files(path, split):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data import read_rows, render_template
+from sftlab.errors import SftlabError
 from sftlab.evals import gsm8k
 from sftlab.job import RunContext
 from sftlab.spec import BenchmarkSpec, EvaluationConfig
@@ -29,10 +30,17 @@ class BenchmarkScore:
 
 
 def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any]]:
+    """All items of a benchmark, each checked before any model server starts (one-line errors)."""
     items = read_rows(bench.uri, bench.split, ctx)
     for i, item in enumerate(items):
-        if not isinstance(item.get("question"), str) or not isinstance(item.get("answer"), str):
-            raise ValueError(f"benchmark {bench.name} ({bench.uri}) item {i}: expected text 'question' and 'answer'")
+        where = f"benchmark {bench.name} ({bench.uri}) item {i}"
+        for key in ("question", "answer"):
+            if not isinstance(item.get(key), str):
+                raise SftlabError(f"{where}: missing string field '{key}'")
+        try:
+            gsm8k.reference_answer(item["answer"])
+        except SftlabError as exc:
+            raise SftlabError(f"{where}: {exc}") from None
     return items
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from sftlab.errors import SftlabError
+from sftlab.evaluation import benchmark_items
+from sftlab.job import RunContext
+from sftlab.spec import BenchmarkSpec
 from sftlab.evals.gsm8k import (
     STOP_SEQUENCES,
     extract_answer,
     is_correct,
-    load_items,
     normalize_number,
     reference_answer,
 )
@@ -96,32 +99,41 @@ def test_stop_sequences_cover_fewshot_and_chat_turns() -> None:
     assert {"Question:", "\n\n", "<|im_end|>"} <= set(STOP_SEQUENCES)
 
 
-def test_load_items(tmp_path) -> None:
+def benchmark(path: Path) -> BenchmarkSpec:
+    return BenchmarkSpec(name="b", uri=str(path))
+
+
+def context(tmp_path: Path) -> RunContext:
+    return RunContext(tracking_uri="sqlite:///unused.db", experiment="x", root=str(tmp_path))
+
+
+def test_benchmark_items(tmp_path: Path) -> None:
     path = tmp_path / "gsm8k.jsonl"
     rows = [{"question": "Ana has 2 pens and gets 3 more. How many?", "answer": "2 + 3 = 5\n#### 5"}]
     path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps({**rows[0], "answer": "#### 1,000"}) + "\n")
-    items = load_items(path)
+    items = benchmark_items(benchmark(path), context(tmp_path))
     assert [reference_answer(i["answer"]) for i in items] == ["5", "1000"]
 
 
 @pytest.mark.parametrize(
-    ("line", "problem"),
+    ("line", "where", "problem"),
     [
-        ("{not json", "not valid JSON"),
-        ("[1, 2]", "expected a JSON object"),
-        ('{"question": "q"}', "missing string field 'answer'"),
-        ('{"question": "q", "answer": "five"}', "no '#### <number>'"),
+        ("{not json", "bad.jsonl:2: ", "not valid JSON"),
+        ("[1, 2]", "bad.jsonl:2: ", "expected a JSON object"),
+        ('{"question": "q"}', "item 1: ", "missing string field 'answer'"),
+        ('{"question": "q", "answer": "five"}', "item 1: ", "no '#### <number>'"),
     ],
 )
-def test_load_items_names_file_and_line(tmp_path, line: str, problem: str) -> None:
+def test_bad_benchmark_items_name_file_and_item(tmp_path: Path, line: str, where: str, problem: str) -> None:
+    """Checked before any model server starts, each as one line naming the file and the item."""
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answer": "#### 1"}\n' + line + "\n")
     with pytest.raises(SftlabError) as info:
-        load_items(path)
+        benchmark_items(benchmark(path), context(tmp_path))
     message = str(info.value)
-    assert message.startswith(f"{path}:2: ") and problem in message and "\n" not in message
+    assert str(path) in message and where in message and problem in message and "\n" not in message
 
 
-def test_load_items_missing_file(tmp_path) -> None:
-    with pytest.raises(SftlabError, match="cannot read"):
-        load_items(tmp_path / "nope.jsonl")
+def test_benchmark_items_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SftlabError, match="nope.jsonl: no such file or folder"):
+        benchmark_items(benchmark(tmp_path / "nope.jsonl"), context(tmp_path))

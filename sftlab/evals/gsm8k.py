@@ -8,12 +8,8 @@ more lenient than the harness's string comparison.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import Any
 
 from sftlab.errors import SftlabError
 
@@ -74,34 +70,3 @@ def is_correct(generation: str, reference: str) -> bool:
     """Whether the answer extracted from ``generation`` equals ``reference`` as a number."""
     answer = extract_answer(generation)
     return answer is not None and normalize_number(answer) == normalize_number(reference)
-
-
-def load_items(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """GSM8K JSONL rows (``question``, ``answer`` ending in ``#### N``); blank lines are skipped."""
-    source = Path(path)
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise SftlabError(f"{source}: cannot read: {exc.strerror}") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            items.append(_parse_item(line, f"{source}:{number}"))
-    return items
-
-
-def _parse_item(line: str, where: str) -> dict[str, Any]:
-    try:
-        item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{where}: not valid JSON: {exc.msg}") from None
-    if not isinstance(item, dict):
-        raise SftlabError(f"{where}: expected a JSON object with 'question' and 'answer'")
-    for key in ("question", "answer"):
-        if not isinstance(item.get(key), str):
-            raise SftlabError(f"{where}: missing string field '{key}'")
-    try:
-        reference_answer(item["answer"])
-    except SftlabError as exc:
-        raise SftlabError(f"{where}: {exc}") from None
-    return item
