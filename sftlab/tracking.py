@@ -220,6 +220,10 @@ class Tracker:
                 return done, None
             mine = self.create_run(stage, name, {TAG_CACHE_KEY: cache_key, **tags})
             time.sleep(settle_s)
+            done = self.cached(stage, cache_key)  # an owner may have finished while we settled
+            if done is not None:
+                self.client.delete_run(mine)
+                return done, None
             active = list(
                 self.search(
                     f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' "

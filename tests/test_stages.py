@@ -118,6 +118,23 @@ def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
     assert len(computed) == 1 and set(results) == set(computed)
     assert [r.info.status for r in tracker.search("tags.`sftlab.stage` = 'profile'")] == ["FINISHED"]
 
+    # An owner that finishes while a later candidate is still settling: the candidate reuses it.
+    import threading
+    import time
+
+    def quick_owner() -> None:
+        _, owner = tracker.claim("profile", "k4", "owner", {}, settle_s=0)
+        time.sleep(0.2)
+        tracker.finish(owner)
+
+    thread = threading.Thread(target=quick_owner)
+    thread.start()
+    time.sleep(0.1)
+    cached, late = tracker.claim("profile", "k4", "late", {}, settle_s=0.5, poll_s=0.05)
+    thread.join()
+    assert late is None and cached is not None and cached.info.run_name == "owner"
+    assert len(list(tracker.search("tags.`sftlab.cache_key` = 'k4'"))) == 1
+
     # A failed owner does not poison the key: the next claimant owns it anew.
     _, failing = tracker.claim("baseline", "k2", "a", {}, settle_s=0)
     assert failing is not None
