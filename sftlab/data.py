@@ -8,6 +8,7 @@ applies the model's chat template, exactly as it will for training.
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from collections.abc import Iterator
@@ -52,7 +53,8 @@ def _files(path: Path, split: str) -> list[Path]:
 
 
 def _jsonl(path: Path) -> Iterator[Row]:
-    with path.open("rb") as fh:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
             if not raw.strip():
                 continue
@@ -65,7 +67,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
 
 
 def _file_rows(path: Path) -> Iterator[Row]:
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
         yield from _jsonl(path)
     elif path.suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
@@ -77,7 +79,7 @@ def _file_rows(path: Path) -> Iterator[Row]:
 
         yield from load_dataset(path.suffix[1:], data_files=str(path), split="train")  # Arrow, memory-mapped
     else:
-        raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .json, .parquet, .csv)")
+        raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)")
 
 
 def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:

@@ -29,7 +29,10 @@ from sftlab.spec import (
 )
 
 NAME_AXES = ("base_model", "dataset")
-NOT_IN_KEY = {"checkpoint_every_epoch"}  # how a trial is run, not what it computes
+# How a trial is run, not what it computes: changing these must not redo finished trials.
+NOT_IN_KEY = {
+    "checkpoint_every_epoch", "checkpoint_uri", "gradient_checkpointing", "attn_implementation", "use_liger_kernel", "distributed",
+}
 
 
 class Trial(Strict):

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from sftlab.grid import Trial
-from sftlab.spec import Spec, StorageConfig, Strict
+from sftlab.spec import ResourcesConfig, Spec, StorageConfig, Strict
 
 CACHE_MOUNT = "/cache"  # where a shared model-cache volume is mounted in cluster pods
 
@@ -30,6 +30,9 @@ class RunContext(Strict):
     root: str
     storage: StorageConfig = StorageConfig()
     register_models: bool = True
+    # Cluster placement, for stages that start pods of their own (TrainJobs, InferenceServices).
+    image: str | None = None
+    resources: ResourcesConfig = ResourcesConfig()
     sweep_run_id: str | None = None
     trial_run_id: str | None = None
     kfp_run_id: str | None = None
@@ -74,4 +77,6 @@ def context_for(spec: Spec) -> RunContext:
         root=str(Path(spec.tracking.root).resolve()),
         storage=spec.storage,
         register_models=spec.tracking.register_models,
+        image=spec.pipeline.image,
+        resources=spec.resources,
     )

@@ -52,15 +52,57 @@ class DatasetSpec(Strict):
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this dataset.")
 
 
+BenchmarkKind = Literal["gsm8k", "math", "humaneval", "mbpp", "multiple_choice", "qa", "judge"]
+
+
+class SandboxConfig(Strict):
+    """Limits for running model-generated code (``sftlab.sandbox``): per program, never shared."""
+
+    timeout_s: float = Field(10.0, gt=0, le=600, description="Wall-clock limit per program.")
+    memory_mb: int = Field(1024, ge=64, le=65536, description="Address-space limit per program.")
+    max_processes: int = Field(8, ge=1, le=1024, description="Processes/threads a program may start (fork bombs stop here).")
+    max_output_kb: int = Field(256, ge=1, le=65536, description="Captured stdout/stderr and file writes per program.")
+    workers: int = Field(2, ge=1, le=256, description="Programs run at once.")
+
+
+class JudgeConfig(Strict):
+    """An OpenAI-compatible chat endpoint that rates answers (MT-Bench / AlpacaEval style)."""
+
+    url: str = Field(min_length=1, description="Base URL of the OpenAI-compatible API, e.g. https://host/v1.")
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field(
+        "SFTLAB_JUDGE_API_KEY", description="Environment variable holding the judge's API key (the key never enters the spec)."
+    )
+    max_tokens: int = Field(512, ge=1, le=8192)
+    concurrency: int = Field(4, ge=1, le=256)
+
+
 class BenchmarkSpec(Strict):
+    """One benchmark: data source, prompt format, generation settings and (by ``kind``) its scorer."""
+
     name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["gsm8k"] = "gsm8k"
+    kind: BenchmarkKind = "gsm8k"
     uri: str = Field(min_length=1)
     split: str = "test"
     max_items: int | None = Field(None, ge=1)
-    num_fewshot: int = Field(0, ge=0, le=16)
+    num_fewshot: int = Field(0, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=4096)
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this benchmark.")
+    num_samples: int = Field(1, ge=1, le=1000, description="Completions sampled per item (n of pass@k).")
+    pass_k: list[int] = Field([1], min_length=1, description="k values of pass@k (unbiased estimator); each ≤ num_samples.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy; sampling several completions needs > 0.")
+    sandbox: SandboxConfig = SandboxConfig()
+    judge: JudgeConfig | None = Field(None, description="Required for kind judge.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BenchmarkSpec:
+        if self.kind == "judge" and self.judge is None:
+            raise ValueError("kind judge needs a judge endpoint (judge.url, judge.model)")
+        if any(k < 1 or k > self.num_samples for k in self.pass_k):
+            raise ValueError(f"pass_k values must be in 1..num_samples ({self.num_samples}), got {self.pass_k}")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are all the same)")
+        return self
 
 
 class LoraConfig(Strict):
@@ -68,6 +110,20 @@ class LoraConfig(Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
+
+
+class DistributedConfig(Strict):
+    """Multi-GPU and multi-node training through existing engines (accelerate/torchrun, Kubeflow Trainer)."""
+
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed_zero3"] = Field(
+        "none", description="In-pod multi-GPU engine, launched with accelerate; none: a single process."
+    )
+    nodes: int = Field(1, ge=1, le=512, description="More than 1: the train stage runs as a cluster training job.")
+    launcher: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="Multi-node engine: Kubeflow Trainer TrainJob (v2) or Kubeflow PyTorchJob (v1)."
+    )
+    runtime: str = Field("torch-distributed", description="The Kubeflow Trainer ClusterTrainingRuntime a TrainJob uses.")
+    timeout_s: float = Field(7 * 24 * 3600.0, gt=0, description="How long a cluster training job may run.")
 
 
 class TrainingConfig(Strict):
@@ -89,6 +145,17 @@ class TrainingConfig(Strict):
     checkpoint_every_epoch: bool = Field(
         True, description="Save a resumable checkpoint (model, optimizer, scheduler, RNG) after each epoch."
     )
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Where resumable checkpoints go (s3://bucket/prefix or a PVC path); default: under tracking.root. "
+        "On a cluster this must outlive the pod, or a preempted trial starts over.",
+    )
+    gradient_checkpointing: bool | None = Field(None, description="Default: on with CUDA, off on CPU.")
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto: FlashAttention-2 when installed and supported, else SDPA."
+    )
+    use_liger_kernel: bool = Field(False, description="Liger fused kernels (needs liger-kernel and CUDA).")
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainingConfig:
@@ -130,10 +197,41 @@ class ProfileConfig(Strict):
         return sorted(value)
 
 
+class KServeConfig(Strict):
+    """InferenceServices for cluster evaluation (``evaluation.backend: kserve``)."""
+
+    namespace: str | None = Field(None, description="Default: the pipeline pod's own namespace.")
+    runtime: Literal["huggingface", "vllm"] = Field(
+        "huggingface", description="KServe Hugging Face runtime; vllm selects its vLLM backend (GPU)."
+    )
+    deployment_mode: Literal["RawDeployment", "Serverless"] = Field(
+        "RawDeployment", description="RawDeployment avoids Knative's progress deadline killing slow LLM start-ups."
+    )
+    ready_timeout_s: float = Field(1800.0, gt=0, description="How long an InferenceService may take to become Ready.")
+    service_account: str | None = Field(None, description="Service account with the S3 credentials for storageUri.")
+    max_model_len: int | None = Field(None, ge=16)
+
+
 class EvaluationConfig(Strict):
     concurrency: int = Field(4, ge=1, le=256)
     request_timeout_s: float = Field(120.0, gt=0)
-    ready_timeout_s: float = Field(180.0, gt=0, description="How long a model server may take to become ready.")
+    ready_timeout_s: float = Field(180.0, gt=0, description="How long a local model server may take to become ready.")
+    bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for score and gain CIs.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    backend: Literal["local", "kserve"] = Field(
+        "local", description="local: a kserve.ModelServer process on 127.0.0.1; kserve: an InferenceService per model."
+    )
+    kserve: KServeConfig = KServeConfig()
+    epochs: Literal["last", "all"] | list[int] = Field(
+        "last", description="Checkpoints evaluated: the final model, every epoch, or these epochs (each its own run)."
+    )
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(e < 1 for e in value) or len(set(value)) != len(value)):
+            raise ValueError("epochs must be 'last', 'all' or distinct epoch numbers ≥ 1")
+        return value
 
 
 class WeightsConfig(Strict):
@@ -238,6 +336,18 @@ class Spec(Strict):
         if value is not None:
             check_template(value)
         return value
+
+    @model_validator(mode="after")
+    def _evaluated_epochs(self) -> Spec:
+        epochs = self.evaluation.epochs
+        if epochs == "last":
+            return self
+        if not self.training.checkpoint_every_epoch:
+            raise ValueError("evaluation.epochs: evaluating epochs before the last needs training.checkpoint_every_epoch: true")
+        most = max([self.training.epochs, *(e for e in self.sweep.get("training.epochs", []) if isinstance(e, int))])
+        if isinstance(epochs, list) and max(epochs) > most:
+            raise ValueError(f"evaluation.epochs: epoch {max(epochs)} is past the last training epoch ({most})")
+        return self
 
     @property
     def experiment(self) -> str:

@@ -67,10 +67,13 @@ class CompletionsClient:
         max_tokens: int,
         stop: Sequence[str] | None = None,
         temperature: float = 0.0,
+        seed: int | None = None,
         on_progress: Progress | None = None,
     ) -> list[str]:
-        """The completion text of each prompt (without the prompt)."""
+        """The completion text of each prompt (without the prompt); ``seed`` makes sampling repeatable."""
         params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+        if seed is not None:
+            params["seed"] = seed
         if stop:
             params["stop"] = list(stop)
         return [c["text"] for c in self._choices(prompts, params, on_progress)]

@@ -1,0 +1,102 @@
+"""What every benchmark task shares: the served-model interface, per-item results, prompts, CIs.
+
+A task (``sftlab.evals.TASKS[kind]``) is a small object with two methods:
+
+- ``check_item(item)`` raises ``SftlabError`` (one line, no location: the caller adds
+  benchmark/uri/item index) when an item lacks what the scorer needs — run on every item before
+  any model server starts;
+- ``score(model, bench, items, template)`` returns a ``BenchmarkScore`` whose ``rows`` each carry a
+  float ``score`` (the item's headline score, in [0, 1] unless the task says otherwise) plus
+  whatever helps a reader inspect the item (prompt, output, reference ...), and whose ``metrics``
+  hold the task's aggregate measures (``score`` = the mean of the rows' scores is added by
+  ``sftlab.evaluation``, as are bootstrap CIs).
+
+Tasks talk to the model only through ``Generator`` (the OpenAI-compatible client), so a local
+``kserve.ModelServer`` and a cluster InferenceService score identically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sftlab.data import render_template
+from sftlab.spec import BenchmarkSpec
+
+FALLBACK_TEMPLATE = "Question: {instruction}\nAnswer: {response}"  # lm-evaluation-harness style
+FEWSHOT_SEED = 1234
+
+Progress = Callable[[int, int], None]
+
+
+class Generator(Protocol):
+    """A served model, as tasks see it (``sftlab.serving.client.CompletionsClient`` is one)."""
+
+    def complete(
+        self,
+        prompts: list[str],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        on_progress: Progress | None = None,
+    ) -> list[str]: ...
+
+    def loglikelihood(
+        self, pairs: list[tuple[str, str]], *, on_progress: Progress | None = None
+    ) -> list[tuple[float, int]]: ...
+
+
+@dataclass
+class BenchmarkScore:
+    metrics: dict[str, float]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def item_scores(self) -> list[float]:
+        return [float(r["score"]) for r in self.rows]
+
+
+class Task(Protocol):
+    def check_item(self, item: dict[str, Any]) -> None: ...
+
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore: ...
+
+
+def benchmark_template(bench: BenchmarkSpec, template: str | None) -> str:
+    return bench.template or template or FALLBACK_TEMPLATE
+
+
+def fewshot_prompts(
+    bench: BenchmarkSpec,
+    items: list[dict[str, Any]],
+    template: str | None,
+    question: Callable[[dict[str, Any]], str],
+    answer: Callable[[dict[str, Any]], str],
+    separator: str = "\n\n",
+) -> list[str]:
+    """Zero- or few-shot prompts; few-shot examples are other items, drawn with a fixed seed."""
+    template = benchmark_template(bench, template)
+    rng = random.Random(FEWSHOT_SEED)
+    prompts = []
+    for i, item in enumerate(items):
+        shots = ""
+        if bench.num_fewshot:
+            others = [j for j in range(len(items)) if j != i]
+            for j in rng.sample(others, min(bench.num_fewshot, len(others))):
+                shots += render_template(template, question(items[j])) + answer(items[j]) + separator
+        prompts.append(shots + render_template(template, question(item)))
+    return prompts
+
+
+def require_str(item: dict[str, Any], *keys: str) -> None:
+    from sftlab.errors import SftlabError
+
+    for key in keys:
+        if not isinstance(item.get(key), str) or not item[key].strip():
+            raise SftlabError(f"missing non-empty string field '{key}'")
