@@ -2,90 +2,94 @@
 
 The model is served by a real model server (locally a ``kserve.ModelServer`` process on
 127.0.0.1; on a cluster an InferenceService) and scored over HTTP with the OpenAI-compatible
-client, so local and cluster scores come from the same code. Besides exact match, each benchmark
-logs the mean log-likelihood per token of the reference answers: it moves long before exact match
-does, which is what small models and short runs need.
+client, so local and cluster scores come from the same code. Each benchmark's task
+(``sftlab.evals``) scores every item; here every benchmark gets its headline ``score`` (the mean of
+item scores) with a percentile bootstrap CI, and gains over the base model get a *paired* bootstrap
+CI (the same items, resampled together), which is much tighter than two independent CIs.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sftlab.data import read_rows, render_template
+import numpy as np
+
+from sftlab.data import read_rows
 from sftlab.errors import SftlabError
-from sftlab.evals import gsm8k
+from sftlab.evals import task_for
+from sftlab.evals.base import BenchmarkScore, Generator
 from sftlab.job import RunContext
 from sftlab.spec import BenchmarkSpec, EvaluationConfig
 
-FALLBACK_TEMPLATE = "Question: {instruction}\nAnswer: {response}"  # lm-evaluation-harness style
-
-
-@dataclass
-class BenchmarkScore:
-    metrics: dict[str, float]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+BOOTSTRAP_SEED = 0
+NOT_GAINS = ("items", "score_ci_low", "score_ci_high")  # per-benchmark metrics that have no gain
 
 
 def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any]]:
-    """All items of a benchmark, each checked before any model server starts (one-line errors)."""
+    """The benchmark's items (``max_items`` first), each checked before any model server starts."""
+    task = task_for(bench.kind)
     items = read_rows(bench.uri, bench.split, ctx)
+    if bench.max_items:
+        items = items[: bench.max_items]
+    if not items:
+        raise SftlabError(f"benchmark {bench.name} ({bench.uri}): no items")
     for i, item in enumerate(items):
-        where = f"benchmark {bench.name} ({bench.uri}) item {i}"
-        for key in ("question", "answer"):
-            if not isinstance(item.get(key), str):
-                raise SftlabError(f"{where}: missing string field '{key}'")
         try:
-            gsm8k.reference_answer(item["answer"])
+            task.check_item(item)
         except SftlabError as exc:
-            raise SftlabError(f"{where}: {exc}") from None
+            raise SftlabError(f"benchmark {bench.name} ({bench.uri}) item {i}: {exc}") from None
     return items
 
 
-def build_prompts(bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
-    """Zero- or few-shot prompts; few-shot examples are other items, drawn with a fixed seed."""
-    template = bench.template or template or FALLBACK_TEMPLATE
-    prompts = []
-    rng = random.Random(1234)
-    for i, item in enumerate(items):
-        shots = ""
-        if bench.num_fewshot:
-            others = [j for j in range(len(items)) if j != i]
-            for j in rng.sample(others, min(bench.num_fewshot, len(others))):
-                shots += render_template(template, items[j]["question"]) + items[j]["answer"] + "\n\n"
-        prompts.append(shots + render_template(template, item["question"]))
-    return prompts
+def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values``."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        raise SftlabError("bootstrap of no values")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
 
 
-def score_benchmark(client: Any, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
-    """Exact match of generated final answers and log-likelihood of the references, per item."""
-    if bench.max_items:
-        items = items[: bench.max_items]
-    prompts = build_prompts(bench, items, template)
-    outputs = client.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(gsm8k.STOP_SEQUENCES))
-    likelihoods = client.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items)])
-    rows = []
-    for prompt, item, output, (logprob, n_tokens) in zip(prompts, items, outputs, likelihoods):
-        reference = gsm8k.reference_answer(item["answer"])
-        rows.append(
-            {
-                "prompt": prompt,
-                "output": output,
-                "reference": reference,
-                "extracted": gsm8k.extract_answer(output),
-                "correct": gsm8k.is_correct(output, reference),
-                "loglik_per_token": logprob / max(1, n_tokens),
-            }
-        )
-    n = len(rows)
-    metrics = {
-        "exact_match": sum(r["correct"] for r in rows) / n,
-        "loglik": sum(r["loglik_per_token"] for r in rows) / n,
-        "items": float(n),
-    }
-    return BenchmarkScore(metrics, rows)
+def score_benchmark(model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None, evaluation: EvaluationConfig) -> BenchmarkScore:
+    """Score ``items`` with the benchmark's task; add ``score``, its CI and ``items``."""
+    result = task_for(bench.kind).score(model, bench, items, template)
+    for index, row in enumerate(result.rows):
+        row["item"] = index
+    scores = result.item_scores
+    low, high = bootstrap_ci(scores, evaluation.bootstrap_resamples, evaluation.confidence)
+    result.metrics.update(score=float(np.mean(scores)), score_ci_low=low, score_ci_high=high, items=float(len(scores)))
+    return result
+
+
+def gain_metrics(
+    bench: str, scored: dict[str, float], base: dict[str, float], item_scores: Sequence[float], base_item_scores: Sequence[float] | None, evaluation: EvaluationConfig
+) -> dict[str, float]:
+    """``eval/``, ``base/`` and ``gain/`` metrics of one benchmark, with a paired CI of the score gain.
+
+    ``base_item_scores`` must be the base model's scores of the same items in the same order; when
+    they are not available (a baseline from an older version) the gain has no CI.
+    """
+    metrics = {f"eval/{bench}/{k}": v for k, v in scored.items()}
+    for name, value in scored.items():
+        if name in NOT_GAINS or name not in base:
+            continue
+        metrics[f"base/{bench}/{name}"] = base[name]
+        metrics[f"gain/{bench}/{name}"] = value - base[name]
+    if base_item_scores is not None:
+        if len(base_item_scores) != len(item_scores):
+            raise SftlabError(
+                f"benchmark {bench}: the baseline scored {len(base_item_scores)} items, this model {len(item_scores)}; "
+                "were the benchmark's items changed in place? Give the changed file a new name or uri"
+            )
+        diffs = np.asarray(item_scores, dtype=float) - np.asarray(base_item_scores, dtype=float)
+        low, high = bootstrap_ci(diffs, evaluation.bootstrap_resamples, evaluation.confidence)
+        metrics[f"gain/{bench}/score_ci_low"], metrics[f"gain/{bench}/score_ci_high"] = low, high
+    return metrics
 
 
 def score_model(
@@ -109,7 +113,7 @@ def score_model(
         ready_timeout=evaluation.ready_timeout_s,
         log_path=log_path,
     ) as server:
-        client = CompletionsClient(
+        with CompletionsClient(
             server.base_url, server.model_name, concurrency=evaluation.concurrency, timeout=evaluation.request_timeout_s
-        )
-        return {b.name: score_benchmark(client, b, items[b.name], template) for b in benchmarks}
+        ) as client:
+            return {b.name: score_benchmark(client, b, items[b.name], template, evaluation) for b in benchmarks}

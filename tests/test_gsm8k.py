@@ -120,7 +120,7 @@ def test_benchmark_items(tmp_path: Path) -> None:
     [
         ("{not json", "bad.jsonl:2: ", "not valid JSON"),
         ("[1, 2]", "bad.jsonl:2: ", "expected a JSON object"),
-        ('{"question": "q"}', "item 1: ", "missing string field 'answer'"),
+        ('{"question": "q"}', "item 1: ", "missing non-empty string field 'answer'"),
         ('{"question": "q", "answer": "five"}', "item 1: ", "no '#### <number>'"),
     ],
 )

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from sftlab.errors import SftlabError
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, require_str
+from sftlab.spec import BenchmarkSpec
 
 STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -70,3 +73,43 @@ def is_correct(generation: str, reference: str) -> bool:
     """Whether the answer extracted from ``generation`` equals ``reference`` as a number."""
     answer = extract_answer(generation)
     return answer is not None and normalize_number(answer) == normalize_number(reference)
+
+
+class GSM8KTask:
+    """Generated final-number exact match, plus the log-likelihood per token of the reference solution.
+
+    The log-likelihood moves long before exact match does, which is what small models and short
+    runs need.
+    """
+
+    def check_item(self, item: dict[str, Any]) -> None:
+        require_str(item, "question", "answer")
+        reference_answer(item["answer"])
+
+    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+        prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: it["answer"])
+        outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(STOP_SEQUENCES))
+        likelihoods = model.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items)])
+        rows = []
+        for prompt, item, output, (logprob, n_tokens) in zip(prompts, items, outputs, likelihoods):
+            reference = reference_answer(item["answer"])
+            correct = is_correct(output, reference)
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "output": output,
+                    "reference": reference,
+                    "extracted": extract_answer(output),
+                    "score": float(correct),
+                    "loglik_per_token": logprob / max(1, n_tokens),
+                }
+            )
+        n = len(rows)
+        metrics = {
+            "exact_match": sum(r["score"] for r in rows) / n,
+            "loglik": sum(r["loglik_per_token"] for r in rows) / n,
+        }
+        return BenchmarkScore(metrics, rows)
+
+
+GSM8K = GSM8KTask()

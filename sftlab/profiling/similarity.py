@@ -22,7 +22,16 @@ from sftlab.profiling.ngrams import HashedChunk
 
 
 def benchmark_text(item: dict[str, Any]) -> str:
-    return f"{item['question']}\n{item['answer']}"
+    """An item's text, whatever the benchmark's format: its string fields (and lists of strings), ids left out."""
+    parts: list[str] = []
+    for key, value in item.items():
+        if key.lower().endswith("id"):
+            continue
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value if isinstance(v, str))
+    return "\n".join(parts)
 
 
 @dataclass

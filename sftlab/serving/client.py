@@ -24,6 +24,59 @@ class _Transient(Exception):
     """A failure worth retrying (connection trouble, overload, server error)."""
 
 
+class OpenAIHttp:
+    """POSTs to an OpenAI-compatible API, with exponential backoff on transient failures.
+
+    An API key, when given, goes only into the ``Authorization`` header: never into errors or logs.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 120.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_connections: int = 4,
+        api_key: str | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=max_connections), headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def post(self, route: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` to ``base_url + route``; transient failures are retried, others fail at once."""
+        url = self.base_url + route
+        attempt = 0
+        while True:
+            try:
+                return self._post_once(url, payload)
+            except _Transient as exc:
+                if attempt == self.retries:
+                    raise SftlabError(f"{url}: {exc} (gave up after {attempt + 1} attempts)") from None
+            time.sleep(self.backoff * 2**attempt)
+            attempt += 1
+
+    def _post_once(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post(url, json=payload)
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code in _TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {response.status_code}: {_error_message(response)}")
+        if response.status_code != 200:
+            raise SftlabError(f"{url}: HTTP {response.status_code}: {_error_message(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise SftlabError(f"{url}: response is not JSON: {response.text[:200]!r}") from None
+
+
 class CompletionsClient:
     """Bounded-concurrency, retrying client for ``{base_url}/completions``.
 
@@ -45,14 +98,11 @@ class CompletionsClient:
     ):
         self.model = model
         self.concurrency = concurrency
-        self.retries = retries
         self.batch_size = batch_size
-        self.backoff = backoff
-        self._url = base_url.rstrip("/") + "/completions"
-        self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=concurrency))
+        self._api = OpenAIHttp(base_url, timeout=timeout, retries=retries, backoff=backoff, max_connections=concurrency)
 
     def close(self) -> None:
-        self._http.close()
+        self._api.close()
 
     def __enter__(self) -> CompletionsClient:
         return self
@@ -118,37 +168,11 @@ class CompletionsClient:
         return [choice for batch in results for choice in batch]
 
     def _complete_batch(self, prompts: list[str], params: dict[str, Any]) -> list[dict[str, Any]]:
-        body = self._post({**params, "model": self.model, "prompt": prompts})
+        body = self._api.post("/completions", {**params, "model": self.model, "prompt": prompts})
         choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != len(prompts):
-            raise SftlabError(f"{self._url}: expected {len(prompts)} choices, got {len(choices)}")
+            raise SftlabError(f"{self._api.base_url}/completions: expected {len(prompts)} choices, got {len(choices)}")
         return choices
-
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with exponential backoff on transient failures; others fail at once."""
-        attempt = 0
-        while True:
-            try:
-                return self._post_once(payload)
-            except _Transient as exc:
-                if attempt == self.retries:
-                    raise SftlabError(f"{self._url}: {exc} (gave up after {attempt + 1} attempts)") from None
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
-
-    def _post_once(self, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._http.post(self._url, json=payload)
-        except httpx.TransportError as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}") from None
-        if response.status_code in _TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {response.status_code}: {_error_message(response)}")
-        if response.status_code != 200:
-            raise SftlabError(f"{self._url}: HTTP {response.status_code}: {_error_message(response)}")
-        try:
-            return response.json()
-        except ValueError:
-            raise SftlabError(f"{self._url}: response is not JSON: {response.text[:200]!r}") from None
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -7,19 +7,19 @@ evaluation (the study's evaluation cost ~30x its training; re-scoring base model
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from sftlab import models
+from sftlab.evals.base import BenchmarkScore
 from sftlab.evaluation import score_model
 from sftlab.grid import Trial, digest
 from sftlab.job import TrialJob
 from sftlab.spec import BenchmarkSpec
 from sftlab.stages.common import StageResult, log, trial_stage
 from sftlab.tracking import Tracker
-
-SCORES = ("exact_match", "loglik")
 
 
 def baseline_key(trial: Trial, bench: BenchmarkSpec) -> str:
@@ -32,11 +32,31 @@ def baseline_key(trial: Trial, bench: BenchmarkSpec) -> str:
     )
 
 
-def log_benchmark_rows(tracker: Tracker, run_id: str, bench: str, rows: list[dict[str, Any]]) -> None:
-    """Per-item results as an MLflow table (viewable and comparable in the MLflow UI)."""
-    if rows:
-        columns = {key: [row[key] for row in rows] for key in rows[0]}
+def item_scores_path(bench: str) -> str:
+    return f"eval/{bench}.scores.json"
+
+
+def log_benchmark_rows(tracker: Tracker, run_id: str, bench: str, result: BenchmarkScore) -> None:
+    """Per-item results as an MLflow table (viewable and comparable in the MLflow UI), and the
+    item scores alone, which paired gain CIs read back."""
+    if result.rows:
+        columns = {key: [row.get(key) for row in result.rows] for key in result.rows[0]}
         tracker.client.log_table(run_id, data=columns, artifact_file=f"eval/{bench}.json")
+        tracker.client.log_dict(run_id, result.item_scores, item_scores_path(bench))
+
+
+def base_item_scores(tracker: Tracker, run_id: str, bench: str) -> list[float] | None:
+    """The base model's item scores stored by its baseline run (None for runs that predate them)."""
+    wanted = item_scores_path(bench)
+    if wanted not in {f.path for f in tracker.client.list_artifacts(run_id, "eval")}:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(tracker.download(run_id, wanted, tmp).read_text())
+
+
+def _eval_metrics(metrics: dict[str, float], bench: str) -> dict[str, float]:
+    prefix = f"eval/{bench}/"
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
@@ -51,7 +71,7 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
             name = f"baseline {trial.base_model.name}/{bench.name}"
             cached, run_id = tracker.claim("baseline", baseline_key(trial, bench), name, tags)
             if cached is not None:
-                scores[bench.name] = {s: cached.data.metrics[f"eval/{bench.name}/{s}"] for s in SCORES}
+                scores[bench.name] = _eval_metrics(cached.data.metrics, bench.name)
                 run_ids[bench.name] = cached.info.run_id
             else:
                 assert run_id is not None
@@ -60,7 +80,7 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
             scores.update(_score_base(job, tracker, owned))
             run_ids.update(owned)
         tracker.set_tags(trial_run_id, {f"sftlab.baseline_run.{b}": r for b, r in run_ids.items()})
-    metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items()}
+    metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items() if s != "items"}
     return StageResult(metrics=metrics, outputs={"scores": scores, "run_ids": run_ids})
 
 
@@ -82,6 +102,6 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
         for bench in benchmarks:
             result, run_id = results[bench.name], owned[bench.name]
             tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
-            log_benchmark_rows(tracker, run_id, bench.name, result.rows)
-            scores[bench.name] = {s: result.metrics[s] for s in SCORES}
+            log_benchmark_rows(tracker, run_id, bench.name, result)
+            scores[bench.name] = dict(result.metrics)
     return scores

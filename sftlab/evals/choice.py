@@ -1,0 +1,115 @@
+"""Multiple choice (MMLU, HellaSwag, ARC, BoolQ style) scored by the log-likelihood of each choice.
+
+As in lm-evaluation-harness: the prediction is the choice with the highest summed log-probability
+as a continuation of the prompt (``acc``), and, normalised by the choice's length in characters,
+``acc_norm`` (HellaSwag's headline). The server must return prompt log-probabilities (OpenAI
+``echo`` + ``logprobs``); the local server and vLLM do.
+
+Accepted item formats (first match wins): ``question``/``query``/``ctx`` for the stem, an optional
+``passage`` (BoolQ), ``choices``/``endings`` (list of strings) — or none for a boolean ``answer``,
+which means choices ``no``/``yes`` — and the gold as ``answer``/``label``/``gold``: an index, a
+letter (``"B"``), the choice text or a boolean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sftlab.errors import SftlabError
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts
+from sftlab.spec import BenchmarkSpec
+
+STEM_FIELDS = ("question", "query", "ctx")
+CHOICE_FIELDS = ("choices", "endings")
+GOLD_FIELDS = ("answer", "label", "gold")
+BOOL_CHOICES = ["no", "yes"]
+
+
+def _first(item: dict[str, Any], fields: tuple[str, ...]) -> Any:
+    return next((item[f] for f in fields if f in item), None)
+
+
+def stem(item: dict[str, Any]) -> str:
+    text = str(_first(item, STEM_FIELDS))
+    passage = item.get("passage")
+    return f"{passage}\n{text}" if isinstance(passage, str) and passage else text
+
+
+def choices(item: dict[str, Any]) -> list[str]:
+    found = _first(item, CHOICE_FIELDS)
+    return list(found) if found is not None else BOOL_CHOICES
+
+
+def gold(item: dict[str, Any]) -> int:
+    """The index of the correct choice; a one-line error when it cannot be told."""
+    options, value = choices(item), _first(item, GOLD_FIELDS)
+    if isinstance(value, bool):
+        if options != BOOL_CHOICES:
+            raise SftlabError("a boolean answer needs no choices field (it means no/yes)")
+        return int(value)
+    if isinstance(value, int) and 0 <= value < len(options):
+        return value
+    if isinstance(value, str):
+        if value.isdigit() and int(value) < len(options):
+            return int(value)
+        if len(value) == 1 and value.isalpha() and ord(value.upper()) - ord("A") < len(options):
+            return ord(value.upper()) - ord("A")
+        if value in options:
+            return options.index(value)
+    raise SftlabError(f"answer {value!r} is not a choice index, letter or choice text of {len(options)} choices")
+
+
+class MultipleChoiceTask:
+    def check_item(self, item: dict[str, Any]) -> None:
+        if not isinstance(_first(item, STEM_FIELDS), str):
+            raise SftlabError(f"missing string field, one of {', '.join(STEM_FIELDS)}")
+        options = choices(item)
+        if len(options) < 2 or not all(isinstance(c, str) and c for c in options):
+            raise SftlabError("expected at least 2 non-empty string choices")
+        gold(item)
+
+    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+        prompts = fewshot_prompts(bench, items, template, stem, lambda it: choices(it)[gold(it)])
+        pairs = [(prompt, _continuation(prompt, option)) for prompt, item in zip(prompts, items) for option in choices(item)]
+        scored = iter(model.loglikelihood(pairs))
+        rows = []
+        for prompt, item in zip(prompts, items):
+            options = choices(item)
+            logprobs = [next(scored)[0] for _ in options]
+            normed = [lp / max(1, len(option)) for lp, option in zip(logprobs, options)]
+            pick, pick_norm, answer = _argmax(logprobs), _argmax(normed), gold(item)
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "output": options[pick],
+                    "reference": options[answer],
+                    "score": float(pick == answer),
+                    "acc_norm": float(pick_norm == answer),
+                    "gold_prob": math.exp(logprobs[answer] - _logsumexp(logprobs)),
+                }
+            )
+        n = len(rows)
+        metrics = {
+            "acc": sum(r["score"] for r in rows) / n,
+            "acc_norm": sum(r["acc_norm"] for r in rows) / n,
+            "gold_prob": sum(r["gold_prob"] for r in rows) / n,
+        }
+        return BenchmarkScore(metrics, rows)
+
+
+def _continuation(prompt: str, option: str) -> str:
+    """The choice as the prompt's continuation: space-separated, as in lm-evaluation-harness."""
+    return option if not prompt or prompt[-1].isspace() else " " + option
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+MULTIPLE_CHOICE = MultipleChoiceTask()

@@ -1,0 +1,310 @@
+"""Benchmark tasks: answer extraction held to the reference algorithms, and every family scored
+end to end over HTTP against a real local model server (and a real fake-judge HTTP server)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sftlab.errors import SftlabError
+from sftlab.evals import choice, judge, math_answers, qa
+from sftlab.evaluation import benchmark_items, bootstrap_ci, gain_metrics, score_benchmark
+from sftlab.job import RunContext
+from sftlab.serving.client import CompletionsClient
+from sftlab.serving.process import LocalModelServer
+from sftlab.spec import BenchmarkSpec, EvaluationConfig, JudgeConfig
+
+from tests.conftest import EXAMPLES
+
+DATA = EXAMPLES / "data"
+TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
+EVAL = EvaluationConfig(bootstrap_resamples=500)
+
+
+def ctx(tmp_path: Path) -> RunContext:
+    return RunContext(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="e", root=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# MATH: hendrycks/math conventions
+
+
+@pytest.mark.parametrize(
+    ("text", "boxed"),
+    [
+        (r"so the answer is $\boxed{\frac{3}{4}}$.", r"\frac{3}{4}"),
+        (r"$\boxed{\frac{1}{\sqrt{2}}}$", r"\frac{1}{\sqrt{2}}"),  # nested braces
+        (r"first \boxed{1}, then \boxed{2}", "2"),  # the last one counts
+        (r"\fbox{7}", "7"),
+        (r"the answer is \boxed 5$ ok", "5"),
+        (r"\boxed{12", None),  # cut off mid-answer: no answer
+        ("no box here", None),
+    ],
+)
+def test_last_boxed(text: str, boxed: str | None) -> None:
+    assert math_answers.last_boxed(text) == boxed
+
+
+@pytest.mark.parametrize(
+    ("answer", "reference", "equal"),
+    [
+        (r"\dfrac{3}{4}", r"\frac{3}{4}", True),
+        (r"\frac34", r"\frac{3}{4}", True),
+        ("3/4", r"\frac{3}{4}", True),
+        ("0.5", r"\frac{1}{2}", True),
+        (r"60^\circ", "60", True),
+        ("x = 4", "4", True),
+        (r"\left( 1, 2 \right)", "(1,2)", True),
+        (r"5\text{ cm}", "5", True),
+        (r"\sqrt2", r"\sqrt{2}", True),
+        (".5", "0.5", True),
+        (r"50\%", "50", True),
+        ("0.75", r"\frac{3}{4}", False),  # the reference compares strings, not values
+        ("4", "5", False),
+    ],
+)
+def test_math_equivalence_follows_the_reference(answer: str, reference: str, equal: bool) -> None:
+    assert math_answers.is_equiv(answer, reference) is equal
+
+
+def test_math_falls_back_to_the_final_answer_phrase() -> None:
+    assert math_answers.extract_answer("Final Answer: The final answer is $12$. I hope it is correct.") == "12"
+    assert math_answers.extract_answer("no answer") is None
+
+
+def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
+    math_answers.MATH.check_item({"problem": "p", "answer": "3"})
+    with pytest.raises(SftlabError, match="no \\\\boxed"):
+        math_answers.MATH.check_item({"problem": "p", "solution": "it is 3"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiple choice, short-answer QA, judge parsing
+
+
+@pytest.mark.parametrize(
+    ("item", "gold"),
+    [
+        ({"question": "q", "choices": ["a", "b", "c"], "answer": 2}, 2),
+        ({"question": "q", "choices": ["a", "b", "c"], "answer": "B"}, 1),
+        ({"question": "q", "choices": ["a", "b", "c"], "answer": "c"}, 2),
+        ({"question": "q", "choices": ["a", "b", "c"], "answer": "0"}, 0),
+        ({"ctx": "q", "endings": ["x", "y"], "label": 1}, 1),  # HellaSwag fields
+        ({"question": "q", "passage": "p", "answer": True}, 1),  # BoolQ: no/yes
+    ],
+)
+def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
+    choice.MULTIPLE_CHOICE.check_item(item)
+    assert choice.gold(item) == gold
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ({"choices": ["a", "b"], "answer": 0}, "missing string field"),
+        ({"question": "q", "choices": ["a"], "answer": 0}, "at least 2"),
+        ({"question": "q", "choices": ["a", "b"], "answer": 5}, "not a choice"),
+        ({"question": "q", "choices": ["a", "b"], "answer": True}, "boolean answer"),
+    ],
+)
+def test_multiple_choice_bad_items(item: dict[str, Any], problem: str) -> None:
+    with pytest.raises(SftlabError, match=problem):
+        choice.MULTIPLE_CHOICE.check_item(item)
+
+
+class ScriptedModel:
+    """A Generator whose log-likelihoods are a function of the continuation (for known answers)."""
+
+    def __init__(self, prefer: str):
+        self.prefer = prefer
+
+    def complete(self, prompts: list[str], **_: Any) -> list[str]:
+        return ["" for _ in prompts]
+
+    def loglikelihood(self, pairs: list[tuple[str, str]], **_: Any) -> list[tuple[float, int]]:
+        return [(0.0 if self.prefer in cont else -5.0, 1) for _, cont in pairs]
+
+
+def test_multiple_choice_picks_the_most_likely_choice(tmp_path: Path) -> None:
+    bench = BenchmarkSpec(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
+    items = [{"question": "q", "choices": ["right", "wrong"], "answer": 0}, {"question": "q", "choices": ["wrong", "right"], "answer": 1}]
+    assert score_benchmark(ScriptedModel("right"), bench, items, TEMPLATE, EVAL).metrics["acc"] == 1.0
+    assert score_benchmark(ScriptedModel("wrong"), bench, items, TEMPLATE, EVAL).metrics["acc"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("output", "refs", "exact", "lenient"),
+    [
+        ("Paris", ["Paris"], True, True),
+        ("The Paris.", ["paris"], True, True),
+        ("It was Paris, France", ["Paris"], False, True),
+        ("Parisian food", ["Paris"], False, False),  # whole words only
+        ("eight\nand more text", ["8", "eight"], True, True),  # first line only
+        ("London", ["Paris"], False, False),
+    ],
+)
+def test_short_answer_matching(output: str, refs: list[str], exact: bool, lenient: bool) -> None:
+    assert qa.exact_match(output, refs) is exact
+    assert qa.lenient_match(output, refs) is lenient
+
+
+@pytest.mark.parametrize(
+    ("verdict", "rating"),
+    [("Good answer. Rating: [[8]]", 8.0), ("Rating: [[7.5]]", 7.5), ("Rating: [6]", 6.0), ("no rating", None), ("Rating: [[11]]", None)],
+)
+def test_judge_rating_parsing_follows_fastchat(verdict: str, rating: float | None) -> None:
+    assert judge.parse_rating(verdict) == rating
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence intervals
+
+
+def test_bootstrap_ci_is_reproducible_and_shrinks_with_more_items() -> None:
+    rng = np.random.default_rng(1)
+    small, large = rng.random(20).tolist(), rng.random(2000).tolist()
+    low, high = bootstrap_ci(small, 1000, 0.95)
+    assert low < np.mean(small) < high and (low, high) == bootstrap_ci(small, 1000, 0.95)
+    low_l, high_l = bootstrap_ci(large, 1000, 0.95)
+    assert high_l - low_l < (high - low) / 5
+
+
+def test_paired_gain_ci_is_tighter_than_independent_cis() -> None:
+    """Items vary much more than the model change does: pairing removes the item variance."""
+    rng = np.random.default_rng(2)
+    base = rng.random(200)
+    tuned = np.clip(base + 0.05 + rng.normal(0, 0.01, 200), 0, 1)
+    scored = {"score": float(tuned.mean()), "items": 200.0}
+    metrics = gain_metrics("b", scored, {"score": float(base.mean())}, tuned.tolist(), base.tolist(), EVAL)
+    width = metrics["gain/b/score_ci_high"] - metrics["gain/b/score_ci_low"]
+    independent = np.subtract(*bootstrap_ci(tuned.tolist(), 500, 0.95)[::-1]) + np.subtract(*bootstrap_ci(base.tolist(), 500, 0.95)[::-1])
+    assert metrics["gain/b/score_ci_low"] > 0 and width < independent / 5
+    assert "gain/b/items" not in metrics and metrics["eval/b/items"] == 200
+    with pytest.raises(SftlabError, match="baseline scored 199 items"):
+        gain_metrics("b", scored, {"score": 0.5}, tuned.tolist(), base[:199].tolist(), EVAL)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end over HTTP: tiny model behind the local kserve server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CompletionsClient, Path]]:
+    from sftlab.tiny import TinySpec, build_tiny
+
+    model_dir = build_tiny(tmp_path_factory.mktemp("evals") / "model", TinySpec(seed=3))
+    with LocalModelServer(model_dir, name="m", ready_timeout=120) as server:
+        with CompletionsClient(server.base_url, server.model_name, concurrency=2) as client:
+            yield client, model_dir
+
+
+class FakeJudge(ThreadingHTTPServer):
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 that rates by a rule and checks the API key."""
+
+    def __init__(self, key: str):
+        self.key, self.requests = key, []  # type: ignore[var-annotated]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:  # noqa: N805 - the handler, not the server
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                ok = handler.path == "/v1/chat/completions" and handler.headers.get("Authorization") == f"Bearer {self.key}"
+                self.requests.append(body)
+                prompt = body["messages"][-1]["content"]
+                verdict = "I cannot rate this." if "[The Start of Reference Answer]" in prompt else f"Fine. Rating: [[{len(self.requests) % 10 + 1}]]"
+                payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
+                handler.send_response(200 if ok else 401)
+                handler.send_header("Content-Type", "application/json")
+                handler.end_headers()
+                handler.wfile.write(json.dumps(payload if ok else {"error": {"message": "bad key"}}).encode())
+
+            def log_message(handler, *args: Any) -> None:  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def bench_for(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
+    return BenchmarkSpec(name=kind, kind=kind, uri=str(DATA / file), max_new_tokens=8, **extra)
+
+
+@pytest.mark.parametrize(
+    ("kind", "file", "metric"),
+    [("gsm8k", "gsm8k_tiny.jsonl", "exact_match"), ("math", "math_tiny.jsonl", "exact_match"),
+     ("multiple_choice", "mmlu_tiny.jsonl", "acc"), ("qa", "nq_tiny.jsonl", "lenient_match")],
+)
+def test_each_family_scores_a_served_model(served, tmp_path: Path, kind: str, file: str, metric: str) -> None:
+    client, _ = served
+    bench = bench_for(kind, file, num_fewshot=1)
+    items = benchmark_items(bench, ctx(tmp_path))
+    result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
+    m = result.metrics
+    assert m["items"] == len(items) == len(result.rows)
+    assert m["score_ci_low"] <= m["score"] <= m["score_ci_high"] and 0 <= m[metric] <= 1
+    assert m["score"] == pytest.approx(np.mean([r["score"] for r in result.rows]))
+    assert all({"prompt", "output", "score", "item"} <= set(r) for r in result.rows)
+    assert all(r["prompt"].count("###Question:") == 2 for r in result.rows)  # one shot + the item
+
+
+@torch.no_grad()
+def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_path: Path) -> None:
+    """Each prediction equals the argmax of log P(choice | prompt) computed directly with transformers."""
+    client, model_dir = served
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    bench = bench_for("multiple_choice", "mmlu_tiny.jsonl")
+    items = benchmark_items(bench, ctx(tmp_path))
+    result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
+    for item, row in zip(items, result.rows):
+        context = row["prompt"].rstrip()
+        scores = []
+        for option in choice.choices(item):
+            full = tok(context + " " + option)["input_ids"]
+            n_context = len(tok(context)["input_ids"])
+            logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), dim=-1)
+            scores.append(sum(logp[i - 1, full[i]].item() for i in range(n_context, len(full))))
+        assert row["output"] == choice.choices(item)[int(np.argmax(scores))]
+
+
+def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = served
+    server = FakeJudge(key="judge-secret-123")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("JUDGE_KEY", "judge-secret-123")
+        config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
+        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
+        items = benchmark_items(bench, ctx(tmp_path))
+        result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
+    finally:
+        server.shutdown()
+    assert len(server.requests) == len(items) and all(r["model"] == "judge" for r in server.requests)
+    with_reference = sum("reference" in it for it in items)
+    assert result.metrics["judge_failures"] == pytest.approx(with_reference / len(items))  # the fake refuses those
+    rated = [r for r in result.rows if r["rating"] is not None]
+    assert result.metrics["rating"] == pytest.approx(np.mean([r["rating"] for r in rated]))
+    assert all(r["score"] == r["rating"] / 10 for r in rated)
+    assert "judge-secret-123" not in json.dumps(result.rows) + json.dumps(result.metrics)
+
+    monkeypatch.setenv("JUDGE_KEY", "wrong")
+    server = FakeJudge(key="judge-secret-123")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config.model_copy(update={"url": f"http://127.0.0.1:{server.server_port}/v1"}))
+        with pytest.raises(SftlabError, match="HTTP 401: bad key") as info:
+            score_benchmark(client, bench, items, TEMPLATE, EVAL)
+        assert "wrong" not in str(info.value)
+    finally:
+        server.shutdown()
+
+
+def test_judge_kind_needs_an_endpoint() -> None:
+    with pytest.raises(ValueError, match="needs a judge endpoint"):
+        BenchmarkSpec(name="j", kind="judge", uri="x.jsonl")
