@@ -82,7 +82,7 @@ def _file_rows(path: Path) -> Iterator[Row]:
         raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)")
 
 
-def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:
+def iter_rows(uri: str, split: str, ctx: RunContext, subset: str | None = None) -> Iterator[Row]:
     """Each row of a source, one at a time (a 1M-row dataset is never held whole).
 
     JSONL is read line by line (blank lines are not rows); Parquet/CSV files and hub datasets go
@@ -94,7 +94,7 @@ def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:
         from datasets import load_dataset
 
         try:
-            yield from load_dataset(uri, split=split)
+            yield from load_dataset(uri, subset, split=split)
         except Exception as exc:  # noqa: BLE001 - hub errors vary; one line for the user
             raise SftlabError(f"{uri}: cannot load dataset from the hub ({str(exc).splitlines()[0]})") from None
         return
@@ -112,10 +112,10 @@ def iter_rows(uri: str, split: str, ctx: RunContext) -> Iterator[Row]:
         yield from _file_rows(file)
 
 
-def read_rows(uri: str, split: str, ctx: RunContext) -> list[dict[str, Any]]:
+def read_rows(uri: str, split: str, ctx: RunContext, subset: str | None = None) -> list[dict[str, Any]]:
     """Every row of a source where each must be usable (benchmarks): a bad line is a one-line error."""
     rows = []
-    for row in iter_rows(uri, split, ctx):
+    for row in iter_rows(uri, split, ctx, subset):
         if isinstance(row, str):
             raise SftlabError(f"{uri}: {row}")
         rows.append(row)
@@ -162,7 +162,7 @@ def load_examples(
     ds: DatasetSpec, template: str | None, ctx: RunContext, max_rows: int | None = None, seed: int = 0
 ) -> LoadedData:
     """All usable examples of a dataset (optionally a seeded subsample); bad rows are listed, not fatal."""
-    rows = list(iter_rows(ds.uri, ds.split, ctx))
+    rows = list(iter_rows(ds.uri, ds.split, ctx, ds.subset))
     indices = list(range(len(rows)))
     if max_rows is not None and max_rows < len(rows):
         indices = sorted(random.Random(seed).sample(indices, max_rows))

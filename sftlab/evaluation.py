@@ -30,7 +30,7 @@ NOT_GAINS = ("items", "score_ci_low", "score_ci_high")  # per-benchmark metrics 
 def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any]]:
     """The benchmark's items (``max_items`` first), each checked before any model server starts."""
     task = task_for(bench.kind)
-    items = read_rows(bench.uri, bench.split, ctx)
+    items = read_rows(bench.uri, bench.split, ctx, bench.subset)
     if bench.max_items:
         items = items[: bench.max_items]
     if not items:

@@ -52,12 +52,18 @@ class Trial(Strict):
 
     @property
     def label(self) -> str:
-        extra = ",".join(f"{k.removeprefix('training.')}={v}" for k, v in self.axes.items() if k not in NAME_AXES)
+        extra = ",".join(_axis_label(k, v) for k, v in self.axes.items() if k not in NAME_AXES)
         return f"{self.base_model.name}/{self.dataset.name}" + (f"[{extra}]" if extra else "")
 
     @property
     def dataset_template(self) -> str | None:
         return self.dataset.template or self.prompt_template
+
+
+def _axis_label(axis: str, value: Any) -> str:
+    if isinstance(value, dict):  # a recipe: its settings, flattened
+        return ",".join(_axis_label(f"{axis}.{k}", v) for k, v in value.items())
+    return f"{axis.removeprefix('training.')}={value}"
 
 
 def digest(payload: Any, length: int = 16) -> str:
@@ -66,8 +72,13 @@ def digest(payload: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def _source(item: ModelSpec | DatasetSpec | BenchmarkSpec) -> dict[str, Any]:
-    return item.model_dump(exclude={"name"})
+# Names label things and size hints feed cost estimates: neither changes what a stage computes.
+NOT_IDENTITY = {"name", "params", "num_rows", "num_items"}
+
+
+def identity(item: ModelSpec | DatasetSpec | BenchmarkSpec) -> dict[str, Any]:
+    """What makes a model, dataset or benchmark the same one for caching (keys of trials, profiles, baselines)."""
+    return item.model_dump(exclude=NOT_IDENTITY)
 
 
 def trial_key(
@@ -79,18 +90,23 @@ def trial_key(
 ) -> str:
     return digest(
         {
-            "base_model": _source(base_model),
-            "dataset": _source(dataset),
+            "base_model": identity(base_model),
+            "dataset": identity(dataset),
             "training": training.model_dump(exclude=NOT_IN_KEY),
-            "benchmarks": sorted((_source(b) for b in benchmarks), key=lambda b: json.dumps(b, sort_keys=True)),
+            "benchmarks": sorted((identity(b) for b in benchmarks), key=lambda b: json.dumps(b, sort_keys=True)),
             "prompt_template": dataset.template or prompt_template,
         }
     )
 
 
 def _with_training_value(training: TrainingConfig, axis: str, value: Any) -> TrainingConfig:
-    """A copy of ``training`` with one dotted field set, validated like the spec itself."""
+    """A copy of ``training`` with one dotted field set (or, for the ``training`` recipe axis, a
+    mapping of fields merged in), validated like the spec itself."""
     data = training.model_dump()
+    if axis == "training":
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of training settings (a recipe), got {value!r}")
+        return TrainingConfig.model_validate(_merged(data, value))
     node = data
     *parents, leaf = axis.split(".")[1:]
     for part in parents:
@@ -99,8 +115,15 @@ def _with_training_value(training: TrainingConfig, axis: str, value: Any) -> Tra
     return TrainingConfig.model_validate(data)
 
 
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def _axis_problem(axis: str) -> str | None:
-    if axis in NAME_AXES:
+    if axis in NAME_AXES or axis == "training":  # "training": a list of recipes (whole settings moving together)
         return None
     parts = axis.split(".")
     if parts[0] != "training" or len(parts) < 2:
@@ -153,7 +176,12 @@ def sweep_problems(data: dict[str, Any], spec: Spec | None) -> list[str]:
             try:
                 _with_training_value(training, axis, value)
             except ValidationError as exc:
-                problems += [line.replace(line.split(":")[0], f"sweep.{axis}[{i}]", 1) for line in describe_errors(exc)]
+                if axis == "training":
+                    problems += [f"sweep.training[{i}].{line}" for line in describe_errors(exc)]
+                else:
+                    problems += [line.replace(line.split(":")[0], f"sweep.{axis}[{i}]", 1) for line in describe_errors(exc)]
+            except ValueError as exc:
+                problems.append(f"sweep.{axis}[{i}]: {exc}")
         if len(set(map(repr, values))) != len(values):
             problems.append(f"sweep.{axis}: values repeat, got {values!r}")
     return problems

@@ -33,6 +33,9 @@ class ModelSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     uri: str = Field(min_length=1)
     revision: str | None = None
+    params: float | None = Field(
+        None, gt=0, description="Parameter count, for cost estimates of models that cannot be read offline (e.g. 7.2e9)."
+    )
 
 
 class DatasetSpec(Strict):
@@ -46,10 +49,12 @@ class DatasetSpec(Strict):
     uri: str = Field(min_length=1)
     format: Literal["messages", "prompt_completion", "instruction"] = "instruction"
     split: str = "train"
+    subset: str | None = Field(None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k.")
     instruction_field: str = "instruction"
     input_field: str | None = "input"
     response_field: str = "response"
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this dataset.")
+    num_rows: int | None = Field(None, ge=1, description="Rows in the dataset, for cost estimates when it cannot be read offline.")
 
 
 BenchmarkKind = Literal["gsm8k", "math", "humaneval", "mbpp", "multiple_choice", "qa", "judge"]
@@ -84,6 +89,7 @@ class BenchmarkSpec(Strict):
     kind: BenchmarkKind = "gsm8k"
     uri: str = Field(min_length=1)
     split: str = "test"
+    subset: str | None = Field(None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k.")
     max_items: int | None = Field(None, ge=1)
     num_fewshot: int = Field(0, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=4096)
@@ -93,6 +99,7 @@ class BenchmarkSpec(Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy; sampling several completions needs > 0.")
     sandbox: SandboxConfig = SandboxConfig()
     judge: JudgeConfig | None = Field(None, description="Required for kind judge.")
+    num_items: int | None = Field(None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline.")
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkSpec:

@@ -17,7 +17,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, require_str
+from sftlab.errors import SftlabError
+from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts
 from sftlab.spec import BenchmarkSpec, JudgeConfig
 
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -92,18 +93,25 @@ class JudgeClient:
             return list(pool.map(self.verdict, prompts))
 
 
+def question(item: dict[str, Any]) -> str:
+    """The user turn: ``question``, AlpacaEval's ``instruction``, or the first of MT-Bench's ``prompt`` turns."""
+    found = item.get("question") or item.get("instruction") or item.get("prompt")
+    return found[0] if isinstance(found, list) and found else found  # type: ignore[return-value]
+
+
 class JudgeTask:
     def check_item(self, item: dict[str, Any]) -> None:
-        require_str(item, "question")
+        if not isinstance(question(item), str) or not question(item).strip():
+            raise SftlabError("missing non-empty string field, one of question, instruction, prompt (a list of turns)")
 
     def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
         assert bench.judge is not None  # the spec requires it for this kind
-        prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: it.get("reference") or "")
+        prompts = fewshot_prompts(bench, items, template, question, lambda it: it.get("reference") or "")
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
         answers = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in (marker, "<|im_end|>") if s])
         judge = JudgeClient(bench.judge)
         try:
-            verdicts = judge.verdicts([judge_prompt(it["question"], a.strip(), it.get("reference")) for it, a in zip(items, answers)])
+            verdicts = judge.verdicts([judge_prompt(question(it), a.strip(), it.get("reference")) for it, a in zip(items, answers)])
         finally:
             judge.close()
         rows = []

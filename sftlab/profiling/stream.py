@@ -47,7 +47,7 @@ class RowProblems:
 
 def iter_examples(ds: DatasetSpec, template: str | None, ctx: RunContext, problems: RowProblems) -> Iterator[tuple[int, Example]]:
     """(row id, Example) for every usable row; the others go to ``problems``, never raise."""
-    for i, row in enumerate(iter_rows(ds.uri, ds.split, ctx)):
+    for i, row in enumerate(iter_rows(ds.uri, ds.split, ctx, ds.subset)):
         if isinstance(row, str):
             problems.add(i, row)
             continue

@@ -15,7 +15,7 @@ from typing import Any
 from sftlab import models
 from sftlab.evals.base import BenchmarkScore
 from sftlab.evaluation import score_model
-from sftlab.grid import Trial, digest
+from sftlab.grid import Trial, digest, identity
 from sftlab.job import TrialJob
 from sftlab.spec import BenchmarkSpec
 from sftlab.stages.common import StageResult, log, trial_stage
@@ -25,8 +25,8 @@ from sftlab.tracking import Tracker
 def baseline_key(trial: Trial, bench: BenchmarkSpec) -> str:
     return digest(
         {
-            "base_model": trial.base_model.model_dump(exclude={"name"}),
-            "benchmark": bench.model_dump(exclude={"name"}),
+            "base_model": identity(trial.base_model),
+            "benchmark": identity(bench),
             "template": bench.template or trial.prompt_template,
         }
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 from sftlab import data, models
 from sftlab.evaluation import benchmark_items
-from sftlab.grid import Trial, digest
+from sftlab.grid import Trial, digest, identity
 from sftlab.job import RunContext, TrialJob
 from sftlab.profiling import card, embeddings, perplexity
 from sftlab.profiling.diversity import DistinctN, DuplicateFinder
@@ -42,12 +42,12 @@ def profile_key(trial: Trial) -> str:
     return digest(
         {
             "version": PROFILE_VERSION,
-            "base_model": trial.base_model.model_dump(exclude={"name"}),
-            "dataset": trial.dataset.model_dump(exclude={"name"}),
+            "base_model": identity(trial.base_model),
+            "dataset": identity(trial.dataset),
             "template": trial.dataset_template,
             "max_length": trial.training.max_length,
             "profile": trial.profile.model_dump(),
-            "benchmarks": sorted(b.model_dump_json() for b in trial.benchmarks),
+            "benchmarks": sorted(json.dumps(identity(b), sort_keys=True) for b in trial.benchmarks),
         }
     )
 
