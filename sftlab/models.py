@@ -25,6 +25,10 @@ def resolve(model: ModelSpec, ctx: RunContext) -> str:
         return str(download(model.uri, ctx.cache_dir, ctx.storage))
     if kind == "local":
         path = Path(model.uri.removeprefix("file://"))
+        if path.suffix == ".gguf":
+            from sftlab.gguf import converted
+
+            return str(converted(path, ctx.cache_dir))
         check_model_dir(path, model.name)
         return str(path)
     return model.uri  # hub id: transformers resolves (and caches) it
