@@ -406,6 +406,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not re.fullmatch(r"[\w.-]+", str(part)):
+            out += f"[{str(part)!r}]"  # odd keys (spaces, newlines) stay on one readable line
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
@@ -516,7 +518,8 @@ def parse_spec(text: str, source: str = "<spec>", base_dir: Path | None = None) 
         raise SpecError(source, [f"(top level): expected a mapping of settings, got {type(data).__name__}"])
     base_dir = base_dir or Path.cwd()
     for field in ("base_models", "datasets", "benchmarks"):
-        for item in data.get(field) or []:
+        items = data.get(field)
+        for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
                 item["uri"] = _resolve_local(item["uri"], base_dir)
     problems = _check_sources(data)
