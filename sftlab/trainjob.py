@@ -5,97 +5,122 @@ Trainer v2 API, ``trainer.kubeflow.org/v1alpha1``, field names checked against t
 ``kubeflow-trainer-api`` 2.3.0 models: pod-level settings go in ``spec.runtimePatches``, which
 replaced the earlier ``podTemplateOverrides``). ``TrainJobRunner`` creates it, polls its
 ``status.conditions`` until it completes, fails or times out, logs every condition change, and
-deletes it afterwards whatever happened.
+deletes it afterwards whatever happened (see ``sftlab.k8s``).
+
+``trial_pod`` is what every node gets whichever engine runs the trial; ``launcher_for`` picks the
+engine ``training.distributed.launcher`` names (this TrainJob, or ``sftlab.pytorchjob``).
 
 This module is importable without kfp; it needs only the ``kubernetes`` client at run time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 from sftlab.errors import SftlabError
 from sftlab.job import CACHE_MOUNT, TrialJob, cache_env
-from sftlab.spec import SecretEnv, TaskResources
+from sftlab.k8s import (  # noqa: F401 - still this module's constants
+    LABEL_MANAGED_BY,
+    MAX_NAME,
+    SHM_VOLUME,
+    CustomResource,
+    JobRunner,
+    dns_name,
+    env_var,
+    label_value,
+    placement,
+    pod_resources,
+    secret_env,
+    shm_volume,
+)
+from sftlab.spec import DistributedConfig, SecretEnv, TaskResources
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 KIND = "TrainJob"
 API_VERSION = f"{GROUP}/{VERSION}"
+TRAINJOB = CustomResource(GROUP, VERSION, PLURAL, KIND)
 
 DEFAULT_RUNTIME = "torch-distributed"
 # The torch-distributed runtime's replicated job and container are both called "node".
 NODE = "node"
 # torchrun reads its rendezvous settings (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK,
-# PET_MASTER_ADDR, PET_MASTER_PORT) from the env the Trainer's torch plugin injects.
-# NOTE: the ``sftlab.stages.distributed`` entry point does not exist yet; it is to read the
-# trial from $SFTLAB_TRIAL_JOB and run the train stage under torchrun.
+# PET_MASTER_ADDR, PET_MASTER_PORT) from the env the Trainer's torch plugin (and the v1 training
+# operator, for PyTorchJobs) injects; each process reads the trial from $SFTLAB_TRIAL_JOB.
 DEFAULT_COMMAND: tuple[str, ...] = ("torchrun", "-m", "sftlab.stages.distributed")
 
 JOB_ENV = "SFTLAB_TRIAL_JOB"
 LABEL_TRIAL_KEY = "sftlab.trial-key"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 CACHE_VOLUME = "model-cache"
-SHM_VOLUME = "dshm"
-# Child names (JobSet, Jobs, pods "<name>-node-<i>-<j>-<rand>") must still fit in 63 characters.
-MAX_NAME = 40
 
 SUCCESS_CONDITIONS = ("Complete", "Succeeded")
 FAILURE_CONDITIONS = ("Failed",)
 
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
 
 def trainjob_name(trial_key: str, prefix: str = "sftlab-") -> str:
-    """A DNS-1035 label (≤ ``MAX_NAME`` chars, starts with a letter) derived from the trial key.
+    """The job name of a trial: a DNS-1035 label of at most ``MAX_NAME`` chars (see ``dns_name``)."""
+    return dns_name(trial_key, prefix)
 
-    Keys that need no cleaning and fit are kept readable (``sftlab-<key>``); otherwise the cleaned
-    key is cut and a digest of the original appended, so distinct keys keep distinct names.
+
+@dataclass(frozen=True)
+class TrialPod:
+    """What every node of a trial's training job gets, whichever engine runs it."""
+
+    name: str
+    labels: dict[str, str]
+    env: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    resources: dict[str, Any]  # requests/limits per node
+    placement: dict[str, Any]  # nodeSelector, tolerations
+    procs_per_node: int
+
+
+def trial_pod(
+    job: TrialJob,
+    resources: TaskResources,
+    *,
+    engine: str,
+    image: str,
+    nodes: int,
+    secrets: Sequence[SecretEnv] = (),
+    cache_pvc: str | None = None,
+) -> TrialPod:
+    """The trial travels as its TrialJob JSON in ``$SFTLAB_TRIAL_JOB`` (a few KB; no ConfigMap).
+
+    One process per GPU, or one on a CPU-only node. ``engine`` prefixes the input errors.
     """
-    cleaned = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", trial_key.lower())).strip("-")
-    name = f"{prefix}{cleaned}"
-    if cleaned == trial_key and len(name) <= MAX_NAME:
-        return name
-    tag = hashlib.sha256(trial_key.encode()).hexdigest()[:8]
-    head = name[: MAX_NAME - len(tag) - 1].rstrip("-")
-    return f"{head}-{tag}"
-
-
-def _label_value(value: str) -> str:
-    if len(value) <= 63 and _LABEL_VALUE.match(value):
-        return value
-    return trainjob_name(value, prefix="k-")
-
-
-def _env(name: str, value: str) -> dict[str, Any]:
-    return {"name": name, "value": value}
-
-
-def _secret_env(secrets: Iterable[SecretEnv]) -> list[dict[str, Any]]:
-    """Secret keys as env through ``secretKeyRef``: the manifest names secrets, never holds values."""
-    return [
-        {"name": var, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": key}}}
-        for s in secrets
-        for var, key in s.env.items()
-    ]
-
-
-def _resources(resources: TaskResources) -> dict[str, Any]:
-    """Per-node requests/limits: cpu is a request only (no throttling); memory and GPUs are capped."""
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if resources.cpu:
-        requests["cpu"] = resources.cpu
-    if resources.memory:
-        requests["memory"] = limits["memory"] = resources.memory
-    if resources.gpus:
-        requests[resources.accelerator] = limits[resources.accelerator] = str(resources.gpus)
-    return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
+    if nodes < 1:
+        raise SftlabError(f"{engine}: nodes must be at least 1, got {nodes}")
+    if not image:
+        raise SftlabError(f"{engine}: an image is required")
+    key = job.trial.key
+    env = [env_var(JOB_ENV, job.to_json())]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if cache_pvc:
+        env.extend(env_var(name, value) for name, value in cache_env().items())
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_pvc}})
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
+    if resources.shm_size:
+        volume, mount = shm_volume(resources.shm_size)
+        volumes.append(volume)
+        mounts.append(mount)
+    env.extend(secret_env(secrets))
+    return TrialPod(
+        name=trainjob_name(key),
+        labels={LABEL_TRIAL_KEY: label_value(key), LABEL_MANAGED_BY: "sftlab"},
+        env=env,
+        volumes=volumes,
+        mounts=mounts,
+        resources=pod_resources(resources),
+        placement=placement(resources),
+        procs_per_node=max(resources.gpus, 1),
+    )
 
 
 def trainjob_manifest(
@@ -111,188 +136,81 @@ def trainjob_manifest(
     command: Sequence[str] = DEFAULT_COMMAND,
     args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A TrainJob running one trial on ``nodes`` nodes with ``resources`` per node.
-
-    The trial travels as its TrialJob JSON in ``$SFTLAB_TRIAL_JOB`` (a few KB; no ConfigMap).
-    One process per GPU (``numProcPerNode``), or one on a CPU-only node.
-    """
-    if nodes < 1:
-        raise SftlabError(f"trainjob: nodes must be at least 1, got {nodes}")
-    if not image:
-        raise SftlabError("trainjob: an image is required")
-    key = job.trial.key
-    name = trainjob_name(key)
-    labels = {LABEL_TRIAL_KEY: _label_value(key), LABEL_MANAGED_BY: "sftlab"}
-
-    env = [_env(JOB_ENV, job.to_json())]
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    if cache_pvc:
-        env.extend(_env(name, value) for name, value in cache_env().items())
-        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_pvc}})
-        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
-    if resources.shm_size:
-        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": resources.shm_size}})
-        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
-    env.extend(_secret_env(secrets))
-
+    """A TrainJob running one trial on ``nodes`` nodes with ``resources`` per node."""
+    pod = trial_pod(job, resources, engine="trainjob", image=image, nodes=nodes, secrets=secrets, cache_pvc=cache_pvc)
     trainer: dict[str, Any] = {
         "image": image,
         "command": list(command),
-        "env": env,
+        "env": pod.env,
         "numNodes": nodes,
-        "numProcPerNode": max(resources.gpus, 1),
+        "numProcPerNode": pod.procs_per_node,
     }
     if args:
         trainer["args"] = list(args)
-    per_node = _resources(resources)
-    if per_node:
-        trainer["resourcesPerNode"] = per_node
+    if pod.resources:
+        trainer["resourcesPerNode"] = pod.resources
 
-    pod_spec: dict[str, Any] = {}
-    if resources.node_selector:
-        pod_spec["nodeSelector"] = dict(resources.node_selector)
-    if resources.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in resources.tolerations]
-    if volumes:
-        pod_spec["volumes"] = volumes
-        pod_spec["containers"] = [{"name": NODE, "volumeMounts": mounts}]
+    pod_spec = dict(pod.placement)
+    if pod.volumes:
+        pod_spec["volumes"] = pod.volumes
+        pod_spec["containers"] = [{"name": NODE, "volumeMounts": pod.mounts}]
 
     spec: dict[str, Any] = {"runtimeRef": {"name": runtime}, "trainer": trainer}
     if pod_spec:
+        template = {"metadata": {"labels": pod.labels}, "spec": pod_spec}
+        replicated = {"name": NODE, "template": {"spec": {"template": template}}}
         spec["runtimePatches"] = [
-            {
-                "manager": "sftlab",
-                "trainingRuntimeSpec": {
-                    "template": {
-                        "spec": {
-                            "replicatedJobs": [
-                                {"name": NODE, "template": {"spec": {"template": {"metadata": {"labels": labels}, "spec": pod_spec}}}}
-                            ]
-                        }
-                    }
-                },
-            }
+            {"manager": "sftlab", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}}}
         ]
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": pod.name, "namespace": namespace, "labels": pod.labels},
         "spec": spec,
     }
 
 
 def trial_job_from_manifest(manifest: dict[str, Any]) -> TrialJob:
-    """The TrialJob a manifest carries (what the pods will read from $SFTLAB_TRIAL_JOB)."""
-    for var in manifest["spec"]["trainer"].get("env", []):
+    """The TrialJob a TrainJob or PyTorchJob manifest carries (what its pods read from $SFTLAB_TRIAL_JOB)."""
+    spec = manifest["spec"]
+    if "pytorchReplicaSpecs" in spec:
+        env = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0].get("env", [])
+    else:
+        env = spec["trainer"].get("env", [])
+    for var in env:
         if var.get("name") == JOB_ENV:
             return TrialJob.from_json(var["value"])
-    raise SftlabError(f"trainjob: the manifest has no {JOB_ENV} env")
+    raise SftlabError(f"{manifest.get('kind', 'job')}: the manifest has no {JOB_ENV} env")
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text or "").split())
-
-
-def _describe(cond: dict[str, Any]) -> str:
-    detail = ": ".join(p for p in (_one_line(cond.get("reason")), _one_line(cond.get("message"))) if p)
-    return f"{cond.get('type')}={cond.get('status')}" + (f" ({detail})" if detail else "")
-
-
-class TrainJobRunner:
+class TrainJobRunner(JobRunner):
     """Create a TrainJob, wait for its outcome, and always delete it afterwards."""
 
-    def __init__(
-        self,
-        api_client: Any,
-        namespace: str,
-        poll_s: float = 10.0,
-        timeout_s: float = 24 * 3600.0,
-        log: Callable[[str], None] = print,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ):
-        from kubernetes import client
+    RESOURCE = TRAINJOB
+    SUCCESS = SUCCESS_CONDITIONS
+    FAILURE = FAILURE_CONDITIONS
 
-        self.api = client.CustomObjectsApi(api_client)
-        self.namespace = namespace
-        self.poll_s = poll_s
-        self.timeout_s = timeout_s
-        self.log = log
-        self._clock = clock
-        self._sleep = sleep
 
-    def run(self, manifest: dict[str, Any]) -> None:
-        """Run the TrainJob to completion; raise SftlabError (one line) on failure or timeout."""
-        from kubernetes.client.exceptions import ApiException
+class Launcher(NamedTuple):
+    """A multi-node engine: its manifest builder (bound to the node count) and its runner class.
 
-        name = manifest["metadata"]["name"]
-        ref = f"TrainJob {self.namespace}/{name}"
-        try:
-            self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, manifest)
-        except ApiException as exc:
-            if exc.status == 409:
-                # Not ours: never delete an object this call did not create.
-                raise SftlabError(
-                    f"{ref} already exists (another run of this trial?); delete it with "
-                    f"`kubectl delete trainjob -n {self.namespace} {name}` and retry"
-                ) from None
-            raise SftlabError(f"{ref}: create failed: HTTP {exc.status} {_one_line(exc.reason)}") from None
-        self.log(f"{ref} created")
-        try:
-            self._wait(name, ref)
-        finally:
-            self._delete(name, ref)
+    ``manifest(job, resources, *, image, namespace, secrets=(), cache_pvc=None)`` builds the job;
+    ``runner(api_client, namespace, timeout_s=...)`` runs it.
+    """
 
-    def _wait(self, name: str, ref: str) -> None:
-        from kubernetes.client.exceptions import ApiException
+    kind: str
+    manifest: Callable[..., dict[str, Any]]
+    runner: type[JobRunner]
 
-        deadline = self._clock() + self.timeout_s
-        seen: dict[str, tuple[Any, ...]] = {}
-        last = "no conditions yet"
-        while True:
-            try:
-                obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise SftlabError(f"{ref} disappeared while running (deleted by someone else?)") from None
-                if exc.status and exc.status < 500:
-                    raise SftlabError(f"{ref}: status read failed: HTTP {exc.status} {_one_line(exc.reason)}") from None
-                self.log(f"{ref}: status read failed (HTTP {exc.status}), retrying")
-                obj = {}
-            conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-            for cond in conditions:
-                state = (cond.get("status"), cond.get("reason"), cond.get("message"))
-                if seen.get(cond.get("type")) != state:
-                    seen[cond.get("type")] = state
-                    last = _describe(cond)
-                    self.log(f"{ref}: {last}")
-            active = {c.get("type"): c for c in conditions if str(c.get("status")) == "True"}
-            for kind in FAILURE_CONDITIONS:
-                if kind in active:
-                    raise SftlabError(f"{ref} failed: {_describe(active[kind])}")
-            for kind in SUCCESS_CONDITIONS:
-                if kind in active:
-                    self.log(f"{ref} finished: {_describe(active[kind])}")
-                    return
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise SftlabError(f"{ref} did not finish within {self.timeout_s:g} s (last condition: {last})")
-            self._sleep(min(self.poll_s, remaining))
 
-    def _delete(self, name: str, ref: str) -> None:
-        """Delete the TrainJob and its children (background propagation); never mask the outcome."""
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
+def launcher_for(distributed: DistributedConfig) -> Launcher:
+    """The engine ``distributed.launcher`` names: a Kubeflow Trainer TrainJob or a training-operator PyTorchJob."""
+    if distributed.launcher == "pytorchjob":
+        from sftlab import (
+            pytorchjob,  # builds on this module, so it is imported only here
+        )
 
-        try:
-            self.api.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, name, body=client.V1DeleteOptions(propagation_policy="Background")
-            )
-            self.log(f"{ref} deleted")
-        except ApiException as exc:
-            if exc.status != 404:
-                self.log(f"{ref}: delete failed: HTTP {exc.status} {_one_line(exc.reason)}; delete it by hand")
-        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own error
-            self.log(f"{ref}: delete failed: {type(exc).__name__}: {_one_line(exc)}; delete it by hand")
+        return Launcher("pytorchjob", partial(pytorchjob.pytorchjob_manifest, nodes=distributed.nodes), pytorchjob.PyTorchJobRunner)
+    return Launcher(
+        "trainjob", partial(trainjob_manifest, nodes=distributed.nodes, runtime=distributed.runtime), TrainJobRunner
+    )

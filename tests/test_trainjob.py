@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -20,14 +22,16 @@ import pytest
 
 from sftlab.errors import SftlabError
 from sftlab.job import TrialJob, context_for
-from sftlab.spec import SecretEnv, TaskResources, Toleration
+from sftlab.k8s import CustomResource
+from sftlab.pytorchjob import PYTORCHJOB
+from sftlab.serving.inference_service import INFERENCE_SERVICE
+from sftlab.spec import DistributedConfig, SecretEnv, TaskResources, Toleration
 from sftlab.trainjob import (
-    GROUP,
     JOB_ENV,
     LABEL_TRIAL_KEY,
-    PLURAL,
-    VERSION,
+    TRAINJOB,
     TrainJobRunner,
+    launcher_for,
     trainjob_manifest,
     trainjob_name,
     trial_job_from_manifest,
@@ -50,11 +54,14 @@ GPU_RES = TaskResources(
 )
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory) -> TrialJob:
+def quickstart_job(tmp_path_factory: pytest.TempPathFactory) -> TrialJob:
+    """The quickstart's first trial, as its stage would receive it (other test modules reuse it)."""
     tmp = tmp_path_factory.mktemp("trainjob")
     spec = quickstart_spec(tmp)
     return TrialJob(trial=first_trial(spec), context=context_for(spec).model_copy(update={"trial_run_id": "run123"}))
+
+
+job = pytest.fixture(scope="module")(quickstart_job)
 
 
 def manifest_for(job: TrialJob, resources: TaskResources = GPU_RES, **kw: Any) -> dict[str, Any]:
@@ -174,10 +181,14 @@ def test_manifest_validates_against_trainer_api_models(job: TrialJob) -> None:
     assert parsed.to_dict() == m
 
 
-def test_module_does_not_import_kfp() -> None:
+def test_modules_do_not_import_kfp_or_kserve() -> None:
+    """The cluster-job modules load fast in any pod: kserve's models load only to build a manifest."""
     import subprocess
 
-    code = "import sys, sftlab.trainjob; sys.exit('kfp' in sys.modules)"
+    code = (
+        "import sys, sftlab.trainjob, sftlab.pytorchjob, sftlab.serving.inference_service; "
+        "sys.exit('kfp' in sys.modules or 'kserve' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], check=False).returncode == 0
 
 
@@ -185,7 +196,13 @@ def test_module_does_not_import_kfp() -> None:
 
 
 class KubeServer:
-    """kmock's Kubernetes emulator on 127.0.0.1, in its own thread and event loop."""
+    """kmock's Kubernetes emulator on 127.0.0.1, in its own thread and event loop.
+
+    It serves every kind sftlab creates, plus pods and events (read for diagnostics). It applies no
+    label or field selectors: clients must filter what they list themselves.
+    """
+
+    RESOURCES = (TRAINJOB, PYTORCHJOB, INFERENCE_SERVICE)
 
     def __init__(self) -> None:
         self._ready = threading.Event()
@@ -196,7 +213,10 @@ class KubeServer:
         import kmock
 
         async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
-            handler.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = {}
+            for r in self.RESOURCES:
+                handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
+            handler.resources["v1/pods"] = {}
+            handler.resources["v1/events"] = {}
             self.handler = handler
             self.url = str(server.url).rstrip("/")
             self._loop = asyncio.get_running_loop()
@@ -214,8 +234,8 @@ class KubeServer:
         self._thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def kube() -> Iterator[Any]:
+def kube_api() -> Iterator[Any]:
+    """A ``kubernetes`` ApiClient talking to kmock over HTTP (other test modules reuse it)."""
     from kubernetes import client
 
     with KubeServer() as server:
@@ -224,38 +244,53 @@ def kube() -> Iterator[Any]:
         api.close()
 
 
+kube = pytest.fixture(scope="module")(kube_api)
+
+
 def custom(api: Any) -> Any:
     from kubernetes import client
 
     return client.CustomObjectsApi(api)
 
 
-def exists(api: Any, name: str) -> bool:
+def exists(api: Any, name: str, resource: CustomResource = TRAINJOB) -> bool:
     from kubernetes.client.exceptions import ApiException
 
+    r = resource
     try:
-        custom(api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        custom(api).get_namespaced_custom_object(r.group, r.version, NS, r.plural, name)
         return True
     except ApiException as exc:
         assert exc.status == 404
         return False
 
 
-class Controller:
-    """Plays the Trainer controller: on each poll, patches the next status over HTTP."""
+def create(api: Any, manifest: dict[str, Any], resource: CustomResource = TRAINJOB) -> None:
+    """Someone else's object, created behind the runner's back."""
+    custom(api).create_namespaced_custom_object(resource.group, resource.version, NS, resource.plural, manifest)
 
-    def __init__(self, api: Any, name: str, steps: list[list[dict[str, Any]]]):
-        self.api, self.name, self.steps = api, name, list(steps)
+
+def delete(api: Any, name: str, resource: CustomResource = TRAINJOB) -> None:
+    custom(api).delete_namespaced_custom_object(resource.group, resource.version, NS, resource.plural, name)
+
+
+class Controller:
+    """Plays the operator: on each poll, patches the next status over HTTP."""
+
+    def __init__(self, api: Any, name: str, steps: list[list[dict[str, Any]]], resource: CustomResource = TRAINJOB):
+        self.api, self.name, self.steps, self.resource = api, name, list(steps), resource
         self.seen_during_run: list[dict[str, Any]] = []
 
     def sleep(self, _: float) -> None:
-        obj = custom(self.api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, self.name)
+        r = self.resource
+        obj = custom(self.api).get_namespaced_custom_object(r.group, r.version, NS, r.plural, self.name)
         self.seen_during_run.append(obj)
         if self.steps:
-            conditions = self.steps.pop(0)
-            custom(self.api).patch_namespaced_custom_object_status(
-                GROUP, VERSION, NS, PLURAL, self.name, {"status": {"conditions": conditions}}
-            )
+            self.patch({"conditions": self.steps.pop(0)})
+
+    def patch(self, status: dict[str, Any]) -> None:
+        r = self.resource
+        custom(self.api).patch_namespaced_custom_object_status(r.group, r.version, NS, r.plural, self.name, {"status": status})
 
 
 def cond(type_: str, status: str = "True", reason: str = "", message: str = "") -> dict[str, Any]:
@@ -263,7 +298,13 @@ def cond(type_: str, status: str = "True", reason: str = "", message: str = "") 
 
 
 def runner(api: Any, logs: list[str], **kw: Any) -> TrainJobRunner:
-    return TrainJobRunner(api, NS, poll_s=kw.pop("poll_s", 0.01), timeout_s=kw.pop("timeout_s", 10), log=logs.append, **kw)
+    log = kw.pop("log", logs.append)
+    return TrainJobRunner(api, NS, poll_s=kw.pop("poll_s", 0.01), timeout_s=kw.pop("timeout_s", 10), log=log, **kw)
+
+
+def sigterm(_: float) -> None:
+    """What the kubelet does to a pipeline pod whose KFP run is cancelled."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_success_streams_conditions_and_deletes(kube: Any, job: TrialJob) -> None:
@@ -336,13 +377,13 @@ def test_keyboard_interrupt_deletes(kube: Any, job: TrialJob) -> None:
 def test_duplicate_create_is_a_clear_error_and_leaves_the_other_alone(kube: Any, job: TrialJob) -> None:
     m = manifest_for(job)
     name = m["metadata"]["name"]
-    custom(kube).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, m)
+    create(kube, m)
     try:
         with pytest.raises(SftlabError, match=rf"TrainJob {NS}/{name} already exists .*kubectl delete trainjob -n {NS} {name}"):
             runner(kube, []).run(m)
         assert exists(kube, name)  # someone else's object: not deleted
     finally:
-        custom(kube).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        delete(kube, name)
 
 
 def test_object_deleted_by_someone_else(kube: Any, job: TrialJob) -> None:
@@ -350,8 +391,45 @@ def test_object_deleted_by_someone_else(kube: Any, job: TrialJob) -> None:
     name = m["metadata"]["name"]
 
     def vanish(_: float) -> None:
-        custom(kube).delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        delete(kube, name)
 
     with pytest.raises(SftlabError, match="disappeared while running"):
         runner(kube, [], sleep=vanish).run(m)
     assert not exists(kube, name)
+
+
+def test_sigterm_deletes_and_restores_the_handler(kube: Any, job: TrialJob) -> None:
+    m = manifest_for(job)
+    before = signal.getsignal(signal.SIGTERM)
+    logs: list[str] = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        runner(kube, logs, sleep=sigterm).run(m)
+    assert not exists(kube, m["metadata"]["name"])
+    assert logs[-1].endswith("deleted")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("moment", ["created", "deleted"])
+def test_sigterm_during_create_or_delete_waits_for_the_request(kube: Any, job: TrialJob, moment: str) -> None:
+    """A SIGTERM that comes while the create request is in flight is raised once it is done, so the
+    new object is still deleted; one during the delete is raised after it, even after a success."""
+    m = manifest_for(job)
+    ctl = Controller(kube, m["metadata"]["name"], [[cond("Complete")]])
+
+    def log(line: str) -> None:  # called right after the request, still inside it
+        if line.endswith(moment):
+            sigterm(0)
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        runner(kube, [], sleep=ctl.sleep, log=log).run(m)
+    assert not exists(kube, m["metadata"]["name"])
+    # On create: cancelled before the first poll. On delete: the job had finished.
+    assert bool(ctl.seen_during_run) == (moment == "deleted")
+
+
+def test_launcher_for_binds_nodes_and_runtime(job: TrialJob) -> None:
+    launcher = launcher_for(DistributedConfig(nodes=3, runtime="my-runtime"))
+    assert launcher.kind == "trainjob" and launcher.runner is TrainJobRunner
+    m = launcher.manifest(job, GPU_RES, image="registry.example/sftlab:1.0", namespace=NS)
+    assert m["kind"] == "TrainJob" and m["spec"]["runtimeRef"] == {"name": "my-runtime"}
+    assert m["spec"]["trainer"]["numNodes"] == 3
