@@ -235,10 +235,16 @@ class Tracker:
                 return None, mine
             self.client.delete_run(mine)
             deadline = time.monotonic() + wait_s
-            while self.client.get_run(owner).info.status == "RUNNING" and time.monotonic() < deadline:
+            while self._claim_held(owner) and time.monotonic() < deadline:
                 time.sleep(poll_s)
-            if self.client.get_run(owner).info.status == "RUNNING":  # stale claim: its owner is gone
+            if self._claim_held(owner):  # stale claim: its owner is gone
                 self.finish(owner, ok=False, error="abandoned: no progress within the wait limit")
+
+    def _claim_held(self, run_id: str) -> bool:
+        """Whether a claim run still holds its claim. Under load two candidates can disagree on the
+        owner; the one that yielded deleted its run (which stays RUNNING), so a deleted run holds nothing."""
+        info = self.client.get_run(run_id).info
+        return info.status == "RUNNING" and info.lifecycle_stage != "deleted"
 
     @contextmanager
     def owning(self, *run_ids: str) -> Iterator[None]:

@@ -148,6 +148,27 @@ def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
     assert tracker.client.get_run(stale).info.status == "FAILED"
 
 
+def test_a_claim_never_waits_on_an_owner_that_yielded(tmp_path: Path) -> None:
+    """Under load two candidates can disagree on the owner: one saw the other before it yielded (and
+    deleted its run, which stays RUNNING). Waiting on that run would hang until the 6 h limit; the
+    claimant must compete again and own the work."""
+
+    class StaleView(Tracker):
+        stale: list = []
+
+        def search(self, filter_string: str, order_by: list[str] | None = None, page_size: int = 1000):  # type: ignore[override]
+            fresh = list(super().search(filter_string, order_by, page_size))
+            return self.stale.pop() + fresh if self.stale and "RUNNING" in filter_string else fresh
+
+    tracker = StaleView(f"sqlite:///{tmp_path / 'claims.db'}", "claims")
+    yielded = tracker.create_run("profile", "yielded", {"sftlab.cache_key": "k"})
+    tracker.stale.append([tracker.client.get_run(yielded)])  # what the claimant saw before it was deleted
+    tracker.client.delete_run(yielded)
+    cached, owner = tracker.claim("profile", "k", "claimant", {}, settle_s=0, poll_s=0.01, wait_s=30)
+    assert cached is None and owner not in (None, yielded)
+    assert tracker.client.get_run(yielded).info.status == "RUNNING"  # deleted runs keep their status
+
+
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     """SIGKILL the train stage after its first epoch checkpoint; the re-run continues from it."""
     import os
