@@ -10,7 +10,10 @@ CI (the same items, resampled together), which is much tighter than two independ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,10 @@ from sftlab.errors import SftlabError
 from sftlab.evals import task_for
 from sftlab.evals.base import BenchmarkScore, Generator
 from sftlab.job import RunContext
-from sftlab.spec import BenchmarkSpec, EvaluationConfig
+from sftlab.serving.endpoints import Endpoint, ModelToServe
+from sftlab.spec import BenchmarkSpec, EvaluationConfig, ModelSpec
+
+log = logging.getLogger("sftlab")
 
 BOOTSTRAP_SEED = 0
 NOT_GAINS = ("items", "score_ci_low", "score_ci_high")  # per-benchmark metrics that have no gain
@@ -92,28 +98,47 @@ def gain_metrics(
     return metrics
 
 
-def score_model(
-    model_dir: str | Path,
+def score_endpoint(
+    endpoint: Endpoint, benchmarks: list[BenchmarkSpec], items: dict[str, list[dict[str, Any]]], template: str | None,
+    evaluation: EvaluationConfig,
+) -> dict[str, BenchmarkScore]:
+    from sftlab.serving.client import CompletionsClient
+
+    with CompletionsClient(
+        endpoint.base_url, endpoint.model, concurrency=evaluation.concurrency, timeout=evaluation.request_timeout_s
+    ) as client:
+        return {b.name: score_benchmark(client, b, items[b.name], template, evaluation) for b in benchmarks}
+
+
+def score_models(
+    base_model: ModelSpec,
+    models: Sequence[ModelToServe],
     benchmarks: list[BenchmarkSpec],
     template: str | None,
     evaluation: EvaluationConfig,
     ctx: RunContext,
-    adapter_dir: str | Path | None = None,
-    log_path: Path | None = None,
-) -> dict[str, BenchmarkScore]:
-    """Serve a model (plus optional LoRA adapter) locally and score it on every benchmark."""
-    from sftlab.serving.client import CompletionsClient
-    from sftlab.serving.process import LocalModelServer
+    on_scored: Callable[[str, dict[str, BenchmarkScore]], None],
+    *,
+    name: str,
+    max_lora_rank: int | None = None,
+) -> None:
+    """Serve each model (locally, or as InferenceServices) and score it on every benchmark.
 
-    items = {b.name: benchmark_items(b, ctx) for b in benchmarks}  # fail on bad data before serving
-    with LocalModelServer(
-        str(model_dir),
-        adapter_dir=str(adapter_dir) if adapter_dir else None,
-        name="sftlab-model",
-        ready_timeout=evaluation.ready_timeout_s,
-        log_path=log_path,
-    ) as server:
-        with CompletionsClient(
-            server.base_url, server.model_name, concurrency=evaluation.concurrency, timeout=evaluation.request_timeout_s
-        ) as client:
-            return {b.name: score_benchmark(client, b, items[b.name], template, evaluation) for b in benchmarks}
+    Benchmarks are read and checked first, so bad data fails before any server starts. Each
+    model's scores go to ``on_scored`` as soon as they exist: a later failure loses nothing.
+    """
+    from sftlab import models as model_sources
+    from sftlab.serving.endpoints import model_storage_uri, serve_locally, serve_on_kserve
+
+    items = {b.name: benchmark_items(b, ctx) for b in benchmarks}
+    with tempfile.TemporaryDirectory(prefix="sftlab-eval-") as tmp:
+        if evaluation.backend == "local":
+            served = serve_locally(lambda _: Path(model_sources.resolve(base_model, ctx)), models, evaluation, Path(tmp))
+        else:
+            served = serve_on_kserve(
+                name, model_storage_uri(base_model), models, evaluation, ctx.resources.for_stage("evaluate"),
+                max_lora_rank, log=lambda line: log.info("%s", line),
+            )
+        with contextlib.closing(served):  # leaving early still stops the server / deletes the InferenceService
+            for label, endpoint in served:
+                on_scored(label, score_endpoint(endpoint, benchmarks, items, template, evaluation))

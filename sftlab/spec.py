@@ -215,7 +215,14 @@ class KServeConfig(Strict):
         "RawDeployment", description="RawDeployment avoids Knative's progress deadline killing slow LLM start-ups."
     )
     ready_timeout_s: float = Field(1800.0, gt=0, description="How long an InferenceService may take to become Ready.")
-    service_account: str | None = Field(None, description="Service account with the S3 credentials for storageUri.")
+    service_account: str | None = Field(
+        None, description="Service account with the S3 credentials for storageUri; default $SFTLAB_SERVICE_ACCOUNT (the chart's)."
+    )
+    artifacts_destination: str | None = Field(
+        None,
+        description="The s3:// prefix behind the MLflow server's mlflow-artifacts:/ URIs (its --artifacts-destination); "
+        "default $SFTLAB_ARTIFACTS_DESTINATION (set by the chart).",
+    )
     max_model_len: int | None = Field(None, ge=16)
 
 

@@ -210,7 +210,8 @@ class Tracker:
         candidate creates a RUNNING run with the key; the earliest one (start time, then run id)
         owns the work and the others delete theirs and wait for it. Each candidate looks only after
         ``settle_s`` (longer than a create takes to commit), so concurrent candidates all see each
-        other and agree on the owner, while later ones see an earlier claim. If the owner fails, or stays
+        other and agree on the owner, while later ones see an earlier claim; the owner looks once
+        more before it works, in case a slow create committed late. If the owner fails, or stays
         RUNNING past ``wait_s`` (its pod died), the waiters compete again. The owner must
         ``finish`` its run, also on failure.
         """
@@ -224,21 +225,27 @@ class Tracker:
             if done is not None:
                 self.client.delete_run(mine)
                 return done, None
-            active = list(
-                self.search(
-                    f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' "
-                    "AND attributes.status = 'RUNNING'"
-                )
-            )
-            owner = min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+            owner = self._earliest_claim(stage, cache_key)
             if owner == mine:
-                return None, mine
+                # A create that committed late can carry an earlier start time: look once more
+                # before working, and yield to such a claim rather than compute twice.
+                time.sleep(settle_s)
+                if self._earliest_claim(stage, cache_key) == mine:
+                    return None, mine
             self.client.delete_run(mine)
+            if owner == mine:
+                continue
             deadline = time.monotonic() + wait_s
             while self._claim_held(owner) and time.monotonic() < deadline:
                 time.sleep(poll_s)
             if self._claim_held(owner):  # stale claim: its owner is gone
                 self.finish(owner, ok=False, error="abandoned: no progress within the wait limit")
+
+    def _earliest_claim(self, stage: str, cache_key: str) -> str:
+        active = self.search(
+            f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' AND attributes.status = 'RUNNING'"
+        )
+        return min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 
     def _claim_held(self, run_id: str) -> bool:
         """Whether a claim run still holds its claim. Under load two candidates can disagree on the

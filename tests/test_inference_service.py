@@ -29,18 +29,8 @@ from sftlab.serving.inference_service import (
     openai_base_url,
 )
 from sftlab.spec import KServeConfig, TaskResources
-from tests.test_trainjob import (
-    GPU_RES,
-    NS,
-    Controller,
-    KubeServer,
-    cond,
-    create,
-    delete,
-    exists,
-    kube_api,
-    sigterm,
-)
+from tests.kube import NS, Controller, KubeServer, cond, create, delete, exists, kube_api, sigterm
+from tests.test_trainjob import GPU_RES
 
 kube = pytest.fixture(scope="module")(kube_api)
 

@@ -22,20 +22,8 @@ from sftlab.trainjob import (
     launcher_for,
     trial_job_from_manifest,
 )
-from tests.test_trainjob import (
-    GPU_RES,
-    NS,
-    SECRETS,
-    Controller,
-    cond,
-    create,
-    delete,
-    exists,
-    kube_api,
-    manifest_for,
-    pod_spec,
-    quickstart_job,
-)
+from tests.kube import NS, Controller, cond, create, delete, exists, kube_api
+from tests.test_trainjob import GPU_RES, SECRETS, manifest_for, pod_spec, quickstart_job
 
 job = pytest.fixture(scope="module")(quickstart_job)
 kube = pytest.fixture(scope="module")(kube_api)

@@ -14,9 +14,10 @@ from typing import Any
 
 from sftlab import models
 from sftlab.evals.base import BenchmarkScore
-from sftlab.evaluation import score_model
+from sftlab.evaluation import score_models
 from sftlab.grid import Trial, digest, identity
 from sftlab.job import TrialJob
+from sftlab.serving.endpoints import ModelToServe, model_storage_uri
 from sftlab.spec import BenchmarkSpec
 from sftlab.stages.common import StageResult, log, trial_stage
 from sftlab.tracking import Tracker
@@ -89,19 +90,20 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
     trial = job.trial
     benchmarks = [b for b in trial.benchmarks if b.name in owned]
     log.info("baseline: scoring %s on %s", trial.base_model.name, ", ".join(owned))
-    scores = {}
-    with tracker.owning(*owned.values()), tempfile.TemporaryDirectory() as tmp:
-        results = score_model(
-            models.resolve(trial.base_model, job.context),
-            benchmarks,
-            trial.prompt_template,
-            trial.evaluation,
-            job.context,
-            log_path=Path(tmp) / "server.log",
-        )
+    scores: dict[str, dict[str, float]] = {}
+
+    def on_scored(_: str, results: dict[str, BenchmarkScore]) -> None:
         for bench in benchmarks:
             result, run_id = results[bench.name], owned[bench.name]
             tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
             log_benchmark_rows(tracker, run_id, bench.name, result)
             scores[bench.name] = dict(result.metrics)
+
+    base = trial.base_model
+    model = ModelToServe("base", fetch=lambda _: Path(models.resolve(base, job.context)), storage_uri=lambda: model_storage_uri(base))
+    with tracker.owning(*owned.values()):
+        score_models(
+            base, [model], benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
+            name=f"base-{digest(identity(base))}",
+        )
     return scores

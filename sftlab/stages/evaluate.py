@@ -2,45 +2,38 @@
 
 Gains are ``fine-tuned - base`` against the cached baseline of the same base model and settings,
 with paired bootstrap CIs over the same items. A LoRA trial is served as base model + adapter
-(merged in the server), never as a stored merged copy. Each checkpoint the train stage kept
-(``evaluation.epochs``) becomes its own child run (``sftlab.stage = checkpoint``, ``sftlab.epoch``)
-with the same metric names, as the study evaluated every epoch.
+(merged by the local server; one shared vLLM server for all of a trial's adapters on KServe),
+never as a stored merged copy. Each checkpoint the train stage kept (``evaluation.epochs``)
+becomes its own child run (``sftlab.stage = checkpoint``, ``sftlab.epoch``) with the same metric
+names, as the study evaluated every epoch.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from sftlab import models
-from sftlab.evaluation import gain_metrics, score_model
+from sftlab.evals.base import BenchmarkScore
+from sftlab.evaluation import gain_metrics, score_models
 from sftlab.job import TrialJob
+from sftlab.serving.endpoints import ModelToServe, artifact_storage_uri
+from sftlab.spec import KServeConfig
 from sftlab.stages.baseline import base_item_scores, log_benchmark_rows
-from sftlab.stages.common import StageResult, log, trial_stage
+from sftlab.stages.common import StageResult, trial_stage
 from sftlab.tracking import TAG_PARENT, TAG_STAGE, Tracker, trial_tags
 
 TAG_EPOCH = "sftlab.epoch"
+FINAL = "final"
 
 
-def _score(job: TrialJob, tracker: Tracker, run_id: str, artifact_path: str, trained: dict[str, Any], baseline: dict[str, Any],
-           base_items: dict[str, list[float] | None]) -> dict[str, float]:
-    """Download one stored model (or adapter), score it, log per-item rows; its eval/base/gain metrics."""
-    trial = job.trial
-    with tempfile.TemporaryDirectory() as tmp:
-        local = tracker.download(trained["run_id"], artifact_path, Path(tmp) / "model")
-        model_dir, adapter_dir = (models.resolve(trial.base_model, job.context), local) if trained["adapter"] else (local, None)
-        results = score_model(
-            model_dir, trial.benchmarks, trial.prompt_template, trial.evaluation, job.context,
-            adapter_dir=adapter_dir, log_path=Path(tmp) / "server.log",
-        )
-    metrics: dict[str, float] = {}
-    for name, result in results.items():
-        metrics.update(
-            gain_metrics(name, result.metrics, baseline["scores"][name], result.item_scores, base_items.get(name), trial.evaluation)
-        )
-        log_benchmark_rows(tracker, run_id, name, result)
-    return metrics
+def stored_model(tracker: Tracker, trained: dict[str, Any], label: str, artifact_path: str, config: KServeConfig) -> ModelToServe:
+    """A model (or adapter) the train stage stored in its run's artifacts."""
+    run_id = trained["run_id"]
+    return ModelToServe(
+        label=label,
+        fetch=lambda dst: tracker.download(run_id, artifact_path, dst),
+        storage_uri=lambda: artifact_storage_uri(tracker.client.get_run(run_id).info.artifact_uri, artifact_path, config),
+        adapter=bool(trained["adapter"]),
+    )
 
 
 def _finished_epochs(tracker: Tracker, trial_run_id: str) -> set[int]:
@@ -49,26 +42,35 @@ def _finished_epochs(tracker: Tracker, trial_run_id: str) -> set[int]:
     return {int(run.data.tags[TAG_EPOCH]) for run in tracker.search(query)}
 
 
-def evaluate_checkpoints(job: TrialJob, tracker: Tracker, trial_run_id: str, trained: dict[str, Any], baseline: dict[str, Any],
-                         base_items: dict[str, list[float] | None]) -> None:
-    trial = job.trial
-    done = _finished_epochs(tracker, trial_run_id)
-    for epoch, artifact_path in sorted(trained.get("checkpoints", {}).items(), key=lambda kv: int(kv[0])):
-        if int(epoch) in done:
-            continue
-        log.info("evaluate: epoch %s checkpoint", epoch)
-        tags = {**{k: v for k, v in trial_tags(trial).items() if k != TAG_STAGE}, TAG_EPOCH: str(epoch)}
-        run_id = tracker.create_run("checkpoint", f"{trial.label} epoch {epoch}", tags, {"epoch": epoch}, trial_run_id)
-        with tracker.owning(run_id):
-            tracker.log_metrics(run_id, _score(job, tracker, run_id, artifact_path, trained, baseline, base_items))
-
-
 def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
+    trial = job.trial
     trained = inputs["model"]["outputs"]
     baseline = inputs["baseline"]["outputs"]
-    with trial_stage(job, "evaluate") as (tracker, run_id):
+    final: dict[str, float] = {}
+    with trial_stage(job, "evaluate") as (tracker, trial_run_id):
         base_items = {b: base_item_scores(tracker, r, b) for b, r in baseline.get("run_ids", {}).items()}
-        metrics = _score(job, tracker, run_id, trained["artifact_path"], trained, baseline, base_items)
-        tracker.log_metrics(run_id, metrics)
-        evaluate_checkpoints(job, tracker, run_id, trained, baseline, base_items)
-    return StageResult(metrics=metrics)
+        config = trial.evaluation.kserve
+        done = _finished_epochs(tracker, trial_run_id)
+        models = [stored_model(tracker, trained, FINAL, trained["artifact_path"], config)]
+        epochs = {f"epoch-{e}": int(e) for e in trained.get("checkpoints", {}) if int(e) not in done}
+        models += [stored_model(tracker, trained, label, trained["checkpoints"][str(e)], config) for label, e in sorted(epochs.items(), key=lambda kv: kv[1])]
+
+        def on_scored(label: str, results: dict[str, BenchmarkScore]) -> None:
+            run_id = trial_run_id
+            if label != FINAL:
+                tags = {**{k: v for k, v in trial_tags(trial).items() if k != TAG_STAGE}, TAG_EPOCH: str(epochs[label])}
+                run_id = tracker.create_run("checkpoint", f"{trial.label} {label}", tags, {"epoch": epochs[label]}, trial_run_id)
+            with tracker.owning(*([run_id] if label != FINAL else [])):
+                metrics: dict[str, float] = {}
+                for name, result in results.items():
+                    metrics.update(gain_metrics(name, result.metrics, baseline["scores"][name], result.item_scores, base_items.get(name), trial.evaluation))
+                    log_benchmark_rows(tracker, run_id, name, result)
+                tracker.log_metrics(run_id, metrics)
+            if label == FINAL:
+                final.update(metrics)
+
+        score_models(
+            trial.base_model, models, trial.benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
+            name=trial.key, max_lora_rank=trial.training.lora.r if trained["adapter"] else None,
+        )
+    return StageResult(metrics=final)
