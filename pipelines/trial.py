@@ -33,6 +33,8 @@ CLUSTER_DEFAULTS = (
     "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
     "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE",
     "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE",
+    "SFTLAB_ARTIFACTS_DESTINATION",  # where KServe reads trained models (evaluation.backend: kserve)
+    "SFTLAB_SERVICE_ACCOUNT",  # the service account InferenceServices download with
 )
 
 
@@ -73,6 +75,18 @@ def configure(task: PipelineTask, resources: TaskResources, secrets: list[Secret
     return task
 
 
+def task_resources(spec: Spec | None, stage: str) -> TaskResources:
+    """The pod settings of a stage's own task. Stages that start pods of their own (a multi-node
+    TrainJob, InferenceServices) only orchestrate: the stage's resources go to those pods."""
+    if spec is None:
+        return TaskResources()
+    resources = spec.resources
+    delegated = (stage == "train" and spec.training.distributed.nodes > 1) or (
+        stage in ("baseline", "evaluate") and spec.evaluation.backend == "kserve"
+    )
+    return resources.default if delegated else resources.for_stage(stage)
+
+
 def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
     """The trial pipeline for ``spec``'s image and resources (release image, no settings, if None)."""
     components = stage_components(image_for(spec))
@@ -94,7 +108,7 @@ def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
             task = component(job=job, **ids, **inputs)
             use_cluster_defaults(task, defaults)
             use_model_cache(task, resources.model_cache_pvc)
-            return configure(task, resources.for_stage(name), resources.secrets)
+            return configure(task, task_resources(spec, name), resources.secrets)
 
         profile = stage("profile")
         baseline = stage("baseline")

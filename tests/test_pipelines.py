@@ -143,6 +143,24 @@ def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
     assert set(k8s_executors(platform)) == {"exec-plan", "exec-launch", "exec-report"}
 
 
+def test_stages_that_start_their_own_pods_run_in_small_tasks(tmp_path: Path) -> None:
+    """A multi-node TrainJob and KServe InferenceServices get the GPUs; the KFP tasks that start
+    them only orchestrate, so they must not hold GPUs while they wait."""
+    from sftlab.pipelines.compile import compile_pipeline
+
+    resources = {**GPU_RESOURCES, "evaluate": {"gpus": 1, "memory": "32Gi"}}
+    local = make_spec(resources=resources)
+    ir, _ = load_docs(compile_pipeline("trial", local, tmp_path / "local.yaml"))
+    executors = ir["deploymentSpec"]["executors"]
+    assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    delegated = make_spec(resources=resources, training={"distributed": {"nodes": 4}}, evaluation={"backend": "kserve"})
+    ir, _ = load_docs(compile_pipeline("trial", delegated, tmp_path / "delegated.yaml"))
+    executors = ir["deploymentSpec"]["executors"]
+    for name in ("exec-train", "exec-evaluate", "exec-baseline"):
+        assert "accelerator" not in executors[name]["container"]["resources"], name
+        assert executors[name]["container"]["resources"]["resourceCpuRequest"] == "2", name  # the default task size
+
+
 def test_core_package_never_imports_kfp() -> None:
     modules = sorted(
         ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
