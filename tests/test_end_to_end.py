@@ -33,9 +33,29 @@ def write_spec(tmp_path: Path) -> Path:
     return path
 
 
+# Known secret values in the environment of every command: none may surface anywhere.
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAE2ESECRETKEYID0",
+    "AWS_SECRET_ACCESS_KEY": "e2e-aws-secret-7f3a9c",
+    "HF_TOKEN": "hf_e2eTokenValue91b2",
+    "SFTLAB_JUDGE_API_KEY": "sk-e2e-judge-55d1",
+    "MLFLOW_TRACKING_PASSWORD": "e2e-db-password-0c4e",
+}
+
+
+def assert_no_secrets(tmp_path: Path, *outputs: str) -> None:
+    """No secret value in any file the sweep wrote (MLflow store, artifacts, report) or printed."""
+    for text in outputs:
+        assert not [k for k, v in SECRETS.items() if v in text]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not [k for k, v in SECRETS.items() if v.encode() in blob], path
+
+
 def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path)
-    first = run_cli("run", str(spec_path), cwd=tmp_path)
+    first = run_cli("run", str(spec_path), cwd=tmp_path, env=SECRETS)
     out = first.stdout + first.stderr
     assert first.returncode == 1, out  # two trials fail (broken data); the rest finish
     assert "6 trials: 0 already finished, 6 to run" in out
@@ -85,10 +105,13 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     assert [b.info.status for b in baselines] == ["FINISHED"]
     assert any(a.path == "report" for a in tracker.client.list_artifacts(sweep_id))
 
-    again = run_cli("run", str(spec_path), cwd=tmp_path)
+    again = run_cli("run", str(spec_path), cwd=tmp_path, env=SECRETS)
     out = again.stdout + again.stderr
     assert "6 trials: 4 already finished, 2 to run" in out, out
     trials_after = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
     assert len(trials_after) == 8  # only the two failed trials ran again
     assert len(list(tracker.search("tags.`sftlab.stage` = 'sweep'"))) == 1
     assert sum(t.info.status == "FINISHED" for t in trials_after) == 4
+    compiled = run_cli("compile", str(spec_path), "--output", str(tmp_path / "compiled.yaml"), cwd=tmp_path, env=SECRETS)
+    assert compiled.returncode == 0, compiled.stderr
+    assert_no_secrets(tmp_path, first.stdout + first.stderr, out, compiled.stdout + compiled.stderr)
