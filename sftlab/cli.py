@@ -1,4 +1,4 @@
-"""The ``sftlab`` command line: plan, run, compile, submit, report.
+"""The ``sftlab`` command line: plan, run, compile, submit, report, predict.
 
 Commands that need Kubeflow Pipelines import the KFP layer (``sftlab.pipelines``) lazily, so the
 core package never imports kfp. User errors print one clear line (or one per spec problem) and
@@ -42,10 +42,15 @@ def main() -> None:
     """sftlab: supervised fine-tuning experiments at scale, on a laptop or a Kubeflow cluster."""
 
 
+def _axis_value(value: Any) -> str:
+    """A recipe (mapping of settings) as ``k=v,…``; anything else as itself."""
+    return ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+
 def _trial_table(trials: list[Any]) -> str:
     axes = sorted({k for t in trials for k in t.axes} - {"base_model", "dataset"})
     header = ["#", "key", "base_model", "dataset", *axes]
-    rows = [[str(t.index + 1), t.key, t.base_model.name, t.dataset.name, *(str(t.axes.get(a, "")) for a in axes)] for t in trials]
+    rows = [[str(t.index + 1), t.key, t.base_model.name, t.dataset.name, *(_axis_value(t.axes.get(a, "")) for a in axes)] for t in trials]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
@@ -53,16 +58,30 @@ def _trial_table(trials: list[Any]) -> str:
 
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
+@click.option("--gpu", default="H100", show_default=True, help="GPU type for the GPU-hour estimate (sftlab.cost.GPU_PEAK_FLOPS).")
+@click.option("--gpu-flops", type=float, default=None, help="Peak FLOP/s of the GPU, overriding the table.")
+@click.option("--mfu", type=float, default=0.4, show_default=True, help="Assumed model FLOPs utilisation in training.")
+@click.option("--eval-mfu", type=float, default=None, help="Assumed MFU in evaluation (default: as --mfu).")
+@click.option("--tokens-per-row", type=float, default=400.0, show_default=True, help="Assumed for data that cannot be read here.")
+@click.option("--prompt-tokens", type=float, default=200.0, show_default=True, help="Assumed per benchmark item that cannot be read here.")
+@click.option("--no-cost", is_flag=True, help="Only validate and list the trials.")
 @friendly
-def plan(spec_path: str) -> None:
-    """Validate SPEC and print its trial table, without running anything."""
+def plan(spec_path: str, gpu: str, gpu_flops: float | None, mfu: float, eval_mfu: float | None, tokens_per_row: float,
+         prompt_tokens: float, no_cost: bool) -> None:
+    """Validate SPEC, print its trial table and what it will cost, without running anything."""
+    from sftlab.cost import Assumptions, estimate, format_cost
     from sftlab.grid import expand
+    from sftlab.job import context_for
     from sftlab.spec import load_spec
 
     spec = load_spec(spec_path)
     trials = expand(spec)
     click.echo(_trial_table(trials))
     click.echo(f"\n{len(trials)} trials; benchmarks: {', '.join(b.name for b in spec.benchmarks) or 'none'}")
+    if not no_cost:
+        assumptions = Assumptions(gpu=gpu, gpu_flops=gpu_flops, mfu=mfu, eval_mfu=eval_mfu, tokens_per_row=tokens_per_row,
+                                  prompt_tokens=prompt_tokens)
+        click.echo("\ncost estimate (see sftlab/cost.py for the formulas):\n" + format_cost(estimate(trials, context_for(spec), assumptions)))
 
 
 def check_runs_here(spec_path: str, trials: list[Any]) -> None:
@@ -74,6 +93,11 @@ def check_runs_here(spec_path: str, trials: list[Any]) -> None:
     for trial in trials:
         try:
             check_method(trial.training)
+            if trial.training.distributed.nodes > 1:
+                raise SftlabError(
+                    f"training.distributed.nodes: {trial.training.distributed.nodes} nodes need a cluster "
+                    "(sftlab submit); a local run trains on this machine"
+                )
         except SftlabError as exc:
             problems.add(f"{exc} (trial {trial.label})" if len(trials) > 1 else str(exc))
     if problems:
@@ -153,16 +177,64 @@ def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
 @click.option("--experiment", required=True, help="MLflow experiment (one per spec; default name = spec name).")
 @click.option("--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else ./sftlab-runs/mlflow.db.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None, help="Default: ./sftlab-runs/reports/EXPERIMENT")
+@click.option("--resamples", type=click.IntRange(100, 100_000), default=1000, show_default=True, help="Bootstrap resamples per correlation CI.")
+@click.option("--quiet", is_flag=True, help="Print only the report's path, not its Markdown summary.")
 @friendly
-def report(experiment: str, tracking_uri: str | None, output_dir: str | None) -> None:
-    """Build the report of an experiment from MLflow (also for sweeps run earlier or elsewhere)."""
+def report(experiment: str, tracking_uri: str | None, output_dir: str | None, resamples: int, quiet: bool) -> None:
+    """Build the report of an experiment from MLflow (also for sweeps run earlier or elsewhere).
+
+    Writes report.html (self-contained), report.md, trials.csv/.parquet, tables/*.csv/.parquet and
+    predictor.json, and logs them under report/ on the experiment's newest sweep run.
+    """
+    from sftlab.reporting.sections import Options
     from sftlab.stages.report import build_for_experiment
 
     root = Path("sftlab-runs").resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     out = Path(output_dir) if output_dir else root / "reports" / experiment
-    path = build_for_experiment(uri, experiment, out)
+    path = build_for_experiment(uri, experiment, out, Options(resamples=resamples, experiment=experiment))
+    if not quiet:
+        click.echo(path.with_name("report.md").read_text(encoding="utf-8"))
     click.echo(f"report: {path}")
+
+
+@main.command()
+@click.argument("spec_path", type=click.Path(dir_okay=False))
+@click.option("--experiment", default=None, help="The study whose trials the predictor learned from (default: the spec's experiment).")
+@click.option("--tracking-uri", default=None, help="Default: the spec's (tracking.uri, else $MLFLOW_TRACKING_URI, else its sqlite store).")
+@click.option("--refit", is_flag=True, help="Fit from the study's trials even when its latest report holds a predictor.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the ranking as CSV.")
+@friendly
+def predict(spec_path: str, experiment: str | None, tracking_uri: str | None, refit: bool, output: str | None) -> None:
+    """Rank SPEC's candidate datasets per base model and benchmark by predicted gain, before any training.
+
+    Profiles each (base model, dataset) of SPEC (cached profile runs are reused) and applies the
+    gain predictor of a study: its latest report's predictor.json, else one fitted from its trials.
+    """
+    from mlflow import MlflowClient
+
+    from sftlab.job import tracking_uri_for
+    from sftlab.predict import format_ranking, predictor_for, profile_candidates, rank, write_ranking_csv
+    from sftlab.spec import load_spec
+    from sftlab.tracking import Tracker
+
+    spec = load_spec(spec_path)
+    uri = tracking_uri or tracking_uri_for(spec)
+    study = experiment or spec.experiment
+    if MlflowClient(uri).get_experiment_by_name(study) is None:
+        raise SftlabError(f"MLflow at {uri}: no experiment named {study!r} to learn from (--experiment)")
+    predictor, source = predictor_for(Tracker(uri, study), study, refit)
+    if not predictor.targets:
+        reasons = "; ".join(f"{k}: {v}" for k, v in predictor.skipped.items()) or "no finished trial logged gains and profiles"
+        raise SftlabError(f"experiment {study!r} has too little to learn from ({reasons})")
+    wanted = {b.name for b in spec.benchmarks}
+    measures = [name for name, t in predictor.targets.items() if t.benchmark in wanted] or list(predictor.targets)
+    profiles = profile_candidates(spec, uri, echo=lambda line: click.echo(line, err=True))
+    ranked = rank(predictor, profiles, measures)
+    click.echo(format_ranking(predictor, ranked, source))
+    if output:
+        write_ranking_csv(ranked, Path(output), predictor)
+        click.echo(f"\nranking: {output}")
 
 
 if __name__ == "__main__":

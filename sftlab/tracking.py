@@ -65,6 +65,8 @@ def trial_tags(trial: Trial) -> dict[str, str]:
         "sftlab.dataset": trial.dataset.name,
         "sftlab.method": trial.training.method,
         "sftlab.label": trial.label,
+        # the task family of each benchmark, so the report can compare methods per family
+        **{f"sftlab.benchmark_kind.{b.name}": b.kind for b in trial.benchmarks},
     }
 
 

