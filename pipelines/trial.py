@@ -35,6 +35,7 @@ CLUSTER_DEFAULTS = (
     "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE",
     "SFTLAB_ARTIFACTS_DESTINATION",  # where KServe reads trained models (evaluation.backend: kserve)
     "SFTLAB_SERVICE_ACCOUNT",  # the service account InferenceServices download with
+    "SFTLAB_IMAGE",  # the training image multi-node TrainJob/PyTorchJob pods run
 )
 
 

@@ -27,6 +27,7 @@ def write_spec(tmp_path: Path) -> Path:
     broken.write_text(json.dumps({"instruction": "no answer here"}) + "\n")
     spec["datasets"].append({"name": "broken", "uri": str(broken)})
     spec["sweep"]["base_model"] = ["tiny-llama-chat"]
+    spec["evaluation"]["epochs"] = [2]  # and the final (4th) epoch: one checkpoint run per trial
     spec["tracking"] = {"root": str(tmp_path / "runs")}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -104,6 +105,25 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     baselines = list(tracker.search("tags.`sftlab.stage` = 'baseline'"))
     assert [b.info.status for b in baselines] == ["FINISHED"]
     assert any(a.path == "report" for a in tracker.client.list_artifacts(sweep_id))
+    # Epoch 2 of every finished trial was evaluated as its own child run, with paired gain CIs.
+    checkpoints = list(tracker.search("tags.`sftlab.stage` = 'checkpoint'"))
+    assert sorted(c.data.tags[TAG_PARENT] for c in checkpoints) == sorted(t.info.run_id for t in finished)
+    for run in checkpoints + finished:
+        m = run.data.metrics
+        assert run.data.tags.get("sftlab.epoch", "2") == "2" and run.info.status == "FINISHED"
+        assert m["gain/gsm8k-tiny/score_ci_low"] <= m["gain/gsm8k-tiny/score"] <= m["gain/gsm8k-tiny/score_ci_high"]
+    # The cost estimate's training tokens against what training measured (the quickstart's ratio).
+    from sftlab.cost import estimate
+    from sftlab.grid import expand
+    from sftlab.job import context_for
+    from sftlab.spec import load_spec
+
+    spec = load_spec(spec_path)
+    estimated = {c.key: c.train_tokens for c in estimate(expand(spec), context_for(spec)).trials}
+    for run in finished:
+        ratio = estimated[run.data.tags[TAG_TRIAL_KEY]] / run.data.metrics["train/tokens"]
+        print(f"cost estimate / measured training tokens, {run.data.tags['sftlab.label']}: {ratio:.3f}")
+        assert 0.95 < ratio < 1.05
 
     again = run_cli("run", str(spec_path), cwd=tmp_path, env=SECRETS)
     out = again.stdout + again.stderr

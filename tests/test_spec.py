@@ -113,3 +113,20 @@ def test_qlora_without_cuda_fails_before_anything_runs(tmp_path: Path) -> None:
         "  training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU (trial m/d[method=qlora])",
     ]
     assert not (tmp_path / "runs").exists()  # nothing started, nothing tracked
+
+
+def test_multi_node_training_fails_locally_before_anything_runs(tmp_path: Path) -> None:
+    spec = tmp_path / "nodes.yaml"
+    spec.write_text(GOOD + f"tracking: {{root: {tmp_path / 'runs'}}}\ntraining: {{distributed: {{nodes: 4}}}}\n")
+    result = run_cli("run", str(spec), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "training.distributed.nodes: 4 nodes need a cluster (sftlab submit)" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluated_epochs_must_exist_and_be_checkpointed() -> None:
+    with pytest.raises(SpecError, match=r"epoch 12 is past the last training epoch \(10\)"):
+        parse_spec(GOOD + "evaluation: {epochs: [1, 12]}\n")
+    with pytest.raises(SpecError, match="needs training.checkpoint_every_epoch: true"):
+        parse_spec(GOOD + "evaluation: {epochs: all}\ntraining: {checkpoint_every_epoch: false}\n")
+    assert parse_spec(GOOD + "evaluation: {epochs: [1, 12]}\nsweep: {training.epochs: [10, 12]}\n").evaluation.epochs == [1, 12]

@@ -9,6 +9,8 @@ MLflow run. The runner creates the job, watches it and always deletes it.
 
 from __future__ import annotations
 
+import os
+
 from sftlab.errors import SftlabError
 from sftlab.job import TrialJob
 from sftlab.k8s import api_client, cluster_namespace
@@ -31,8 +33,9 @@ def run_cluster_job(job: TrialJob) -> None:
         )
     resources = ctx.resources.for_stage("train")
     gradient_accumulation(job.trial.training, distributed.nodes * max(resources.gpus, 1))  # fails here, not in the pods
-    if not ctx.image:
-        raise SftlabError("training.distributed.nodes > 1 needs the image its pods run (pipeline.image)")
+    image = ctx.image or os.environ.get("SFTLAB_IMAGE")  # the chart's defaults ConfigMap names the training image
+    if not image:
+        raise SftlabError("training.distributed.nodes > 1 needs the image its pods run (pipeline.image, or $SFTLAB_IMAGE)")
     try:
         namespace = cluster_namespace()
     except SftlabError as exc:
@@ -42,7 +45,7 @@ def run_cluster_job(job: TrialJob) -> None:
     manifest = launcher.manifest(
         job,
         resources,
-        image=ctx.image,
+        image=image,
         namespace=namespace,
         secrets=ctx.resources.secrets,
         cache_pvc=ctx.resources.model_cache_pvc,

@@ -233,6 +233,7 @@ def run_trial(job: TrialJob) -> StageResult | None:
             "train/rows": float(len(loaded.examples)),
             "train/skipped_rows": float(len(loaded.skipped)),
             "train/truncated_rows": float(sum(n >= training.max_length for n in lengths)),
+            "train/tokens": float(sum(lengths) * training.epochs),  # all epochs, padding excluded
             "train/tokens_per_s": sum(lengths) * training.epochs * share_run / seconds,
         }
         return publish(job, tracker, run_id, metrics, Path(tmp) / MODEL_ARTIFACT, store)
