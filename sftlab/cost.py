@@ -23,7 +23,7 @@ from typing import Any
 from sftlab.errors import SftlabError
 from sftlab.grid import Trial
 from sftlab.job import RunContext
-from sftlab.spec import BenchmarkSpec, DatasetSpec, ModelSpec, classify_uri
+from sftlab.spec import BenchmarkSpec, ModelSpec, classify_uri
 
 # Dense BF16 tensor FLOP/s (NVIDIA/AMD datasheets; sparsity figures are twice these).
 GPU_PEAK_FLOPS: dict[str, float] = {
@@ -170,12 +170,15 @@ class _Sizer:
         usable, lengths = 0, []
         tokenizer = self.tokenizer(trial.base_model)
         for row in data.iter_rows(ds.uri, ds.split, self.ctx, ds.subset):
-            if isinstance(row, str):
+            try:
+                example = data.to_example(row, ds, trial.dataset_template) if isinstance(row, dict) else None
+            except (SftlabError, ValueError):  # a malformed row: the profile stage lists it; training skips it
+                example = None
+            if example is None:
                 continue
             usable += 1
             if len(lengths) < self.assumptions.sample_rows:
-                lengths.append(_row_tokens(row, ds, trial, tokenizer))
-        lengths = [length for length in lengths if length is not None]
+                lengths.append(_example_tokens(example, trial, tokenizer))
         per_row = Sized(statistics.fmean(lengths), "measured") if lengths else Sized(self.assumptions.tokens_per_row, "assumed")
         return Sized(float(usable), "measured"), per_row
 
@@ -208,13 +211,10 @@ def _text_tokens(text: str, tokenizer: Any | None) -> float:
     return float(len(tokenizer(text)["input_ids"]))
 
 
-def _row_tokens(row: dict[str, Any], ds: DatasetSpec, trial: Trial, tokenizer: Any | None) -> float | None:
+def _example_tokens(example: Any, trial: Trial, tokenizer: Any | None) -> float:
+    """Tokens one training example costs, formatted as training formats it and truncated as it truncates."""
     from sftlab import data
 
-    try:
-        example = data.to_example(row, ds, trial.dataset_template)
-    except SftlabError:
-        return None
     if tokenizer is None:
         text = " ".join(str(part) for part in (example.prompt, example.completion))
         return min(len(text.split()) * WORDS_TO_TOKENS, trial.training.max_length)

@@ -125,3 +125,16 @@ def test_plan_prints_the_study_grid_and_its_cost_offline() -> None:
     def gpu_hours(text: str) -> float:
         return float(text.split("training:")[1].split("FLOP,")[1].split("GPU-h")[0].replace(",", ""))
     assert gpu_hours(slow) == pytest.approx(gpu_hours(out) * 989 / 312, rel=0.01)
+
+
+def test_malformed_rows_are_not_counted(tmp_path: Path) -> None:
+    import json
+
+    rows = [{"instruction": "q", "response": "a"}] * 3 + [{"instruction": "no response"}, {"oops": 1}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    data = hub_spec(tmp_path)
+    data["datasets"][0] = {"name": "d", "uri": str(tmp_path / "d.jsonl")}
+    data["training"]["max_rows"] = None
+    spec = parse_spec(data)
+    (trial,) = estimate(expand(spec), context_for(spec), ASSUME).trials
+    assert trial.rows.value == 3 and trial.rows.source == "measured"
