@@ -135,3 +135,52 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     compiled = run_cli("compile", str(spec_path), "--output", str(tmp_path / "compiled.yaml"), cwd=tmp_path, env=SECRETS)
     assert compiled.returncode == 0, compiled.stderr
     assert_no_secrets(tmp_path, first.stdout + first.stderr, out, compiled.stdout + compiled.stderr)
+
+
+def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path) -> None:
+    """Ctrl-C mid-sweep, then run again: the finished trial is kept, the interrupted one is redone
+    once, and the report counts each trial once."""
+    import csv
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    for item in spec["datasets"] + spec["benchmarks"]:
+        item["uri"] = str(EXAMPLES / item["uri"])
+    spec["sweep"] = {"base_model": ["tiny-llama-chat"], "dataset": ["math", "code"], "training.method": ["full"]}
+    spec["pipeline"] = {"max_parallel_trials": 1}
+    spec["tracking"] = {"root": str(tmp_path / "runs")}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    db = tmp_path / "runs" / "mlflow.db"
+    deadline = time.monotonic() + 600
+    finished: list = []
+    while time.monotonic() < deadline and not finished and proc.poll() is None:
+        time.sleep(2)
+        if db.exists():
+            tracker = Tracker(f"sqlite:///{db}", "quickstart")
+            finished = [t for t in tracker.search("tags.`sftlab.stage` = 'trial'") if t.info.status == "FINISHED"]
+    assert finished and proc.poll() is None, "the first trial should finish while the second runs"
+    time.sleep(5)  # well into the second trial
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode != 0, out
+    trials = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
+    interrupted = [t for t in trials if t.info.status != "FINISHED"]
+    assert len(trials) == 2 and len(interrupted) == 1, [(t.data.tags["sftlab.label"], t.info.status) for t in trials]
+    assert interrupted[0].info.status == "FAILED" and "interrupted" in interrupted[0].data.tags[TAG_ERROR]
+
+    again = run_cli("run", str(spec_path), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 trials: 1 already finished, 1 to run" in again.stdout + again.stderr
+    trials = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
+    assert len(trials) == 3 and sum(t.info.status == "FINISHED" for t in trials) == 2
+    with open(tmp_path / "runs" / "reports" / "quickstart" / "trials.csv") as handle:
+        keys = [row["key"] for row in csv.DictReader(handle)]
+    assert sorted(keys) == sorted({t.data.tags[TAG_TRIAL_KEY] for t in trials})  # each trial once
