@@ -97,3 +97,14 @@ def load_causal_lm(source: str, revision: str | None = None, dtype: str = "auto"
     except OSError as exc:
         raise SftlabError(f"{source}: cannot load the model ({str(exc).splitlines()[0]})") from None
     return model.to(device()).eval()
+
+
+def check_pair(model: Any, tokenizer: Any, label: str) -> None:
+    """A tokenizer that emits ids past the model's embeddings (a mismatched pair) would crash deep in
+    torch with an index error mid-run; say so in one line before anything runs."""
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:
+        raise SftlabError(
+            f"model {label}: its tokenizer has {len(tokenizer)} tokens but the model's embeddings only {embeddings}; "
+            "the tokenizer files do not belong to these weights"
+        )

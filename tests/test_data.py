@@ -129,3 +129,24 @@ def test_tiny_models_are_deterministic(tmp_path: Path) -> None:
     assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
     with pytest.raises(SftlabError, match="parameter hidden"):
         resolve_tiny("tiny:llama?hidden=huge", tmp_path)
+
+
+def test_tokenizer_that_does_not_belong_to_the_weights(tmp_path: Path) -> None:
+    """Bad input: a model folder whose tokenizer came from a larger-vocabulary model."""
+    import shutil
+
+    from sftlab import models
+    from sftlab.tiny import TinySpec, build_tiny
+
+    small = build_tiny(tmp_path / "small", TinySpec(vocab=512, pretrain_steps=0))
+    large = build_tiny(tmp_path / "large", TinySpec(vocab=2048, pretrain_steps=0))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(large / name, small / name)
+    model, tokenizer = models.load_causal_lm(str(small)), models.load_tokenizer(str(small))
+    with pytest.raises(SftlabError) as info:
+        models.check_pair(model, tokenizer, "small")
+    assert str(info.value) == (
+        f"model small: its tokenizer has {len(tokenizer)} tokens but the model's embeddings only 512; "
+        "the tokenizer files do not belong to these weights"
+    )
+    models.check_pair(models.load_causal_lm(str(large)), models.load_tokenizer(str(large)), "large")  # a true pair passes

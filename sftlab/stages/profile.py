@@ -158,6 +158,7 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
     notes: list[str] = []
 
     model = models.load_causal_lm(source, trial.base_model.revision)
+    models.check_pair(model, tokenizer, trial.base_model.name)
     nll = perplexity.response_nll(model, state.ppl_sample.items, cfg.batch_size, max_length)
     ppl = perplexity.summarize(nll, cfg.bootstrap_resamples, cfg.seed)
     del model

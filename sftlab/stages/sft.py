@@ -194,6 +194,7 @@ def run_trial(job: TrialJob) -> StageResult | None:
     dist = args.distributed_state
     tracker = Tracker.for_context(job.context) if dist.is_main_process else None
     model = load_model(source, trial.base_model.revision, training)  # after: each rank's own GPU is selected
+    models.check_pair(model, tokenizer, trial.base_model.name)
     store = checkpoints.remote_store(job)
     resume = checkpoints.resume_point(local, store)
     callbacks = [checkpoints.upload_callback(store)] if store else []
