@@ -8,8 +8,9 @@ base-model evaluations are runs of their own (``stage=profile`` / ``baseline``) 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,10 @@ TAG_CACHE_KEY = "sftlab.cache_key"
 TAG_SWEEP_KEY = "sftlab.sweep_key"
 TAG_ERROR = "sftlab.error"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_HEARTBEAT = "sftlab.heartbeat"
+# A claim's owner beats every HEARTBEAT_S; waiters take over a claim whose beat has not changed
+# for STALE_AFTER_S (its process was SIGKILLed, OOM-killed, or its pod vanished).
+HEARTBEAT_S, STALE_AFTER_S = 10.0, 60.0
 # MLflow's log_batch limits (per call).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_LEN = 1000, 100, 100, 6000
 
@@ -78,6 +83,7 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self._heartbeats: dict[str, threading.Event] = {}
         self.experiment_id = self._experiment_id(experiment, artifact_root)
 
     @classmethod
@@ -127,6 +133,9 @@ class Tracker:
         return self.create_run("sweep", name, {TAG_SWEEP_KEY: sweep_key}, params)
 
     def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
+        beating = self._heartbeats.pop(run_id, None)
+        if beating is not None:
+            beating.set()
         if error:
             self.set_tags(run_id, {TAG_ERROR: error[:5000]})
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
@@ -205,6 +214,8 @@ class Tracker:
         wait_s: float = 6 * 3600,
         poll_s: float = 2.0,
         settle_s: float = 1.0,
+        stale_after_s: float = STALE_AFTER_S,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> tuple[Run | None, str | None]:
         """Reuse a cached result, or own the computation of it: ``(finished_run, None)`` or ``(None, run_id)``.
 
@@ -213,9 +224,10 @@ class Tracker:
         owns the work and the others delete theirs and wait for it. Each candidate looks only after
         ``settle_s`` (longer than a create takes to commit), so concurrent candidates all see each
         other and agree on the owner, while later ones see an earlier claim; the owner looks once
-        more before it works, in case a slow create committed late. If the owner fails, or stays
-        RUNNING past ``wait_s`` (its pod died), the waiters compete again. The owner must
-        ``finish`` its run, also on failure.
+        more before it works, in case a slow create committed late. The owner's run carries a
+        heartbeat tag, renewed every ``heartbeat_s`` until ``finish``; if the owner fails, its
+        heartbeat stops for ``stale_after_s`` (its process or pod died), or it stays RUNNING past
+        ``wait_s``, the waiters compete again. The owner must ``finish`` its run, also on failure.
         """
         while True:
             done = self.cached(stage, cache_key)
@@ -233,15 +245,57 @@ class Tracker:
                 # before working, and yield to such a claim rather than compute twice.
                 time.sleep(settle_s)
                 if self._earliest_claim(stage, cache_key) == mine:
+                    self._start_heartbeat(mine, heartbeat_s)
                     return None, mine
             self.client.delete_run(mine)
             if owner == mine:
                 continue
-            deadline = time.monotonic() + wait_s
-            while self._claim_held(owner) and time.monotonic() < deadline:
-                time.sleep(poll_s)
-            if self._claim_held(owner):  # stale claim: its owner is gone
-                self.finish(owner, ok=False, error="abandoned: no progress within the wait limit")
+            why = self._wait_for(owner, wait_s, poll_s, stale_after_s)
+            if why is not None:
+                self.finish(owner, ok=False, error=f"abandoned: {why}")
+
+    def _start_heartbeat(self, run_id: str, every_s: float) -> None:
+        """Renew the claim's heartbeat tag from a daemon thread until ``finish(run_id)``.
+
+        A beat is a counter, not a timestamp, so waiters on other machines need no common clock.
+        """
+        stop = threading.Event()
+        self._heartbeats[run_id] = stop
+
+        def beat() -> None:
+            count = 0
+            while True:
+                try:
+                    self.client.set_tag(run_id, TAG_HEARTBEAT, str(count))
+                except Exception:  # noqa: BLE001 - a missed beat (tracking outage) is retried next time
+                    pass
+                count += 1
+                if stop.wait(every_s):
+                    return
+
+        threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True).start()
+
+    def _wait_for(self, owner: str, wait_s: float, poll_s: float, stale_after_s: float) -> str | None:
+        """Wait while ``owner`` holds its claim: None once released, else why it counts as abandoned."""
+        deadline = time.monotonic() + wait_s
+        last_beat: str | None = None
+        last_change = time.monotonic()
+        while True:
+            asked = time.monotonic()
+            run = self.client.get_run(owner)
+            # A candidate that yielded deleted its run, which stays RUNNING: it holds nothing.
+            if run.info.status != "RUNNING" or run.info.lifecycle_stage == "deleted":
+                return None
+            now = time.monotonic()
+            beat = run.data.tags.get(TAG_HEARTBEAT)
+            # A slow answer (tracking server down and retried) says nothing about the owner.
+            if beat != last_beat or now - asked > stale_after_s / 3:
+                last_beat, last_change = beat, now
+            if now - last_change > stale_after_s:
+                return f"no heartbeat for {stale_after_s:g} s (its process or pod is gone)"
+            if now > deadline:
+                return f"still running after the {wait_s:g} s wait limit"
+            time.sleep(poll_s)
 
     def _earliest_claim(self, stage: str, cache_key: str) -> str:
         active = self.search(
@@ -249,17 +303,13 @@ class Tracker:
         )
         return min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 
-    def _claim_held(self, run_id: str) -> bool:
-        """Whether a claim run still holds its claim. Under load two candidates can disagree on the
-        owner; the one that yielded deleted its run (which stays RUNNING), so a deleted run holds nothing."""
-        info = self.client.get_run(run_id).info
-        return info.status == "RUNNING" and info.lifecycle_stage != "deleted"
-
     @contextmanager
-    def owning(self, *run_ids: str) -> Iterator[None]:
+    def owning(self, run_ids: Iterable[str]) -> Iterator[None]:
         """Close runs this caller claimed: FINISHED when the block succeeds, else FAILED with the cause.
 
-        A claimed cache run must never stay RUNNING: waiters would hold until the stale limit.
+        ``run_ids`` is read on exit, so a live view (``dict.values()``) also covers claims taken
+        inside the block. A claimed cache run must never stay RUNNING: waiters would hold until
+        its heartbeat goes stale.
         """
         try:
             yield

@@ -12,7 +12,7 @@ from sftlab.errors import SftlabError
 from sftlab.job import TrialJob, context_for
 from sftlab.stages.common import run_stage
 from sftlab.stages.profile import profile_key
-from sftlab.tracking import TAG_ERROR, Tracker
+from sftlab.tracking import TAG_ERROR, TAG_HEARTBEAT, Tracker
 from tests.conftest import first_trial, quickstart_spec
 
 
@@ -167,6 +167,77 @@ def test_a_claim_never_waits_on_an_owner_that_yielded(tmp_path: Path) -> None:
     cached, owner = tracker.claim("profile", "k", "claimant", {}, settle_s=0, poll_s=0.01, wait_s=30)
     assert cached is None and owner not in (None, yielded)
     assert tracker.client.get_run(yielded).info.status == "RUNNING"  # deleted runs keep their status
+
+
+def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_path: Path) -> None:
+    """An owner in another process keeps its claim while it beats, however long it works; once it
+    is SIGKILLed (OOM killer, lost pod) a waiter takes over after the stale limit, not 6 hours."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    db = f"sqlite:///{tmp_path / 'claims.db'}"
+    owner_script = (
+        "import sys, time; from sftlab.tracking import Tracker; "
+        "t = Tracker(sys.argv[1], 'claims'); "
+        "_, run_id = t.claim('profile', 'k', 'owner', {}, settle_s=0, heartbeat_s=0.2); "
+        "print(run_id, flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", owner_script, db], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        owner = proc.stdout.readline().strip()
+        tracker = Tracker(db, "claims")
+        outcome: list[tuple] = []
+        waiter = threading.Thread(
+            target=lambda: outcome.append(tracker.claim("profile", "k", "waiter", {}, settle_s=0, poll_s=0.1, stale_after_s=3)),
+        )
+        waiter.start()
+        waiter.join(timeout=6)  # twice the stale limit: a live owner keeps its claim
+        assert waiter.is_alive() and tracker.client.get_run(owner).info.status == "RUNNING"
+        assert int(tracker.client.get_run(owner).data.tags[TAG_HEARTBEAT]) > 10
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    (cached, taken), = outcome
+    assert cached is None and taken not in (None, owner)
+    dead = tracker.client.get_run(owner)
+    assert dead.info.status == "FAILED" and dead.data.tags[TAG_ERROR].startswith("abandoned: no heartbeat for 3 s")
+
+
+def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: Path) -> None:
+    """A cancelled KFP run or an evicted pod gets SIGTERM: the stage still closes the profile run
+    it claimed (else other trials would wait on it) and says why on the trial run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.to_json())
+    script = (
+        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
+        "run_stage('profile', Path(sys.argv[1]).read_text(), sys.argv[2])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(job_file), str(tmp_path / "out.json")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    query = "tags.`sftlab.stage` = 'profile' AND attributes.status = 'RUNNING'"
+    deadline = time.monotonic() + 120
+    while not any(run.data.tags.get(TAG_HEARTBEAT) for run in tracker.search(query)) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the profile stage ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    claimed, = tracker.search("tags.`sftlab.stage` = 'profile'")
+    assert claimed.info.status == "FAILED" and claimed.data.tags[TAG_ERROR] == "KeyboardInterrupt: SIGTERM"
+    trial = tracker.client.get_run(job.context.trial_run_id)
+    assert trial.data.tags[TAG_ERROR] == "profile: interrupted (SIGTERM)"
 
 
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:

@@ -66,20 +66,21 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
     run_ids: dict[str, str] = {}
     with trial_stage(job, "baseline") as (tracker, trial_run_id):
         owned: dict[str, str] = {}  # benchmark -> the baseline run this trial must fill
-        # Claims are taken in key order so two trials can never wait on each other.
-        for bench in sorted(trial.benchmarks, key=lambda b: baseline_key(trial, b)):
-            tags = {"sftlab.base_model": trial.base_model.name, "sftlab.benchmark": bench.name}
-            name = f"baseline {trial.base_model.name}/{bench.name}"
-            cached, run_id = tracker.claim("baseline", baseline_key(trial, bench), name, tags)
-            if cached is not None:
-                scores[bench.name] = _eval_metrics(cached.data.metrics, bench.name)
-                run_ids[bench.name] = cached.info.run_id
-            else:
-                assert run_id is not None
-                owned[bench.name] = run_id
-        if owned:
-            scores.update(_score_base(job, tracker, owned))
-            run_ids.update(owned)
+        with tracker.owning(owned.values()):
+            # Claims are taken in key order so two trials can never wait on each other.
+            for bench in sorted(trial.benchmarks, key=lambda b: baseline_key(trial, b)):
+                tags = {"sftlab.base_model": trial.base_model.name, "sftlab.benchmark": bench.name}
+                name = f"baseline {trial.base_model.name}/{bench.name}"
+                cached, run_id = tracker.claim("baseline", baseline_key(trial, bench), name, tags)
+                if cached is not None:
+                    scores[bench.name] = _eval_metrics(cached.data.metrics, bench.name)
+                    run_ids[bench.name] = cached.info.run_id
+                else:
+                    assert run_id is not None
+                    owned[bench.name] = run_id
+            if owned:
+                scores.update(_score_base(job, tracker, owned))
+                run_ids.update(owned)
         tracker.set_tags(trial_run_id, {f"sftlab.baseline_run.{b}": r for b, r in run_ids.items()})
     metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items() if s != "items"}
     return StageResult(metrics=metrics, outputs={"scores": scores, "run_ids": run_ids})
@@ -101,9 +102,8 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
 
     base = trial.base_model
     model = ModelToServe("base", fetch=lambda _: Path(models.resolve(base, job.context)), storage_uri=lambda: model_storage_uri(base))
-    with tracker.owning(*owned.values()):
-        score_models(
-            base, [model], benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
-            name=f"base-{digest(identity(base))}",
-        )
+    score_models(
+        base, [model], benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
+        name=f"base-{digest(identity(base))}",
+    )
     return scores

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from sftlab.diagnostics import disk_full_hint, scratch_paths
 from sftlab.job import TrialJob
 from sftlab.tracking import TAG_ERROR, Tracker
 
@@ -46,9 +49,38 @@ def trial_stage(job: TrialJob, stage: str) -> Iterator[tuple[Tracker, str]]:
         yield tracker, run_id
     except BaseException as exc:
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        tracker.set_tags(run_id, {TAG_ERROR: f"{stage}: {type(exc).__name__}: {cause}"[:5000]})
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM from a cancelled run / evicted pod
+            error = f"{stage}: interrupted ({cause})"
+        else:
+            from sftlab.stages.checkpoints import local_dir  # imports this module
+
+            cause += disk_full_hint([local_dir(job), *scratch_paths(ctx.root)])
+            error = f"{stage}: {type(exc).__name__}: {cause}"
+        tracker.set_tags(run_id, {TAG_ERROR: error[:5000]})
         raise
     tracker.log_metrics(run_id, {f"time/{stage}_s": time.perf_counter() - started})
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while a stage runs, so its cleanup still happens.
+
+    Kubernetes deletes a pod (a cancelled run, an eviction) and the local launcher cancels a trial
+    with SIGTERM, on which Python would exit at once: claimed profile/baseline runs would stay
+    RUNNING and the trial's error would go unrecorded. Only the main thread may set handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(
@@ -67,7 +99,8 @@ def run_stage(
     inputs = {name: json.loads(Path(path).read_text()) for name, path in (input_paths or {}).items()}
     module = importlib.import_module(f"sftlab.stages.{stage}")
     log.info("stage %s: trial %s (%s)", stage, job.trial.label, job.trial.key)
-    result: StageResult = module.run(job, inputs)
+    with sigterm_interrupts():
+        result: StageResult = module.run(job, inputs)
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(result.model_dump_json(indent=2))

@@ -61,7 +61,7 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
             if label != FINAL:
                 tags = {**{k: v for k, v in trial_tags(trial).items() if k != TAG_STAGE}, TAG_EPOCH: str(epochs[label])}
                 run_id = tracker.create_run("checkpoint", f"{trial.label} {label}", tags, {"epoch": epochs[label]}, trial_run_id)
-            with tracker.owning(*([run_id] if label != FINAL else [])):
+            with tracker.owning([run_id] if label != FINAL else []):
                 metrics: dict[str, float] = {}
                 for name, result in results.items():
                     metrics.update(gain_metrics(name, result.metrics, baseline["scores"][name], result.item_scores, base_items.get(name), trial.evaluation))

@@ -252,7 +252,7 @@ def cached_or_compute(trial: Trial, ctx: RunContext, tracker: Tracker) -> tuple[
         log.info("profile: reusing run %s for %s", cached.info.run_id, key)
         return {k: v for k, v in cached.data.metrics.items() if k.startswith("profile/")}, cached.info.run_id
     assert run_id is not None
-    with tracker.owning(run_id), tempfile.TemporaryDirectory() as tmp:
+    with tracker.owning([run_id]), tempfile.TemporaryDirectory() as tmp:
         metrics, detail, images = compute_profile(trial, ctx)
         tracker.log_metrics(run_id, metrics)
         (Path(tmp) / "profile.json").write_text(json.dumps(detail, indent=2, allow_nan=True))
