@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from sftlab.diagnostics import oom_kills
 from sftlab.grid import Trial
 from sftlab.job import TrialJob
 from sftlab.launch import FinishTrial, StartTrial, TrialOutcome
@@ -111,14 +112,15 @@ class _PollingLauncher(ABC, Generic[Handle]):
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _FAILED_TASK = re.compile(r"Task '([^']+)' finished with status FAILURE")
 _EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b.*)$")
+DIED_SILENTLY = "its process ended without reporting an error (killed by a signal, or crashed)"
 
 
 def last_error(log_text: str) -> str | None:
     """The cause of a failed local trial, from its log: ``task: ExceptionType: message``.
 
-    kfp.local streams each task's output, then reports ``Task 'x' finished with status FAILURE``
-    and raises its own generic RuntimeError; the useful line is the task's last exception before
-    that report.
+    kfp.local streams each task's output between ``Executing task 'x'`` and ``Task 'x' finished
+    with status FAILURE``, then raises its own generic RuntimeError; the useful line is the failed
+    task's last exception. A task with none died from outside (SIGKILL, the OOM killer, a crash).
     """
     lines = _ANSI.sub("", log_text).splitlines()
     task = None
@@ -127,17 +129,21 @@ def last_error(log_text: str) -> str | None:
         if match:
             task, lines = match.group(1), lines[:i]
             break
+    if task is not None:
+        started = [i for i, line in enumerate(lines) if f"Executing task '{task}'" in line]
+        lines = lines[started[-1] + 1 :] if started else lines
     for line in reversed(lines):
         match = _EXCEPTION.match(line)
         if match:
             return f"{task}: {match.group(1).strip()}" if task else match.group(1).strip()
-    return None
+    return f"{task}: {DIED_SILENTLY}" if task else None
 
 
 @dataclass
 class _LocalTrial:
     process: subprocess.Popen[bytes]
     log: Path
+    oom_kills: int | None  # the kernel's count when the trial started
 
 
 class LocalLauncher(_PollingLauncher[_LocalTrial]):
@@ -184,7 +190,7 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self._thread_limits()},
                 start_new_session=True,
             )
-        return _LocalTrial(process, log_file)
+        return _LocalTrial(process, log_file, oom_kills())
 
     def _poll(self, handle: _LocalTrial) -> Ended | None:
         code = handle.process.poll()
@@ -193,7 +199,15 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
         if code == 0:
             return True, None
         text = handle.log.read_text(encoding="utf-8", errors="replace")
-        return False, last_error(text) or f"trial process exited with code {code} (log: {handle.log})"
+        error = last_error(text)
+        if error is None:  # the trial process itself died, before any task could report
+            error = f"trial process exited with code {code}" if code > 0 else f"trial process: {DIED_SILENTLY}"
+        if DIED_SILENTLY in error:
+            now = oom_kills()
+            if handle.oom_kills is not None and now is not None and now > handle.oom_kills:
+                error = error.replace(DIED_SILENTLY, f"killed by the kernel's out-of-memory killer ({now - handle.oom_kills} "
+                                      "OOM kill(s) while it ran): lower the batch size or max_length, or run fewer trials at once")
+        return False, f"{error} (log: {handle.log})"
 
     def _cancel(self, handle: _LocalTrial) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -175,6 +175,8 @@ def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path) -> 
     interrupted = [t for t in trials if t.info.status != "FINISHED"]
     assert len(trials) == 2 and len(interrupted) == 1, [(t.data.tags["sftlab.label"], t.info.status) for t in trials]
     assert interrupted[0].info.status == "FAILED" and "interrupted" in interrupted[0].data.tags[TAG_ERROR]
+    # Profiles/baselines it had claimed were released, so the re-run never waits on them.
+    assert not list(tracker.search("tags.`sftlab.cache_key` != '' AND attributes.status = 'RUNNING'"))
 
     again = run_cli("run", str(spec_path), cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
