@@ -78,10 +78,26 @@ def plan(spec_path: str, gpu: str, gpu_flops: float | None, mfu: float, eval_mfu
     trials = expand(spec)
     click.echo(_trial_table(trials))
     click.echo(f"\n{len(trials)} trials; benchmarks: {', '.join(b.name for b in spec.benchmarks) or 'none'}")
+    if len(trials) > CONFIRM_ABOVE:
+        click.echo(f"warning: {len(trials)} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
+                   "(--yes skips the question)", err=True)
     if not no_cost:
         assumptions = Assumptions(gpu=gpu, gpu_flops=gpu_flops, mfu=mfu, eval_mfu=eval_mfu, tokens_per_row=tokens_per_row,
                                   prompt_tokens=prompt_tokens)
         click.echo("\ncost estimate (see sftlab/cost.py for the formulas):\n" + format_cost(estimate(trials, context_for(spec), assumptions)))
+
+
+def confirm_size(n_trials: int, yes: bool) -> None:
+    """Ask before more than CONFIRM_ABOVE trials run here; a no, or no one to answer (stdin closed),
+    stops the run before anything is tracked."""
+    if n_trials <= CONFIRM_ABOVE or yes:
+        return
+    try:
+        if click.confirm(f"{n_trials} trials will run on this machine (more than {CONFIRM_ABOVE}). Continue?"):
+            return
+    except click.Abort:  # end of input or Ctrl-C at the question
+        click.echo("")  # ends the question's line
+    raise SftlabError(f"{n_trials} trials not started: more than {CONFIRM_ABOVE} need a yes (answer y, or pass --yes)")
 
 
 def check_runs_here(spec_path: str, trials: list[Any]) -> None:
@@ -120,9 +136,7 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     spec = load_spec(spec_path)
     trials = expand(spec)
     check_runs_here(spec_path, trials)
-    n_trials = len(trials)
-    if n_trials > CONFIRM_ABOVE and not yes:
-        click.confirm(f"{n_trials} trials will run on this machine. Continue?", abort=True)
+    confirm_size(len(trials), yes)
     parallel = max_parallel or min(spec.pipeline.max_parallel_trials, 2)
     root = Path(spec.tracking.root).resolve()
     result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)

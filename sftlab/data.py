@@ -36,6 +36,7 @@ class Example:
 class LoadedData:
     examples: list[Example]
     skipped: list[tuple[int, str]]  # (row index, reason): reported, never fatal
+    row_ids: list[int]  # the row index of each example, as skipped rows are numbered
 
 
 _SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -66,18 +67,48 @@ def _jsonl(path: Path) -> Iterator[Row]:
             yield row if isinstance(row, dict) else f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error of a chain (``datasets`` wraps the parser's in a generic one), as one line."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def _parquet(path: Path) -> Iterator[Row]:
+    """Rows in record batches (memory stays bounded); an empty file has no rows, not an error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    except (OSError, pa.ArrowException) as exc:
+        raise SftlabError(f"{path}: not a readable Parquet file ({_root_cause(exc)})") from None
+
+
 def _file_rows(path: Path) -> Iterator[Row]:
     if path.suffix == ".jsonl" or path.name.endswith(".jsonl.gz"):
         yield from _jsonl(path)
     elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SftlabError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        except json.JSONDecodeError as exc:
+            raise SftlabError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
         if not isinstance(rows, list):
             raise SftlabError(f"{path}: expected a JSON list of rows")
         yield from (r if isinstance(r, dict) else f"expected a JSON object, got {type(r).__name__}" for r in rows)
-    elif path.suffix in (".parquet", ".csv"):
+    elif path.suffix == ".parquet":
+        yield from _parquet(path)
+    elif path.suffix == ".csv":
         from datasets import load_dataset
 
-        yield from load_dataset(path.suffix[1:], data_files=str(path), split="train")  # Arrow, memory-mapped
+        try:
+            rows = load_dataset("csv", data_files=str(path), split="train")  # Arrow, memory-mapped
+        except Exception as exc:  # noqa: BLE001 - the parser's errors vary; one line for the user
+            raise SftlabError(f"{path}: not a readable CSV file ({_root_cause(exc)})") from None
+        yield from rows
     else:
         raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)")
 
@@ -85,9 +116,10 @@ def _file_rows(path: Path) -> Iterator[Row]:
 def iter_rows(uri: str, split: str, ctx: RunContext, subset: str | None = None) -> Iterator[Row]:
     """Each row of a source, one at a time (a 1M-row dataset is never held whole).
 
-    JSONL is read line by line (blank lines are not rows); Parquet/CSV files and hub datasets go
-    through ``datasets``, whose Arrow tables are memory-mapped. An unreadable line is yielded as a
-    one-line reason, so callers decide whether it is fatal.
+    JSONL is read line by line (blank lines are not rows), Parquet in record batches; CSV files and
+    hub datasets go through ``datasets``, whose Arrow tables are memory-mapped. An unreadable line
+    is yielded as a one-line reason, so callers decide whether it is fatal; an unreadable file is a
+    one-line error.
     """
     kind = classify_uri(uri)
     if kind == "hub":
@@ -133,11 +165,12 @@ def to_example(row: dict[str, Any], ds: DatasetSpec, template: str | None) -> Ex
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ValueError("missing 'messages' list")
-        for turn in messages:
-            if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
-                raise ValueError("each message needs role system/user/assistant")
+        for i, turn in enumerate(messages):
+            role = turn.get("role") if isinstance(turn, dict) else None
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i} has role {role!r}; each message needs role system/user/assistant")
             if not isinstance(turn.get("content"), str):
-                raise ValueError("each message needs text content")
+                raise ValueError(f"message {i} has no text content")
         if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
             raise ValueError("the last message must be a non-empty assistant turn")
         return Example(prompt=messages[:-1], completion=messages[-1:])
@@ -146,16 +179,21 @@ def to_example(row: dict[str, Any], ds: DatasetSpec, template: str | None) -> Ex
         if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
             raise ValueError("needs text 'prompt' and non-empty 'completion'")
         return Example(prompt, completion)
-    instruction, response = row.get(ds.instruction_field), row.get(ds.response_field)
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError(f"missing text field {ds.instruction_field!r}")
-    if not isinstance(response, str) or not response.strip():
-        raise ValueError(f"missing text field {ds.response_field!r}")
+    instruction, response = _text_field(row, ds.instruction_field), _text_field(row, ds.response_field)
     extra = row.get(ds.input_field) if ds.input_field else None
     if isinstance(extra, str) and extra.strip():
         instruction = f"{instruction}\n\n{extra}"
     assert template is not None  # the spec guarantees a template for instruction data
     return Example(render_template(template, instruction), response)
+
+
+def _text_field(row: dict[str, Any], name: str) -> str:
+    value = row.get(name)
+    if value is not None and not isinstance(value, str):  # e.g. a Parquet column of numbers
+        raise ValueError(f"field {name!r} is {type(value).__name__}, expected text")
+    if value is None or not value.strip():
+        raise ValueError(f"missing text field {name!r}")
+    return value
 
 
 def load_examples(
@@ -166,7 +204,7 @@ def load_examples(
     indices = list(range(len(rows)))
     if max_rows is not None and max_rows < len(rows):
         indices = sorted(random.Random(seed).sample(indices, max_rows))
-    examples, skipped = [], []
+    examples, skipped, row_ids = [], [], []
     for i in indices:
         row = rows[i]
         if isinstance(row, str):
@@ -174,11 +212,55 @@ def load_examples(
             continue
         try:
             examples.append(to_example(row, ds, template))
+            row_ids.append(i)
         except ValueError as exc:
             skipped.append((i, str(exc)))
     if not examples:
         raise no_usable_rows(ds, skipped)
-    return LoadedData(examples, skipped)
+    return LoadedData(examples, skipped, row_ids)
+
+
+def drop_overlong_prompts(loaded: LoadedData, ds: DatasetSpec, tokenizer: Any, max_length: int) -> LoadedData:
+    """Skip, by row id, the rows whose prompt alone fills ``max_length`` tokens.
+
+    Training truncates a row's end, so such a row keeps no completion token and teaches nothing:
+    TRL drops it without a word, and with no row left fails deep inside the trainer
+    ("num_samples should be a positive integer"). A row goes exactly when TRL's would: its trained
+    part starts where the tokenized prompt and prompt + completion first differ.
+    """
+    keep, skipped = [], list(loaded.skipped)
+    for i, (row, example) in enumerate(zip(loaded.row_ids, loaded.examples)):
+        n = _untrained_prefix(example, tokenizer, max_length)
+        if n >= max_length:
+            skipped.append((row, f"prompt is {n} tokens; training.max_length is {max_length}, so truncation leaves no completion token to train on"))
+        else:
+            keep.append(i)
+    skipped.sort()
+    if not keep:
+        raise no_usable_rows(ds, skipped)
+    return LoadedData([loaded.examples[i] for i in keep], skipped, [loaded.row_ids[i] for i in keep])
+
+
+def _untrained_prefix(example: Example, tokenizer: Any, max_length: int) -> int:
+    """Tokens before the first trained one, as TRL's SFTTrainer tokenizes the row."""
+    if isinstance(example.prompt, list):
+        assert isinstance(example.completion, list)
+        prompt_turns, conversation = example.prompt, example.prompt + example.completion
+
+        def tokens(full: bool) -> list[int]:
+            messages = conversation if full else prompt_turns
+            return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=not full, return_dict=True)["input_ids"])
+    else:
+        prompt, completion = render_text(example, tokenizer)  # eos appended, as TRL appends it
+
+        def tokens(full: bool) -> list[int]:
+            return list(tokenizer(prompt + completion if full else prompt)["input_ids"])
+
+    prompt_ids = tokens(full=False)
+    if len(prompt_ids) < max_length:
+        return len(prompt_ids)  # the usual case: the prefix it shares with prompt + completion is no longer
+    full_ids = tokens(full=True)
+    return next((n for n, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids)))
 
 
 def no_usable_rows(ds: DatasetSpec, problems: list[tuple[int, str]]) -> SftlabError:

@@ -14,13 +14,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sftlab.errors import SftlabError, SpecError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 STUDY_TEMPLATE = "###Question: {instruction}\n###Answer: {response}"  # arXiv 2506.14681, all runs
 DEFAULT_IMAGE = "ghcr.io/sftlab/sftlab"
+DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 
 
 class Strict(BaseModel):
@@ -265,6 +266,25 @@ class TrackingConfig(Strict):
         True, description="Register each trained model as a version of '<experiment>.<base model>' in the MLflow registry."
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _mlflow_scheme(cls, value: str | None) -> str | None:
+        """MLflow itself fails on an unknown scheme only when the sweep opens its store, with a traceback."""
+        scheme = urlsplit(value).scheme.split("+")[0] if value else ""
+        if len(scheme) > 1 and scheme not in _mlflow_schemes():
+            raise ValueError(
+                f"unsupported tracking URI scheme '{scheme}:' (expected http(s)://, sqlite:///, postgresql://, mysql://, file: or databricks)"
+            )
+        return value
+
+
+def _mlflow_schemes() -> set[str]:
+    """Schemes MLflow opens a tracking store for: its own, and those of installed plugins (entry points)."""
+    from importlib.metadata import entry_points
+
+    builtin = {"http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc"}
+    return builtin | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
 
 class StorageConfig(Strict):
     """Where ``s3://`` URIs are served. Credentials come from the environment, never from the spec."""
@@ -280,16 +300,55 @@ class Toleration(Strict):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
+# A Kubernetes resource quantity, unsigned: 2, 500m, 0.5, 16Gi, 512Mi, 1e9, 8G.
+_QUANTITY = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
+_QUANTITY_EXAMPLES = {"cpu": "2 or 500m", "memory": "16Gi or 512Mi", "shm_size": "16Gi"}
+_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
 class TaskResources(Strict):
+    """A pipeline task's pod size. Checked here: Kubernetes would only reject a bad value when the
+    pod is created, after the trials before it have run."""
+
     cpu: str | None = None
     memory: str | None = None
     gpus: int = Field(0, ge=0, le=64)
-    accelerator: str = "nvidia.com/gpu"
+    accelerator: str = Field(
+        DEFAULT_ACCELERATOR, description="The GPUs' extended resource name; the GPU model is chosen with node_selector."
+    )
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
     shm_size: str | None = Field(
         None, description="Memory-backed /dev/shm of this size (e.g. 16Gi): NCCL and data loaders need more than 64 MB."
     )
+
+    @field_validator("cpu", "memory", "shm_size", mode="before")
+    @classmethod
+    def _number_as_quantity(cls, value: Any) -> Any:
+        """``cpu: 2`` in YAML is an int; Kubernetes reads it as the quantity "2"."""
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("cpu", "memory", "shm_size")
+    @classmethod
+    def _quantity(cls, value: str | None, info: ValidationInfo) -> str | None:
+        match = _QUANTITY.match(value) if value is not None else None
+        if value is not None and (match is None or float(match.group(1)) == 0):
+            example = _QUANTITY_EXAMPLES[info.field_name or ""]
+            raise ValueError(f"expected a positive Kubernetes quantity such as {example}")
+        return value
+
+    @field_validator("accelerator")
+    @classmethod
+    def _resource_name(cls, value: str) -> str:
+        if not _RESOURCE_NAME.match(value):
+            raise ValueError("expected an extended resource name such as nvidia.com/gpu or amd.com/gpu (pick the GPU model with node_selector)")
+        return value
+
+    @model_validator(mode="after")
+    def _gpus_for_accelerator(self) -> TaskResources:
+        if self.accelerator != DEFAULT_ACCELERATOR and not self.gpus:
+            raise ValueError(f"accelerator {self.accelerator!r} is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU")
+        return self
 
 
 class SecretEnv(Strict):
@@ -363,6 +422,23 @@ class Spec(Strict):
             raise ValueError(f"evaluation.epochs: epoch {max(epochs)} is past the last training epoch ({most})")
         return self
 
+    @model_validator(mode="after")
+    def _kserve_runtime(self) -> Spec:
+        """What an InferenceService would refuse at evaluation time, after the training it waited for."""
+        if self.evaluation.backend != "kserve":
+            return self
+        runtime = self.evaluation.kserve.runtime
+        if runtime == "vllm" and not self.resources.for_stage("evaluate").gpus:
+            raise ValueError("evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface")
+        recipes = [r for r in self.sweep.get("training", []) if isinstance(r, dict)]
+        methods = [self.training.method, *self.sweep.get("training.method", []), *(r.get("method") for r in recipes)]
+        if runtime != "vllm" and any(m in ("lora", "qlora") for m in methods):
+            raise ValueError(
+                "evaluation.kserve.runtime: LoRA adapters are served by vLLM: set runtime vllm (with resources.evaluate.gpus ≥ 1), "
+                "or evaluate with backend local"
+            )
+        return self
+
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
@@ -434,7 +510,12 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
             lines.append(f"{path}: required field is missing")
         else:
             msg = msg.removeprefix("Value error, ").replace("Input should be", "expected")
-            lines.append(f"{path}: {msg[0].lower() + msg[1:]}, got {err['input']!r}")
+            msg = msg[0].lower() + msg[1:]
+            if kind == "value_error" and isinstance(err["input"], dict):
+                # A check across a group's fields: its message names them; the group's whole input is noise.
+                lines.append(msg if path == "(top level)" and re.match(r"[a-z_]+(\.[a-z_]+)*: ", msg) else f"{path}: {msg}")
+            else:
+                lines.append(f"{path}: {msg}, got {err['input']!r}")
     return lines
 
 

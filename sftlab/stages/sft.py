@@ -189,6 +189,12 @@ def run_trial(job: TrialJob) -> StageResult | None:
         source = models.resolve(trial.base_model, job.context)
         tokenizer = models.load_tokenizer(source, trial.base_model.revision)
         loaded = data.load_examples(trial.dataset, trial.dataset_template, job.context, training.max_rows, training.seed)
+    trainable = data.drop_overlong_prompts(loaded, trial.dataset, tokenizer, training.max_length)
+    overlong = len(trainable.skipped) - len(loaded.skipped)
+    if trainable.skipped:
+        row, reason = trainable.skipped[0]
+        log.warning("train: %d rows skipped (%d with a prompt of training.max_length tokens or more), first: row %d: %s",
+                    len(trainable.skipped), overlong, row, reason)
     local = checkpoints.local_dir(job)
     args = sft_config(training, local)  # sets up torch.distributed under torchrun/accelerate
     dist = args.distributed_state
@@ -208,7 +214,7 @@ def run_trial(job: TrialJob) -> StageResult | None:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list([e.as_record() for e in loaded.examples]),
+        train_dataset=Dataset.from_list([e.as_record() for e in trainable.examples]),
         processing_class=tokenizer,
         peft_config=peft_config(training),
         callbacks=callbacks,
@@ -231,8 +237,9 @@ def run_trial(job: TrialJob) -> StageResult | None:
             "train/runtime_s": seconds,
             "train/steps": float(output.global_step),
             "train/resumed_from_step": float(resumed_step),
-            "train/rows": float(len(loaded.examples)),
-            "train/skipped_rows": float(len(loaded.skipped)),
+            "train/rows": float(len(trainable.examples)),
+            "train/skipped_rows": float(len(trainable.skipped)),
+            "train/overlong_prompt_rows": float(overlong),  # among the skipped: nothing left to train on after truncation
             "train/truncated_rows": float(sum(n >= training.max_length for n in lengths)),
             "train/tokens": float(sum(lengths) * training.epochs),  # all epochs, padding excluded
             "train/tokens_per_s": sum(lengths) * training.epochs * share_run / seconds,
