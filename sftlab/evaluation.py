@@ -30,7 +30,9 @@ from sftlab.spec import BenchmarkSpec, EvaluationConfig, ModelSpec
 log = logging.getLogger("sftlab")
 
 BOOTSTRAP_SEED = 0
-NOT_GAINS = ("items", "score_ci_low", "score_ci_high")  # per-benchmark metrics that have no gain
+# Per-benchmark metrics that have no gain (the item counts are the same for a model and its base).
+ITEM_COUNTS = ("items", "items_too_long", "items_clamped")
+NOT_GAINS = (*ITEM_COUNTS, "score_ci_low", "score_ci_high")
 
 
 def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any]]:
@@ -62,13 +64,27 @@ def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, see
 
 
 def score_benchmark(model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None, evaluation: EvaluationConfig) -> BenchmarkScore:
-    """Score ``items`` with the benchmark's task; add ``score``, its CI and ``items``."""
+    """Score ``items`` with the benchmark's task; add ``score``, its CI, ``items`` and how many items
+    did not fit the model's context window (``items_too_long``, scored 0) or had their generation
+    cut to fit it (``items_clamped``); see ``sftlab.evals.base``."""
     result = task_for(bench.kind).score(model, bench, items, template)
     for index, row in enumerate(result.rows):
         row["item"] = index
+        row.setdefault("fit", "ok")  # every row has the columns: the MLflow table takes row 0's
+        row.setdefault("note", "")
     scores = result.item_scores
     low, high = bootstrap_ci(scores, evaluation.bootstrap_resamples, evaluation.confidence)
-    result.metrics.update(score=float(np.mean(scores)), score_ci_low=low, score_ci_high=high, items=float(len(scores)))
+    too_long = sum(r["fit"] == "too_long" for r in result.rows)
+    clamped = sum(r["fit"] == "clamped" for r in result.rows)
+    if too_long or clamped:
+        log.warning(
+            "benchmark %s: %d of %d items do not fit the model's context window (scored 0), %d had generation clamped "
+            "to fit (see the fit and note columns of the per-item table)", bench.name, too_long, len(items), clamped,
+        )
+    result.metrics.update(
+        score=float(np.mean(scores)), score_ci_low=low, score_ci_high=high, items=float(len(scores)),
+        items_too_long=float(too_long), items_clamped=float(clamped),
+    )
     return result
 
 

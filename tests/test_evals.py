@@ -308,6 +308,28 @@ def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.M
         server.shutdown()
 
 
+def test_judge_skips_answers_to_prompts_longer_than_the_context(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item whose prompt does not fit the 512-token window scores 0 unjudged; the rest are judged."""
+    client, _ = served
+    server = FakeJudge(key="k")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("JUDGE_KEY", "k")
+        config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
+        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
+        items = [it for it in benchmark_items(bench, ctx(tmp_path)) if "reference" not in it][:2]
+        items.insert(1, {"question": "Ana has 3 apples and gets 4 more. " * 80})
+        result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
+    finally:
+        server.shutdown()
+    assert len(server.requests) == 2
+    row = result.rows[1]
+    assert (row["fit"], row["rating"], row["score"], row["verdict"], row["output"]) == ("too_long", None, 0.0, "", "")
+    assert "maximum context length is 512 tokens" in row["note"]
+    assert [r["fit"] for r in result.rows] == ["ok", "too_long", "ok"] and result.metrics["items_too_long"] == 1
+    assert result.metrics["judge_failures"] == 0  # too long is not a judge failure
+
+
 def test_judge_kind_needs_an_endpoint() -> None:
     with pytest.raises(ValueError, match="needs a judge endpoint"):
         BenchmarkSpec(name="j", kind="judge", uri="x.jsonl")

@@ -13,6 +13,15 @@ A task (``sftlab.evals.TASKS[kind]``) is a small object with two methods:
 
 Tasks talk to the model only through ``Generator`` (the OpenAI-compatible client), so a local
 ``kserve.ModelServer`` and a cluster InferenceService score identically.
+
+Items longer than the model's context window never fail a benchmark. Every row carries ``fit``
+and ``note`` (``fit_columns``): "ok"; "clamped" (the prompt left less room than
+``max_new_tokens``, so generation was cut to fit; scored on what was generated); "too_long" (the
+prompt, or context + continuation for log-likelihood scoring, does not fit: the item scores 0 and
+``note`` gives the server's reason). Prompts are not truncated as lm-evaluation-harness does: a
+cut prompt is another question, and the same items fail for a base model and its fine-tunes
+(same tokenizer, same window), so paired gains stay like for like. ``sftlab.evaluation`` counts
+them (``items_too_long``, ``items_clamped``).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sftlab.data import render_template
+from sftlab.serving.client import Fit
 from sftlab.spec import BenchmarkSpec
 
 FALLBACK_TEMPLATE = "Question: {instruction}\nAnswer: {response}"  # lm-evaluation-harness style
@@ -32,7 +42,10 @@ Progress = Callable[[int, int], None]
 
 
 class Generator(Protocol):
-    """A served model, as tasks see it (``sftlab.serving.client.CompletionsClient`` is one)."""
+    """A served model, as tasks see it (``sftlab.serving.client.CompletionsClient`` is one).
+
+    Results may carry ``fit`` and ``note`` attributes (the client's ``Completion`` and
+    ``LogLikelihood`` do); plain strings and tuples count as "ok"."""
 
     def complete(
         self,
@@ -43,11 +56,11 @@ class Generator(Protocol):
         temperature: float = 0.0,
         seed: int | None = None,
         on_progress: Progress | None = None,
-    ) -> list[str]: ...
+    ) -> Sequence[str]: ...
 
     def loglikelihood(
         self, pairs: list[tuple[str, str]], *, on_progress: Progress | None = None
-    ) -> list[tuple[float, int]]: ...
+    ) -> Sequence[tuple[float, int]]: ...
 
 
 @dataclass
@@ -66,6 +79,27 @@ class Task(Protocol):
     def score(
         self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore: ...
+
+
+_SEVERITY: dict[Fit, int] = {"ok": 0, "clamped": 1, "too_long": 2}
+
+
+def fit_of(result: object) -> Fit:
+    """How a ``Generator`` result fitted the context window ("ok" for plain values)."""
+    return getattr(result, "fit", "ok")
+
+
+def note_of(result: object) -> str:
+    """Why a ``Generator`` result did not fit ("" for plain values)."""
+    return getattr(result, "note", "")
+
+
+def fit_columns(*results: object) -> dict[str, str]:
+    """The ``fit`` and ``note`` columns of an item's row from its ``Generator`` results: the worst
+    fit among them, with its note ("" when all fitted)."""
+    worst = max(results, key=lambda r: _SEVERITY[fit_of(r)], default=None)
+    fit = fit_of(worst)
+    return {"fit": fit, "note": note_of(worst) if fit != "ok" else ""}
 
 
 def benchmark_template(bench: BenchmarkSpec, template: str | None) -> str:

@@ -3,7 +3,8 @@
 As in lm-evaluation-harness: the prediction is the choice with the highest summed log-probability
 as a continuation of the prompt (``acc``), and, normalised by the choice's length in characters,
 ``acc_norm`` (HellaSwag's headline). The server must return prompt log-probabilities (OpenAI
-``echo`` + ``logprobs``); the local server and vLLM do.
+``echo`` + ``logprobs``); the local server and vLLM do. An item with any choice that does not fit
+the context window after its prompt scores 0 on all three (``fit`` "too_long").
 
 Accepted item formats (first match wins): ``question``/``query``/``ctx`` for the stem, an optional
 ``passage`` (BoolQ), ``choices``/``endings`` (list of strings) — or none for a boolean ``answer``,
@@ -17,7 +18,7 @@ import math
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns
 from sftlab.spec import BenchmarkSpec
 
 STEM_FIELDS = ("question", "query", "ctx")
@@ -75,10 +76,16 @@ class MultipleChoiceTask:
         scored = iter(model.loglikelihood(pairs))
         rows = []
         for prompt, item in zip(prompts, items):
-            options = choices(item)
-            logprobs = [next(scored)[0] for _ in options]
+            options, answer = choices(item), gold(item)
+            results = [next(scored) for _ in options]
+            columns = fit_columns(*results)
+            if columns["fit"] == "too_long":  # choices are compared all together or not at all
+                rows.append({"prompt": prompt, "output": "", "reference": options[answer], "score": 0.0,
+                             "acc_norm": 0.0, "gold_prob": 0.0, **columns})
+                continue
+            logprobs = [lp for lp, _ in results]
             normed = [lp / max(1, len(option)) for lp, option in zip(logprobs, options)]
-            pick, pick_norm, answer = _argmax(logprobs), _argmax(normed), gold(item)
+            pick, pick_norm = _argmax(logprobs), _argmax(normed)
             rows.append(
                 {
                     "prompt": prompt,
@@ -87,6 +94,7 @@ class MultipleChoiceTask:
                     "score": float(pick == answer),
                     "acc_norm": float(pick_norm == answer),
                     "gold_prob": math.exp(logprobs[answer] - _logsumexp(logprobs)),
+                    **columns,
                 }
             )
         n = len(rows)

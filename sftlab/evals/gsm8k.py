@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, require_str
+from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, fit_of, note_of, require_str
 from sftlab.spec import BenchmarkSpec
 
 STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
@@ -91,24 +91,30 @@ class GSM8KTask:
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(STOP_SEQUENCES))
         likelihoods = model.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items)])
         rows = []
-        for prompt, item, output, (logprob, n_tokens) in zip(prompts, items, outputs, likelihoods):
+        for prompt, item, output, likelihood in zip(prompts, items, outputs, likelihoods):
             reference = reference_answer(item["answer"])
-            correct = is_correct(output, reference)
+            # A prompt that fits may still leave no room for the reference solution: then the
+            # item is scored on its generation and left out of ``loglik`` (its note says so).
+            fits = fit_of(likelihood) != "too_long"
+            logprob, n_tokens = likelihood
+            columns = fit_columns(output)
+            if not fits and columns["fit"] != "too_long":
+                columns["note"] = "; ".join(filter(None, [columns["note"], f"loglik not scored: {note_of(likelihood)}"]))
             rows.append(
                 {
                     "prompt": prompt,
-                    "output": output,
+                    "output": str(output),
                     "reference": reference,
                     "extracted": extract_answer(output),
-                    "score": float(correct),
-                    "loglik_per_token": logprob / max(1, n_tokens),
+                    "score": float(is_correct(output, reference)),
+                    "loglik_per_token": logprob / max(1, n_tokens) if fits else None,
+                    **columns,
                 }
             )
-        n = len(rows)
-        metrics = {
-            "exact_match": sum(r["score"] for r in rows) / n,
-            "loglik": sum(r["loglik_per_token"] for r in rows) / n,
-        }
+        metrics = {"exact_match": sum(r["score"] for r in rows) / len(rows)}
+        logliks = [r["loglik_per_token"] for r in rows if r["loglik_per_token"] is not None]
+        if logliks:  # no value at all rather than a NaN when no item fits
+            metrics["loglik"] = sum(logliks) / len(logliks)
         return BenchmarkScore(metrics, rows)
 
 

@@ -4,7 +4,9 @@ The model under test answers each ``question``; a judge model, reached at ``judg
 ``chat/completions``, rates the answer 1–10 with MT-Bench's single-answer grading prompt (the
 reference-guided variant when the item has a ``reference``). Ratings are parsed as FastChat does
 (``[[8]]``, else ``[8]``); an unparseable verdict is recorded and counted in ``judge_failures``,
-and scores 0. ``score`` is the rating / 10.
+and scores 0. ``score`` is the rating / 10. An item whose prompt does not fit the model's context
+window, or whose judge prompt does not fit the judge's, is not rated and scores 0 (``fit``
+"too_long"; not a judge failure).
 
 The judge's API key is read from the environment variable named in the spec and sent only as the
 ``Authorization`` header.
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts
+from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, fit_of
 from sftlab.spec import BenchmarkSpec, JudgeConfig
 
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -88,9 +90,21 @@ class JudgeClient:
         choices = body.get("choices") or [{}]
         return str((choices[0].get("message") or {}).get("content") or "")
 
-    def verdicts(self, prompts: list[str]) -> list[str]:
+    def verdicts(self, prompts: list[str | None]) -> list[str | None]:
+        """A verdict per prompt (None skips one); a judge prompt longer than the judge's context
+        window gets a ``Completion("", "too_long", reason)`` verdict rather than failing them all."""
+        from sftlab.serving.client import Completion, ContextLengthExceeded
+
+        def one(prompt: str | None) -> str | None:
+            if prompt is None:
+                return None
+            try:
+                return self.verdict(prompt)
+            except ContextLengthExceeded as exc:
+                return Completion("", "too_long", f"judge: {exc}")
+
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            return list(pool.map(self.verdict, prompts))
+            return list(pool.map(one, prompts))
 
 
 def question(item: dict[str, Any]) -> str:
@@ -111,18 +125,23 @@ class JudgeTask:
         answers = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in (marker, "<|im_end|>") if s])
         judge = JudgeClient(bench.judge)
         try:
-            verdicts = judge.verdicts([judge_prompt(question(it), a.strip(), it.get("reference")) for it, a in zip(items, answers)])
+            # An answer to a prompt that did not fit is not worth a judge's call: it scores 0.
+            verdicts = judge.verdicts([
+                None if fit_of(a) == "too_long" else judge_prompt(question(it), a.strip(), it.get("reference"))
+                for it, a in zip(items, answers)
+            ])
         finally:
             judge.close()
         rows = []
         for prompt, answer, verdict in zip(prompts, answers, verdicts):
-            rating = parse_rating(verdict)
+            rating = None if verdict is None else parse_rating(verdict)
             rows.append(
-                {"prompt": prompt, "output": answer, "verdict": verdict, "rating": rating,
-                 "score": (rating or 0.0) / 10}
+                {"prompt": prompt, "output": str(answer), "verdict": str(verdict or ""), "rating": rating,
+                 "score": (rating or 0.0) / 10, **fit_columns(answer, verdict)}
             )
         rated = [r["rating"] for r in rows if r["rating"] is not None]
-        metrics = {"judge_failures": (len(rows) - len(rated)) / len(rows)}
+        judged = sum(v is not None and fit_of(v) == "ok" for v in verdicts)
+        metrics = {"judge_failures": (judged - len(rated)) / len(rows)}
         if rated:
             metrics["rating"] = sum(rated) / len(rated)
         return BenchmarkScore(metrics, rows)

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, require_str
+from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
 from sftlab.spec import BenchmarkSpec
 
 FINAL_ANSWER_RE = re.compile(r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope it is correct)?\.?\s*$", re.IGNORECASE | re.MULTILINE)
@@ -158,8 +158,8 @@ class MathTask:
             reference = reference_answer(item)
             extracted = extract_answer(output)
             rows.append(
-                {"prompt": prompt, "output": output, "reference": reference, "extracted": extracted,
-                 "score": float(is_equiv(extracted, reference))}
+                {"prompt": prompt, "output": str(output), "reference": reference, "extracted": extracted,
+                 "score": float(is_equiv(extracted, reference)), **fit_columns(output)}
             )
         return BenchmarkScore({"exact_match": sum(r["score"] for r in rows) / len(rows)}, rows)
 

@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, require_str
+from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
 from sftlab.spec import BenchmarkSpec
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -57,8 +57,9 @@ class ShortAnswerTask:
         for prompt, item, output in zip(prompts, items, outputs):
             refs = references(item)
             rows.append(
-                {"prompt": prompt, "output": output, "reference": " | ".join(refs),
-                 "exact_match": float(exact_match(output, refs)), "score": float(lenient_match(output, refs))}
+                {"prompt": prompt, "output": str(output), "reference": " | ".join(refs),
+                 "exact_match": float(exact_match(output, refs)), "score": float(lenient_match(output, refs)),
+                 **fit_columns(output)}
             )
         n = len(rows)
         return BenchmarkScore({"exact_match": sum(r["exact_match"] for r in rows) / n, "lenient_match": sum(r["score"] for r in rows) / n}, rows)

@@ -2,6 +2,13 @@
 
 The cluster's KServe Hugging Face runtime (vLLM) serves these routes; kserve's own OpenAI classes
 need vllm (CUDA-only), so sftlab implements them here and one client talks to both.
+
+Context window, as vLLM and OpenAI: a request whose prompt plus ``max_tokens`` does not fit the
+model's context (``max_model_len`` in ``/models``) is refused whole with HTTP 400, an
+``invalid_request_error`` with code ``context_length_exceeded`` and vLLM's message ("This model's
+maximum context length is N tokens. However, you requested M tokens (P in the prompt, G in the
+completion)..."). Nothing is truncated or clamped here: the client
+(``sftlab.serving.client``) decides per prompt, so it behaves the same against vLLM.
 """
 
 from __future__ import annotations
@@ -59,15 +66,29 @@ class ChatRequest(_Request):
 class OpenAIError(Exception):
     """A request the server refuses; rendered as an OpenAI-style error body."""
 
-    def __init__(self, message: str, status: int = 400, code: str | None = None):
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.param = status, code, param
 
 
 async def _openai_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenAIError)
-    body = {"message": str(exc), "type": "invalid_request_error", "param": None, "code": exc.code}
+    body = {"message": str(exc), "type": "invalid_request_error", "param": exc.param, "code": exc.code}
     return JSONResponse(status_code=exc.status, content={"error": body})
+
+
+def context_length_exceeded(limit: int, prompt_tokens: int, max_tokens: int | None, param: str) -> OpenAIError:
+    """vLLM's refusal, word for word but for ``param`` ("prompt" or "messages"); ``max_tokens``
+    None: the request left it out, so the prompt alone must leave room for one token."""
+    if max_tokens is None:
+        requested = f"{prompt_tokens} tokens in the {param}. Please reduce the length of the {param}."
+    else:
+        requested = (
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {param} or completion."
+        )
+    message = f"This model's maximum context length is {limit} tokens. However, you requested {requested}"
+    return OpenAIError(message, code="context_length_exceeded", param=param)
 
 
 async def _parse(request: Request, schema: type[BaseModel]) -> Any:
@@ -113,24 +134,28 @@ class OpenAIRoutes:
         return await asyncio.to_thread(self._chat, req)
 
     async def models(self) -> dict[str, Any]:
-        card = {"id": self.model.name, "object": "model", "created": self.created, "owned_by": "sftlab"}
+        # max_model_len as vLLM's model card has it: clients size requests by it.
+        card = {
+            "id": self.model.name, "object": "model", "created": self.created, "owned_by": "sftlab",
+            "max_model_len": self.model.context_length,
+        }
         return {"object": "list", "data": [card]}
 
-    def _check(self, model: str, prompt_len: int, max_tokens: int) -> None:
+    def _check(self, model: str, prompt_len: int, max_tokens: int | None, param: str = "prompt") -> None:
+        """Refuse a request for another model, an empty prompt, or one that does not fit the
+        context window (see the module docstring); ``max_tokens`` None: chat's "up to the limit"."""
         if model != self.model.name:
             raise OpenAIError(f"The model `{model}` does not exist.", 404, "model_not_found")
         if prompt_len == 0:
-            raise OpenAIError("prompt: must not be empty")
+            raise OpenAIError(f"{param}: must not be empty")
         limit = self.model.context_length
-        if prompt_len + max_tokens > limit:
-            raise OpenAIError(
-                f"This model's maximum context length is {limit} tokens; the request needs "
-                f"{prompt_len + max_tokens} ({prompt_len} in the prompt, {max_tokens} to generate)."
-            )
+        if prompt_len + (1 if max_tokens is None else max_tokens) > limit:
+            raise context_length_exceeded(limit, prompt_len, max_tokens, param)
 
     def _complete(self, req: CompletionRequest) -> dict[str, Any]:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         encoded = [self.model.encode(p) for p in prompts]
+        # One prompt that does not fit refuses the whole list, as vLLM does.
         for enc in encoded:
             self._check(req.model, len(enc.ids), req.max_tokens)
         gens = self.model.generate([e.ids for e in encoded], req.sampling(req.max_tokens))
@@ -181,9 +206,9 @@ class OpenAIRoutes:
         except ValueError as exc:  # e.g. the tokenizer has no chat template
             raise OpenAIError(f"messages: {' '.join(str(exc).split())}") from None
         enc = self.model.encode(prompt, add_special_tokens=False)  # the template adds its own
+        self._check(req.model, len(enc.ids), req.max_tokens, param="messages")
         # OpenAI chat has no default cap: generate up to the context limit (or an end of turn).
-        max_tokens = req.max_tokens if req.max_tokens is not None else max(0, self.model.context_length - len(enc.ids))
-        self._check(req.model, len(enc.ids), max_tokens)
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.model.context_length - len(enc.ids)
         gen = self.model.generate([enc.ids], req.sampling(max_tokens))[0]
         choice = {
             "index": 0,

@@ -14,7 +14,7 @@ from typing import Any
 
 from sftlab import models
 from sftlab.evals.base import BenchmarkScore
-from sftlab.evaluation import score_models
+from sftlab.evaluation import ITEM_COUNTS, score_models
 from sftlab.grid import Trial, digest, identity
 from sftlab.job import TrialJob
 from sftlab.serving.endpoints import ModelToServe, model_storage_uri
@@ -82,7 +82,8 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
                 scores.update(_score_base(job, tracker, owned))
                 run_ids.update(owned)
         tracker.set_tags(trial_run_id, {f"sftlab.baseline_run.{b}": r for b, r in run_ids.items()})
-    metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items() if s != "items"}
+    # Item counts are the trial's own eval/ metrics; base/ holds the scores gains compare against.
+    metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items() if s not in ITEM_COUNTS}
     return StageResult(metrics=metrics, outputs={"scores": scores, "run_ids": run_ids})
 
 
