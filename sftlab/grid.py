@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from typing import Any
 
 from pydantic import ValidationError
 
+from sftlab.errors import SftlabError
 from sftlab.spec import (
     BenchmarkSpec,
     DatasetSpec,
@@ -187,6 +189,10 @@ def sweep_problems(data: dict[str, Any], spec: Spec | None) -> list[str]:
     return problems
 
 
+# The study trained 1,070 models; 20,000 trials expand in about 12 s.
+MAX_TRIALS = 20_000
+
+
 def expand(spec: Spec) -> list[Trial]:
     """All trials of a (validated) spec, in a stable order: base model, dataset, then other axes."""
     axes: dict[str, list[Any]] = {
@@ -194,6 +200,10 @@ def expand(spec: Spec) -> list[Trial]:
         "dataset": spec.sweep.get("dataset") or [d.name for d in spec.datasets],
     }
     axes.update({k: v for k, v in spec.sweep.items() if k not in NAME_AXES})
+    size = math.prod(len(values) for values in axes.values())
+    if size > MAX_TRIALS:  # refuse before building them: a typo'd grid would take minutes to expand
+        sizes = " × ".join(f"{len(values)} {axis}" for axis, values in axes.items())
+        raise SftlabError(f"sweep: {size:,} trials ({sizes}) is more than sftlab runs from one spec ({MAX_TRIALS:,}); split it")
     models = {m.name: m for m in spec.base_models}
     datasets = {d.name: d for d in spec.datasets}
     trials = []

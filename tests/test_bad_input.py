@@ -22,7 +22,8 @@ Specs
   test_spec.py::test_spec_missing_file; ``SPEC_CASES`` (a base model folder)
 - URIs with unsupported schemes: test_spec.py::test_cli_reports_all_problems_and_exits_nonzero
   (gs:), test_spec.py::test_uri_kinds (http:); ``SPEC_CASES`` (hf: data, tiny: data, tracking URI)
-- huge grids: ``test_huge_grid_*`` and ``test_plan_warns_about_a_huge_grid`` here, through the CLI
+- huge grids: ``test_huge_grid_*``, ``test_plan_warns_about_a_huge_grid`` and
+  ``test_a_grid_past_the_hard_limit_is_refused_before_it_is_built`` here, through the CLI
 
 Data
 - malformed JSONL: test_data.py::test_bad_json_line_is_listed_with_file_and_line
@@ -63,6 +64,7 @@ import yaml
 from sftlab import data, models
 from sftlab.cli import CONFIRM_ABOVE
 from sftlab.errors import SftlabError, SpecError
+from sftlab.grid import MAX_TRIALS
 from sftlab.job import RunContext
 from sftlab.spec import DatasetSpec, ResourcesConfig, parse_spec
 from tests.conftest import EXAMPLES, free_port, run_cli
@@ -214,6 +216,18 @@ def test_plan_warns_about_a_huge_grid(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         (f"warning: {N_HUGE} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
          "(--yes skips the question)")
+    ]
+
+
+def test_a_grid_past_the_hard_limit_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    """A typo'd axis (range(1000) for range(10)) must not spend minutes building trials first."""
+    spec = tmp_path / "typo.yaml"
+    spec.write_text(good_with({"sweep": {"training.seed": list(range(1000)), "training.max_rows": list(range(1, 1001))}}))
+    result = run_cli("plan", str(spec), "--no-cost", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: sweep: 1,000,000 trials (1 base_model × 1 dataset × 1000 training.max_rows × 1000 training.seed) "
+        f"is more than sftlab runs from one spec ({MAX_TRIALS:,}); split it"
     ]
 
 
