@@ -17,7 +17,8 @@ FULL_BELOW_BYTES, FULL_BELOW_SHARE = 64 * 2**20, 0.01
 
 
 def full_disks(paths: Iterable[str | Path]) -> list[str]:
-    """``"PATH (N MiB free of M MiB)"`` for each filesystem among ``paths`` that is (nearly) full."""
+    """``"PATH: N MiB free of M MiB"`` for each filesystem among ``paths`` that is (nearly) full or
+    too small to hold a checkpoint (a failed write may already have freed its partial file)."""
     seen: set[int] = set()
     found = []
     for path in paths:
@@ -33,14 +34,14 @@ def full_disks(paths: Iterable[str | Path]) -> list[str]:
             continue
         seen.add(device)
         if usage.free < FULL_BELOW_BYTES or usage.free < FULL_BELOW_SHARE * usage.total:
-            found.append(f"{path} ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB)")
+            found.append(f"{path}: {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB")
     return found
 
 
 def disk_full_hint(paths: Iterable[str | Path]) -> str:
-    """`` (disk full: …)`` to append to an error message, or an empty string."""
+    """`` (disk full or too small: …)`` to append to an error message, or an empty string."""
     full = full_disks(paths)
-    return f" (disk full: {'; '.join(full)})" if full else ""
+    return f" (disk full or too small: {'; '.join(full)})" if full else ""
 
 
 def scratch_paths(root: str | Path) -> list[Path]:

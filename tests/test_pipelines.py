@@ -301,6 +301,25 @@ def test_local_launcher_isolates_a_failing_trial(tmp_path: Path, capfd: pytest.C
     assert capfd.readouterr().out == ""  # trial output goes to the logs, not the console
 
 
+def test_a_task_that_died_without_an_exception_is_not_blamed_on_an_earlier_one() -> None:
+    """kfp.local logs each task between "Executing task" and its status; a task the OOM killer
+    ended prints no exception, and an earlier task's handled error must not be reported for it."""
+    from sftlab.pipelines.launchers import DIED_SILENTLY, last_error
+
+    log = "\n".join([
+        "01:00 - INFO - Executing task \x1b[96m'profile'\x1b[0m",
+        "    ValueError: a row the profile skipped, logged and handled",
+        "01:01 - INFO - Task \x1b[96m'profile'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+        "01:01 - INFO - Executing task \x1b[96m'train'\x1b[0m",
+        "    {'loss': 2.1}",
+        "01:02 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m",
+        "RuntimeError: Pipeline 'sftlab-trial' finished with status FAILURE. Inner task failed: 'train'.",
+    ])
+    assert last_error(log) == f"train: {DIED_SILENTLY}"
+    with_exception = log.replace("{'loss': 2.1}", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert last_error(with_exception) == "train: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep pipeline's launch step, under KFP's task runtime
 

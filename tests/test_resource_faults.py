@@ -9,10 +9,13 @@ Python traceback). Both need root's mount and cgroup rights; without them the te
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -29,23 +32,22 @@ MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 
 def mount_tiny_tmpfs(where: Path) -> None:
     where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=False, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a size-limited tmpfs here: {done.stderr.strip()}")
 
 
-def memory_cgroup(name: str, limit_bytes: int) -> Path:
+def memory_cgroup(name: str) -> Path:
     group = MEMORY_CGROUPS / name
     try:
         group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
     except OSError as exc:
         pytest.skip(f"cannot create a memory cgroup (v1) here: {exc}")
     return group
 
 
-def stage_process(trial_key: str, function: str) -> int | None:
-    """The pid of the kfp.local task process running ``function`` for the trial, if any."""
+def find_process(*needles: str, function: str | None = None) -> int | None:
+    """The pid of a process whose command line holds every needle (and runs this kfp function), if any."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -53,10 +55,47 @@ def stage_process(trial_key: str, function: str) -> int | None:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "--function_to_execute" in args and args[args.index("--function_to_execute") + 1] == function:
-            if any(f'\\"key\\":\\"{trial_key}\\"' in arg for arg in args):
-                return int(proc.name)
+        # The task's python process, not the `sh -ec` wrapper whose script names the same module.
+        is_task = "kfp.dsl.executor_main" in args and "--function_to_execute" in args[:-1]
+        runs = args[args.index("--function_to_execute") + 1] if is_task else None
+        if all(any(needle in arg for arg in args) for needle in needles) and function in (None, runs):
+            return int(proc.name)
     return None
+
+
+def wait_for(find: Callable[[], int | None], sweep: subprocess.Popen[str], what: str) -> int:
+    deadline = time.monotonic() + 600
+    while sweep.poll() is None and time.monotonic() < deadline:
+        found = find()
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{what} never started")
+
+
+def starve_train_stage(trial_key: str, sweep: subprocess.Popen[str], group: Path) -> None:
+    """Play a machine that runs out of memory while the trial trains: the kernel's OOM killer, not
+    the test, ends the train process.
+
+    The trial's kfp.local process joins a memory cgroup as it starts, so every task process it
+    forks is charged there; once the train task starts, the limit is set a little above what the
+    cgroup holds, with the train process left alone in it, so its own imports exceed the limit and
+    nothing else can be chosen; the limit is lifted once it is gone.
+    """
+    trial = wait_for(lambda: find_process("sftlab.pipelines.local_trial", f"{trial_key}/job.json"), sweep, "the trial")
+    (group / "cgroup.procs").write_text(str(trial))
+    train = wait_for(
+        lambda: find_process(f'\\"key\\":\\"{trial_key}\\"', function="train"),
+        sweep, "the train stage",
+    )
+    for pid in (group / "cgroup.procs").read_text().split():  # the train process stays alone with the charges
+        if int(pid) != train:
+            (MEMORY_CGROUPS / "cgroup.procs").write_text(pid)
+    usage = int((group / "memory.usage_in_bytes").read_text())
+    (group / "memory.limit_in_bytes").write_text(str(usage + 16 * 2**20))
+    while Path(f"/proc/{train}").exists() and sweep.poll() is None:
+        time.sleep(0.1)
+    (group / "memory.limit_in_bytes").write_text("-1")
 
 
 def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
@@ -77,21 +116,17 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        group = memory_cgroup(f"sftlab-test-{os.getpid()}", 8 * 2**20)
-        deadline = time.monotonic() + 600
-        pid = None
-        while pid is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            pid = stage_process(out_of_memory, "train")
-        assert pid is not None, "the second trial's train stage never started"
-        # From now on what the process allocates is charged to the cgroup, 8 MiB at most.
-        (group / "cgroup.procs").write_text(str(pid))
+        group = memory_cgroup(f"sftlab-test-{os.getpid()}")
+        starve_train_stage(out_of_memory, proc, group)
         output = proc.communicate(timeout=900)[0]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["umount", "-l", str(tiny_disk)], check=False)
         if group is not None:
+            for pid in (group / "cgroup.procs").read_text().split():
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             time.sleep(0.5)
             group.rmdir()
 
@@ -104,11 +139,11 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     no_space = trials[disk_full]
     assert no_space.info.status == "FAILED"
     assert no_space.data.tags[TAG_ERROR].startswith("train: ")
-    assert f"(disk full: {tiny_disk} (0.0 MiB free of 1 MiB))" in no_space.data.tags[TAG_ERROR]
+    assert re.search(rf"\(disk full or too small: {re.escape(str(tiny_disk))}: [01]\.\d MiB free of 1 MiB\)$", no_space.data.tags[TAG_ERROR])
 
     killed = trials[out_of_memory]
     assert killed.info.status == "FAILED"
     assert killed.data.tags[TAG_ERROR].startswith("train: killed by the kernel's out-of-memory killer (1 OOM kill(s)")
     assert "lower the batch size or max_length" in killed.data.tags[TAG_ERROR]
     # The report counts the finished trial and lists both failures with their causes.
-    assert "FAILED" in output and "out-of-memory" in output and "disk full" in output
+    assert "FAILED" in output and "out-of-memory" in output and "disk full or too small" in output

@@ -148,6 +148,38 @@ def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
     assert tracker.client.get_run(stale).info.status == "FAILED"
 
 
+@pytest.mark.slow
+@pytest.mark.soak
+def test_soak_many_claimants_on_many_keys_compute_each_once(tmp_path: Path) -> None:
+    """12 trials racing for 10 shared results in shuffled orders: each result is computed once and
+    every claimant gets that one run."""
+    import random
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'claims.db'}", "claims")
+    keys = [f"k{i}" for i in range(10)]
+
+    def trial(seed: int) -> dict[str, str]:
+        got = {}
+        for key in random.Random(seed).sample(keys, len(keys)):
+            cached, run_id = tracker.claim("profile", key, f"t{seed}", {}, poll_s=0.05, settle_s=0.5)
+            if cached is None:
+                assert run_id is not None
+                time.sleep(0.2)  # the work
+                tracker.finish(run_id)
+            else:
+                run_id = cached.info.run_id
+            got[key] = run_id
+        return got
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(trial, range(12)))
+    finished = list(tracker.search("tags.`sftlab.stage` = 'profile' AND attributes.status = 'FINISHED'"))
+    assert sorted(r.data.tags["sftlab.cache_key"] for r in finished) == sorted(keys)  # once each
+    assert all(result == results[0] for result in results)
+
+
 def test_a_claim_never_waits_on_an_owner_that_yielded(tmp_path: Path) -> None:
     """Under load two candidates can disagree on the owner: one saw the other before it yielded (and
     deleted its run, which stays RUNNING). Waiting on that run would hang until the 6 h limit; the

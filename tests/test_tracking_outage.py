@@ -48,13 +48,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-def test_metrics_logged_during_an_outage_arrive_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("down_s", "outages"),
+    [pytest.param(3.0, 1, id="3s"), pytest.param(40.0, 3, marks=pytest.mark.soak, id="soak-3x40s")],
+)
+def test_metrics_logged_during_an_outage_arrive_once(tmp_path: Path, down_s: float, outages: int) -> None:
     port = free_port()
     server = start_server(tmp_path, port)
     try:
         tracker = Tracker(f"http://127.0.0.1:{port}", "outage")
         run_id = tracker.create_run("trial", "t")
-        steps, errors = 40, []
+        steps, errors = 40 * outages, []
 
         def training_loop() -> None:
             try:
@@ -67,11 +71,12 @@ def test_metrics_logged_during_an_outage_arrive_once(tmp_path: Path, monkeypatch
 
         loop = threading.Thread(target=training_loop)
         loop.start()
-        time.sleep(1.0)
-        stop(server)  # mid-loop
-        time.sleep(3.0)
-        server = start_server(tmp_path, port)  # back, same address, same store
-        loop.join(300)
+        for _ in range(outages):
+            time.sleep(1.0)
+            stop(server)  # mid-loop
+            time.sleep(down_s)
+            server = start_server(tmp_path, port)  # back, same address, same store
+        loop.join(300 * outages)
         assert not loop.is_alive() and not errors, errors
         history = tracker.client.get_metric_history(run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(steps))  # every step, once
