@@ -12,6 +12,7 @@ KFP ships only a component's own source to the task).
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 from sftlab.errors import SftlabError
 from sftlab.grid import Trial
 from sftlab.job import RunContext, context_for
+from sftlab.signals import Terminated, sigterm_interrupts
 from sftlab.spec import load_spec_source
 from sftlab.sweep import SweepPlan, prepare
 from sftlab.tracking import Tracker
@@ -79,6 +81,10 @@ def run_plan(spec_source: str, trials: Artifact) -> None:
     )
 
 
+# Kubernetes' default grace period is 30 s; the child needs a few API calls per trial in flight.
+CANCEL_GRACE_S = 25.0
+
+
 def run_launch(spec_source: str, plan_path: str, summary: Metrics) -> int:
     """Launch the plan's pending trials with ``KfpLauncher``; returns how many failed.
 
@@ -91,7 +97,21 @@ def run_launch(spec_source: str, plan_path: str, summary: Metrics) -> int:
         command = [sys.executable, "-m", "sftlab.pipelines.kfp_launch", "--spec-file", str(spec_file)]
         command += ["--plan", plan_path, "--counts", str(counts_file)]
         env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
-        subprocess.run(command, env=env, check=True)
+        with sigterm_interrupts():
+            child = subprocess.Popen(command, env=env)
+            try:
+                code = child.wait()
+            except Terminated:
+                # The sweep run was cancelled or its pod deleted: the child terminates the trial
+                # runs in flight and records them as interrupted before it exits.
+                child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(timeout=CANCEL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                raise
+        if code:
+            raise subprocess.CalledProcessError(code, command)
         counts: dict[str, int] = json.loads(counts_file.read_text(encoding="utf-8"))
     for name, value in counts.items():
         summary.log_metric(name, value)

@@ -13,6 +13,7 @@ import kfp
 
 from sftlab.components.sweep import read_plan
 from sftlab.pipelines.launchers import KfpLauncher
+from sftlab.signals import sigterm_interrupts
 from sftlab.spec import Spec, load_spec_source
 from sftlab.sweep import SweepPlan, SweepResult, launch
 from sftlab.tracking import Tracker
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", type=Path, required=True, help="where to write the trial counts (JSON)")
     args = parser.parse_args(argv)
     spec = load_spec_source(args.spec_file.read_text(encoding="utf-8"))
-    result = launch_plan(spec, read_plan(str(args.plan)))
+    with sigterm_interrupts():  # the sweep run cancelled: terminate the trial runs in flight first
+        result = launch_plan(spec, read_plan(str(args.plan)))
     counts = {
         "trials": result.total,
         "skipped": result.skipped,

@@ -155,10 +155,11 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
     Each child leads its own process group, so cancelling a trial stops its task processes too.
     """
 
-    def __init__(self, root: Path, max_parallel: int = 1, poll_s: float = 0.2):
+    def __init__(self, root: Path, max_parallel: int = 1, poll_s: float = 0.2, cancel_grace_s: float = 20.0):
         self.root = Path(root)
         self.max_parallel = max_parallel
         self.poll_s = poll_s
+        self.cancel_grace_s = cancel_grace_s
 
     def log_path(self, trial_key: str) -> Path:
         return self.root / "logs" / f"{trial_key}.log"
@@ -210,14 +211,42 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
         return False, f"{error} (log: {handle.log})"
 
     def _cancel(self, handle: _LocalTrial) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with suppress(ProcessLookupError):
-                os.killpg(handle.process.pid, sig)
-            try:
-                handle.process.wait(timeout=10)
+        """SIGTERM the trial's whole process group, wait for every process in it (its stages close
+        their MLflow runs and release their claims), and SIGKILL what is left after the grace."""
+        group = handle.process.pid
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + self.cancel_grace_s
+        while time.monotonic() < deadline:
+            with suppress(subprocess.TimeoutExpired):
+                handle.process.wait(timeout=0.1)  # reaps the leader; its children outlive it briefly
+            if handle.process.poll() is not None and not _group_alive(group):
                 return
-            except subprocess.TimeoutExpired:
-                continue
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        handle.process.wait()
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of this group still runs (zombies do not count: a container's PID 1 may
+    never reap the orphans it inherits)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: any member, zombies included
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:  # state, ppid, pgrp after the command name
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

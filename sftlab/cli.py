@@ -130,6 +130,7 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     from sftlab.grid import expand
     from sftlab.job import tracking_uri_for
     from sftlab.pipelines.launchers import LocalLauncher
+    from sftlab.signals import sigterm_interrupts
     from sftlab.spec import load_spec
     from sftlab.sweep import run_sweep
 
@@ -139,7 +140,13 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     confirm_size(len(trials), yes)
     parallel = max_parallel or min(spec.pipeline.max_parallel_trials, 2)
     root = Path(spec.tracking.root).resolve()
-    result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)
+    try:
+        with sigterm_interrupts():  # `kill` or a stopped container: the same clean stop as Ctrl-C
+            result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)
+    except KeyboardInterrupt as exc:
+        click.echo(f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "
+                   "run the same command again to finish the sweep (finished trials are kept)", err=True)
+        sys.exit(130)
     uri = tracking_uri_for(spec)
     click.echo("")
     click.echo(f"trials: {result.total} total, {result.skipped} skipped (already finished), "

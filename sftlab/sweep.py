@@ -93,7 +93,12 @@ def run_sweep(spec: Spec, launcher: Launcher, echo: Echo = print) -> SweepResult
     from sftlab.stages import report
 
     tracker, plan = prepare(spec)
-    result = launch(tracker, plan, launcher, echo)
+    try:
+        result = launch(tracker, plan, launcher, echo)
+    except BaseException as exc:  # interrupted: the parent run must not stay RUNNING
+        assert plan.context.sweep_run_id is not None
+        tracker.finish(plan.context.sweep_run_id, ok=False, error=f"interrupted ({type(exc).__name__}: {exc})")
+        raise
     result.report_path = report.build_for_sweep(tracker, plan.trials, plan.context)
     tracker.finish(result.sweep_run_id, ok=not result.failed)
     return result

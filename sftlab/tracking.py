@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,10 +265,8 @@ class Tracker:
         def beat() -> None:
             count = 0
             while True:
-                try:
+                with suppress(Exception):  # a missed beat (tracking outage) is retried next time
                     self.client.set_tag(run_id, TAG_HEARTBEAT, str(count))
-                except Exception:  # noqa: BLE001 - a missed beat (tracking outage) is retried next time
-                    pass
                 count += 1
                 if stop.wait(every_s):
                     return

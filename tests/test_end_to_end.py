@@ -19,6 +19,13 @@ from tests.conftest import EXAMPLES, run_cli
 pytestmark = pytest.mark.slow
 
 
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def write_spec(tmp_path: Path) -> Path:
     spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
     for item in spec["datasets"] + spec["benchmarks"]:
@@ -137,9 +144,11 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     assert_no_secrets(tmp_path, first.stdout + first.stderr, out, compiled.stdout + compiled.stderr)
 
 
-def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path) -> None:
-    """Ctrl-C mid-sweep, then run again: the finished trial is kept, the interrupted one is redone
-    once, and the report counts each trial once."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path, stop: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) or `kill` / a stopped container (SIGTERM to
+    the sweep process alone) mid-sweep, then run again: the finished trial is kept, the
+    interrupted one is redone once, and the report counts each trial once."""
     import csv
     import os
     import signal
@@ -156,21 +165,31 @@ def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path) -> 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
-    proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    db = tmp_path / "runs" / "mlflow.db"
+    console = tmp_path / "console.log"  # read while it runs; opening the store meanwhile would race its creation
+    with console.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 600
-    finished: list = []
-    while time.monotonic() < deadline and not finished and proc.poll() is None:
-        time.sleep(2)
-        if db.exists():
-            tracker = Tracker(f"sqlite:///{db}", "quickstart")
-            finished = [t for t in tracker.search("tags.`sftlab.stage` = 'trial'") if t.info.status == "FINISHED"]
-    assert finished and proc.poll() is None, "the first trial should finish while the second runs"
+    while "[1/2] tiny-llama-chat/math[method=full]: finished" not in console.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, console.read_text()
+        time.sleep(1)
+    assert proc.poll() is None, "the first trial should finish while the second runs"
     time.sleep(5)  # well into the second trial
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
-    out = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode != 0, out
+    if stop == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    else:
+        proc.send_signal(signal.SIGTERM)  # the sweep alone: it must stop its trial processes itself
+    proc.wait(timeout=120)
+    out = console.read_text()
+    assert proc.returncode == 130, out
+    assert "interrupted (" in out and "run the same command again to finish the sweep" in out
+    assert "Traceback" not in out
+    tracker = Tracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "quickstart")
+    sweep, = tracker.search("tags.`sftlab.stage` = 'sweep'")
+    assert sweep.info.status == "FAILED" and sweep.data.tags[TAG_ERROR].startswith("interrupted (")
+    # The sweep exits only once its trial processes have closed their runs and are gone.
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp_path).encode() in _cmdline(p)]
+    assert not left, f"trial processes outlived the sweep: {[_cmdline(p)[:200] for p in left]}"
     trials = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
     interrupted = [t for t in trials if t.info.status != "FINISHED"]
     assert len(trials) == 2 and len(interrupted) == 1, [(t.data.tags["sftlab.label"], t.info.status) for t in trials]

@@ -271,6 +271,38 @@ def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path)
     assert {o.error for o in outcomes[1:]} == {"interrupted (KeyboardInterrupt)"}
 
 
+def test_a_cancelled_launch_step_terminates_the_trial_runs_it_started(tmp_path: Path) -> None:
+    """Cancelling the sweep run deletes the launch step's pod (SIGTERM): the trial runs in flight
+    are terminated and recorded as interrupted, not left running on the cluster's GPUs."""
+    import signal
+    import time
+
+    from sftlab.components.sweep import write_plan
+    from sftlab.sweep import prepare
+
+    with FakeKfp(lambda run: ("RUNNING", None)) as kfp_api:
+        data = spec_data(tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                         pipeline={"kfp_host": kfp_api.url, "max_parallel_trials": 2})
+        spec_file, plan_file = tmp_path / "spec.yaml", tmp_path / "plan.json"
+        spec_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+        tracker, plan = prepare(parse_spec(spec_file.read_text(encoding="utf-8")))
+        write_plan(plan, str(plan_file))
+        script = ("import sys; from pathlib import Path; from sftlab.components.sweep import run_launch; "
+                  "run_launch(Path(sys.argv[1]).read_text(), sys.argv[2], None)")
+        step = subprocess.Popen([sys.executable, "-c", script, str(spec_file), str(plan_file)], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(kfp_api.runs) < 2 and step.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(kfp_api.runs) == 2, step.communicate()[1] if step.poll() is not None else "no runs submitted"
+        step.send_signal(signal.SIGTERM)
+        stderr = step.communicate(timeout=60)[1]
+    assert step.returncode != 0
+    assert sorted(kfp_api.terminated) == sorted(kfp_api.runs), stderr
+    trials = list(tracker.search("tags.`sftlab.stage` = 'trial'"))
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FAILED"}
+    assert {t.data.tags["sftlab.error"] for t in trials} == {"interrupted (Terminated)"}
+
+
 # ---------------------------------------------------------------------------------------------
 # LocalLauncher
 

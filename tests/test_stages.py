@@ -208,7 +208,6 @@ def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_pat
     import subprocess
     import sys
     import threading
-    import time
 
     db = f"sqlite:///{tmp_path / 'claims.db'}"
     owner_script = (
@@ -267,7 +266,7 @@ def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: P
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     claimed, = tracker.search("tags.`sftlab.stage` = 'profile'")
-    assert claimed.info.status == "FAILED" and claimed.data.tags[TAG_ERROR] == "KeyboardInterrupt: SIGTERM"
+    assert claimed.info.status == "FAILED" and claimed.data.tags[TAG_ERROR] == "Terminated: SIGTERM"
     trial = tracker.client.get_run(job.context.trial_run_id)
     assert trial.data.tags[TAG_ERROR] == "profile: interrupted (SIGTERM)"
 

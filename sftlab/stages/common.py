@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +21,7 @@ from pydantic import BaseModel
 
 from sftlab.diagnostics import disk_full_hint, scratch_paths
 from sftlab.job import TrialJob
+from sftlab.signals import sigterm_interrupts
 from sftlab.tracking import TAG_ERROR, Tracker
 
 STAGES = ("profile", "baseline", "train", "evaluate", "weights")
@@ -59,28 +58,6 @@ def trial_stage(job: TrialJob, stage: str) -> Iterator[tuple[Tracker, str]]:
         tracker.set_tags(run_id, {TAG_ERROR: error[:5000]})
         raise
     tracker.log_metrics(run_id, {f"time/{stage}_s": time.perf_counter() - started})
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while a stage runs, so its cleanup still happens.
-
-    Kubernetes deletes a pod (a cancelled run, an eviction) and the local launcher cancels a trial
-    with SIGTERM, on which Python would exit at once: claimed profile/baseline runs would stay
-    RUNNING and the trial's error would go unrecorded. Only the main thread may set handlers.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_stage(
