@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,16 @@ class FakeJudge(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
+@contextmanager
+def running_judge(key: str) -> Iterator[FakeJudge]:
+    server = FakeJudge(key=key)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
 def bench_for(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
     return BenchmarkSpec(name=kind, kind=kind, uri=str(DATA / file), max_new_tokens=8, **extra)
 
@@ -278,16 +289,12 @@ def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_
 
 def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = served
-    server = FakeJudge(key="judge-secret-123")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with running_judge("judge-secret-123") as server:
         monkeypatch.setenv("JUDGE_KEY", "judge-secret-123")
         config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
         bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
         items = benchmark_items(bench, ctx(tmp_path))
         result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
-    finally:
-        server.shutdown()
     assert len(server.requests) == len(items) and all(r["model"] == "judge" for r in server.requests)
     with_reference = sum("reference" in it for it in items)
     assert result.metrics["judge_failures"] == pytest.approx(with_reference / len(items))  # the fake refuses those
@@ -297,31 +304,23 @@ def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.M
     assert "judge-secret-123" not in json.dumps(result.rows) + json.dumps(result.metrics)
 
     monkeypatch.setenv("JUDGE_KEY", "wrong")
-    server = FakeJudge(key="judge-secret-123")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with running_judge("judge-secret-123") as server:
         bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config.model_copy(update={"url": f"http://127.0.0.1:{server.server_port}/v1"}))
         with pytest.raises(SftlabError, match="HTTP 401: bad key") as info:
             score_benchmark(client, bench, items, TEMPLATE, EVAL)
         assert "wrong" not in str(info.value)
-    finally:
-        server.shutdown()
 
 
 def test_judge_skips_answers_to_prompts_longer_than_the_context(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An item whose prompt does not fit the 512-token window scores 0 unjudged; the rest are judged."""
     client, _ = served
-    server = FakeJudge(key="k")
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with running_judge("k") as server:
         monkeypatch.setenv("JUDGE_KEY", "k")
         config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
         bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
         items = [it for it in benchmark_items(bench, ctx(tmp_path)) if "reference" not in it][:2]
         items.insert(1, {"question": "Ana has 3 apples and gets 4 more. " * 80})
         result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
-    finally:
-        server.shutdown()
     assert len(server.requests) == 2
     row = result.rows[1]
     assert (row["fit"], row["rating"], row["score"], row["verdict"], row["output"]) == ("too_long", None, 0.0, "", "")
