@@ -115,12 +115,13 @@ _EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception
 DIED_SILENTLY = "its process ended without reporting an error (killed by a signal, or crashed)"
 
 
-def last_error(log_text: str) -> str | None:
+def last_error(log_text: str, died_silently: str = DIED_SILENTLY) -> str | None:
     """The cause of a failed local trial, from its log: ``task: ExceptionType: message``.
 
     kfp.local streams each task's output between ``Executing task 'x'`` and ``Task 'x' finished
     with status FAILURE``, then raises its own generic RuntimeError; the useful line is the failed
-    task's last exception. A task with none died from outside (SIGKILL, the OOM killer, a crash).
+    task's last exception. A task with none died from outside (SIGKILL, the OOM killer, a crash):
+    ``task: died_silently``.
     """
     lines = _ANSI.sub("", log_text).splitlines()
     task = None
@@ -136,7 +137,7 @@ def last_error(log_text: str) -> str | None:
         match = _EXCEPTION.match(line)
         if match:
             return f"{task}: {match.group(1).strip()}" if task else match.group(1).strip()
-    return f"{task}: {DIED_SILENTLY}" if task else None
+    return f"{task}: {died_silently}" if task else None
 
 
 @dataclass
@@ -199,15 +200,10 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
             return None
         if code == 0:
             return True, None
-        text = handle.log.read_text(encoding="utf-8", errors="replace")
-        error = last_error(text)
+        silent = _silent_death(handle.oom_kills)
+        error = last_error(handle.log.read_text(encoding="utf-8", errors="replace"), silent)
         if error is None:  # the trial process itself died, before any task could report
-            error = f"trial process exited with code {code}" if code > 0 else f"trial process: {DIED_SILENTLY}"
-        if DIED_SILENTLY in error:
-            now = oom_kills()
-            if handle.oom_kills is not None and now is not None and now > handle.oom_kills:
-                error = error.replace(DIED_SILENTLY, f"killed by the kernel's out-of-memory killer ({now - handle.oom_kills} "
-                                      "OOM kill(s) while it ran): lower the batch size or max_length, or run fewer trials at once")
+            error = f"trial process exited with code {code}" if code > 0 else f"trial process: {silent}"
         return False, f"{error} (log: {handle.log})"
 
     def _cancel(self, handle: _LocalTrial) -> None:
@@ -218,13 +214,23 @@ class LocalLauncher(_PollingLauncher[_LocalTrial]):
             os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + self.cancel_grace_s
         while time.monotonic() < deadline:
-            with suppress(subprocess.TimeoutExpired):
-                handle.process.wait(timeout=0.1)  # reaps the leader; its children outlive it briefly
+            # poll() reaps the leader; the stages it started outlive it while they close their runs.
             if handle.process.poll() is not None and not _group_alive(group):
                 return
+            time.sleep(0.1)
         with suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         handle.process.wait()
+
+
+def _silent_death(oom_kills_at_start: int | None) -> str:
+    """What ended a process that reported nothing: the OOM killer when the kernel's count rose
+    while the trial ran, else an unknown signal or crash."""
+    now = oom_kills()
+    if oom_kills_at_start is not None and now is not None and now > oom_kills_at_start:
+        return (f"killed by the kernel's out-of-memory killer ({now - oom_kills_at_start} OOM kill(s) while it ran): "
+                "lower the batch size or max_length, or run fewer trials at once")
+    return DIED_SILENTLY
 
 
 def _group_alive(group: int) -> bool:

@@ -26,6 +26,7 @@ from types import FrameType, TracebackType
 from typing import Any, ClassVar
 
 from sftlab.errors import SftlabError
+from sftlab.signals import Terminated
 from sftlab.spec import SecretEnv, TaskResources
 
 # Child objects append suffixes (pods "<name>-node-0-1-x7k2p", "<name>-predictor-<hash>-<rand>")
@@ -198,7 +199,7 @@ class Failed(Exception):
 
 
 class _Cancellation:
-    """While entered, SIGTERM raises KeyboardInterrupt, so ``finally`` blocks still run.
+    """While entered, SIGTERM raises ``Terminated`` (a KeyboardInterrupt), so ``finally`` blocks still run.
 
     Kubernetes stops a pod (a cancelled KFP run, an eviction) with SIGTERM, on which Python would
     exit at once and leave the object behind. While ``held`` (an API call in flight whose outcome
@@ -222,13 +223,13 @@ class _Cancellation:
         if self._installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
         if self._pending and exc_type is None:
-            raise KeyboardInterrupt("SIGTERM")
+            raise Terminated("SIGTERM")
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self._held:
             self._pending = True
         else:
-            raise KeyboardInterrupt("SIGTERM")
+            raise Terminated("SIGTERM")
 
     def hold(self) -> None:
         self._held = True
@@ -237,7 +238,7 @@ class _Cancellation:
         self._held = False
         if self._pending:
             self._pending = False
-            raise KeyboardInterrupt("SIGTERM")
+            raise Terminated("SIGTERM")
 
 
 class ObjectRunner:

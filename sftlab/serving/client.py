@@ -26,6 +26,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -264,11 +265,9 @@ class CompletionsClient:
         return [choice for batch in results for choice in batch]
 
     def _complete_batch(self, prompts: list[str], params: dict[str, Any]) -> list[_Result]:
-        try:
-            return [_Result(choice) for choice in self._post(prompts, params)]
-        except ContextLengthExceeded as refused:  # one prompt refuses the whole request: find which
-            if len(prompts) == 1:
-                return [self._fit(prompts[0], params, refused)]
+        if len(prompts) > 1:
+            with suppress(ContextLengthExceeded):  # one prompt refuses the whole request: find which
+                return [_Result(choice) for choice in self._post(prompts, params)]
         return [self._complete_alone(prompt, params) for prompt in prompts]
 
     def _complete_alone(self, prompt: str, params: dict[str, Any]) -> _Result:
