@@ -234,25 +234,43 @@ class Tracker:
             if done is not None:
                 return done, None
             mine = self.create_run(stage, name, {TAG_CACHE_KEY: cache_key, **tags})
-            time.sleep(settle_s)
-            done = self.cached(stage, cache_key)  # an owner may have finished while we settled
+            try:
+                done, owner = self._contend(stage, cache_key, mine, settle_s)
+                if owner == mine:
+                    self._start_heartbeat(mine, heartbeat_s)
+                    return None, mine
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM) before the caller holds the claim: a candidate left
+                # RUNNING would hold up every later claimant until it counted as stale.
+                self._heartbeats.pop(mine, threading.Event()).set()
+                with suppress(Exception):
+                    self.client.delete_run(mine)
+                raise
             if done is not None:
-                self.client.delete_run(mine)
                 return done, None
+            why = self._wait_for(owner, wait_s, poll_s, stale_after_s)
+            if why is not None:
+                self.finish(owner, ok=False, error=f"abandoned: {why}")
+
+    def _contend(self, stage: str, cache_key: str, mine: str, settle_s: float) -> tuple[Run | None, str]:
+        """Settle the candidate ``mine``: ``(finished_run, "")``, or ``(None, owner)`` of the work.
+
+        ``mine`` is deleted unless it is the owner.
+        """
+        time.sleep(settle_s)
+        done = self.cached(stage, cache_key)  # an owner may have finished while we settled
+        owner = ""
+        if done is None:
             owner = self._earliest_claim(stage, cache_key)
             if owner == mine:
                 # A create that committed late can carry an earlier start time: look once more
                 # before working, and yield to such a claim rather than compute twice.
                 time.sleep(settle_s)
-                if self._earliest_claim(stage, cache_key) == mine:
-                    self._start_heartbeat(mine, heartbeat_s)
+                owner = self._earliest_claim(stage, cache_key)
+                if owner == mine:
                     return None, mine
-            self.client.delete_run(mine)
-            if owner == mine:
-                continue
-            why = self._wait_for(owner, wait_s, poll_s, stale_after_s)
-            if why is not None:
-                self.finish(owner, ok=False, error=f"abandoned: {why}")
+        self.client.delete_run(mine)
+        return done, owner
 
     def _start_heartbeat(self, run_id: str, every_s: float) -> None:
         """Renew the claim's heartbeat tag from a daemon thread until ``finish(run_id)``.

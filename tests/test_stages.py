@@ -122,14 +122,17 @@ def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
     import threading
     import time
 
+    owning = threading.Event()
+
     def quick_owner() -> None:
         _, owner = tracker.claim("profile", "k4", "owner", {}, settle_s=0)
+        owning.set()
         time.sleep(0.2)
         tracker.finish(owner)
 
     thread = threading.Thread(target=quick_owner)
     thread.start()
-    time.sleep(0.1)
+    assert owning.wait(30)
     cached, late = tracker.claim("profile", "k4", "late", {}, settle_s=0.5, poll_s=0.05)
     thread.join()
     assert late is None and cached is not None and cached.info.run_name == "owner"
@@ -238,6 +241,41 @@ def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_pat
     assert cached is None and taken not in (None, owner)
     dead = tracker.client.get_run(owner)
     assert dead.info.status == "FAILED" and dead.data.tags[TAG_ERROR].startswith("abandoned: no heartbeat for 3 s")
+
+
+@pytest.mark.parametrize("phase", ["settling", "owning"])
+def test_an_interrupt_inside_claim_leaves_no_running_candidate(tmp_path: Path, phase: str) -> None:
+    """Ctrl-C while a claimant settles (before it knows whether it owns the work), or just as it
+    wins (its heartbeat running, the caller not yet holding the claim): its candidate run is gone,
+    so the next claimant owns the work at once instead of waiting for a stale heartbeat."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = f"sqlite:///{tmp_path / 'claims.db'}"
+    setup = "import sys, time; from sftlab.tracking import Tracker; t = Tracker(sys.argv[1], 'claims'); "
+    if phase == "settling":
+        script = setup + "t.claim('profile', 'k', 'interrupted', {}, settle_s=30)"
+    else:  # widen the window between winning and returning, where the interrupt must land
+        script = setup + (
+            "start = t._start_heartbeat; t._start_heartbeat = lambda *a: (start(*a), time.sleep(30)); "
+            "t.claim('profile', 'k', 'interrupted', {}, settle_s=0)"
+        )
+    tracker = Tracker(db, "claims")
+    proc = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tracker.search("attributes.status = 'RUNNING'")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err and proc.returncode != 0
+    assert not list(tracker.search("attributes.status = 'RUNNING'"))
+    cached, run_id = tracker.claim("profile", "k", "next", {}, settle_s=0, wait_s=5, stale_after_s=60)
+    assert cached is None and run_id is not None
+    tracker.finish(run_id)
 
 
 def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: Path) -> None:
