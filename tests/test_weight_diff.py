@@ -151,7 +151,7 @@ def test_sharded_and_row_chunked_reads_equal_whole_reads(base, tuned, tmp_path, 
     assert (sharded / "model.safetensors.index.json").is_file()
     assert len(list(sharded.glob("*.safetensors"))) > 1
     assert compare_checkpoints(base[1], sharded).rows() == whole
-    monkeypatch.setattr(weight_diff, "CHUNK_ELEMENTS", 100)  # a few rows per read, as for 7B tensors
+    monkeypatch.setattr(weight_diff.measure, "CHUNK_ELEMENTS", 100)  # a few rows per read, as for 7B tensors
     _same_rows(compare_checkpoints(base[1], sharded).rows(), whole)
 
 
@@ -210,7 +210,7 @@ def test_lora_equals_merged_model(base, tmp_path, monkeypatch, lora):
             assert via_adapter[name]["effective_rank"] == pytest.approx(row["effective_rank"], rel=2e-2)  # merge adds float32 rounding noise
     assert via_merge["model.layers.0.self_attn.q_proj.weight"]["delta_norm"] > 0
     assert via_adapter["model.norm.weight"]["delta_norm"] == 0
-    monkeypatch.setattr(weight_diff, "CHUNK_ELEMENTS", 50)  # ΔW rows built block by block, embeddings included
+    monkeypatch.setattr(weight_diff.measure, "CHUNK_ELEMENTS", 50)  # ΔW rows built block by block, embeddings included
     _same_rows(compare_lora(base[1], tmp_path / "adapter").rows(), list(via_adapter.values()))
 
 
@@ -282,7 +282,7 @@ def test_matrix_spectrum_matches_svdvals(monkeypatch):
     assert list(exact.singular_values) == pytest.approx(want[:6].tolist(), rel=1e-5)
     assert exact.effective_rank == pytest.approx(weight_diff.effective_rank(want), rel=1e-5)
     assert exact.top_k_energy == pytest.approx(energy, rel=1e-5)
-    monkeypatch.setattr(weight_diff, "EXACT_SVD_MAX_DIM", 16)  # force the randomized SVD
+    monkeypatch.setattr(weight_diff.spectra, "EXACT_SVD_MAX_DIM", 16)  # force the randomized SVD
     randomized = weight_diff.matrix_spectrum(delta, top_k=6, seed=0)
     assert not randomized.exact
     assert list(randomized.singular_values) == pytest.approx(want[:6].tolist(), rel=1e-4)
@@ -326,7 +326,7 @@ from pathlib import Path
 from sftlab import weight_diff
 small, base, tuned, headroom, chunk = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 weight_diff.compare_checkpoints(Path(small), Path(small))  # lazy imports, thread pools, allocator caches
-weight_diff.CHUNK_ELEMENTS = chunk
+weight_diff.measure.CHUNK_ELEMENTS = chunk
 mapped = sum(p.stat().st_size for folder in (base, tuned) for p in Path(folder).glob("*.safetensors"))
 data = int(re.search(r"VmData:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_DATA, (data + mapped + headroom, resource.RLIM_INFINITY))
@@ -351,7 +351,7 @@ def test_memory_stays_bounded_by_a_few_blocks(base, tmp_path):
         (tmp_path / name).mkdir()
         tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(BIG_ELEMENTS // 1024, 1024, generator=generator) for i in range(BIG_TENSORS)}
         save_file(tensors, tmp_path / name / "model.safetensors")
-    bounded = _bounded_run(base[1], tmp_path / "base", tmp_path / "tuned", weight_diff.CHUNK_ELEMENTS)
+    bounded = _bounded_run(base[1], tmp_path / "base", tmp_path / "tuned", weight_diff.measure.CHUNK_ELEMENTS)
     assert bounded.returncode == 0, bounded.stderr[-2000:]
     assert float(bounded.stdout) == pytest.approx(math.sqrt(2), rel=1e-2)  # two independent N(0, 1) tensors
     whole_tensors = _bounded_run(base[1], tmp_path / "base", tmp_path / "tuned", BIG_ELEMENTS)  # the check can fail
