@@ -336,6 +336,14 @@ class Tracker:
         for run_id in run_ids:
             self.finish(run_id)
 
+    def release_claims(self, error: str) -> None:
+        """Close as FAILED every claim this tracker still holds.
+
+        For a stage that fails or is interrupted between taking a claim and entering ``owning``.
+        """
+        for run_id in list(self._heartbeats):
+            self.finish(run_id, ok=False, error=error)
+
     def finished_trials(self) -> dict[str, Run]:
         """Newest FINISHED run per trial key: what a re-run skips and what the report counts."""
         found: dict[str, Run] = {}

@@ -309,6 +309,25 @@ def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: P
     assert trial.data.tags[TAG_ERROR] == "profile: interrupted (SIGTERM)"
 
 
+def test_a_stage_stopped_before_it_owns_its_claim_still_releases_it(tmp_path: Path) -> None:
+    """An interrupt that lands after ``claim`` returned but before the stage's ``owning`` block
+    began: the stage's exit closes the claim, so no other trial waits on it."""
+    from sftlab.stages.common import trial_stage
+
+    job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
+    with pytest.raises(KeyboardInterrupt), trial_stage(job, "profile") as (stage_tracker, _):
+        _, claimed = stage_tracker.claim("profile", "k", "claimed", {}, settle_s=0)
+        _, finished = stage_tracker.claim("profile", "k2", "finished", {}, settle_s=0)
+        with stage_tracker.owning([finished]):
+            pass
+        raise KeyboardInterrupt
+    assert tracker.client.get_run(finished).info.status == "FINISHED"
+    released = tracker.client.get_run(claimed)
+    assert released.info.status == "FAILED" and released.data.tags[TAG_ERROR] == "profile: interrupted (KeyboardInterrupt)"
+    cached, run_id = tracker.claim("profile", "k", "next", {}, settle_s=0, wait_s=5)
+    assert cached is None and run_id not in (None, claimed)
+
+
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     """SIGKILL the train stage after its first epoch checkpoint; the re-run continues from it."""
     import os

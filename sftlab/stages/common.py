@@ -55,6 +55,7 @@ def trial_stage(job: TrialJob, stage: str) -> Iterator[tuple[Tracker, str]]:
 
             cause += disk_full_hint([local_dir(job), *scratch_paths(ctx.root)])
             error = f"{stage}: {type(exc).__name__}: {cause}"
+        tracker.release_claims(error)
         tracker.set_tags(run_id, {TAG_ERROR: error[:5000]})
         raise
     tracker.log_metrics(run_id, {f"time/{stage}_s": time.perf_counter() - started})
