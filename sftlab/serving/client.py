@@ -139,10 +139,9 @@ class OpenAIHttp:
             # Not retried even as a 500 (KServe before 0.14 answered context overflows with 500).
             if limit is not None or "context_length_exceeded" in response.text:
                 raise ContextLengthExceeded(message, int(limit.group(1)) if limit else None)
-        if response.status_code in _TRANSIENT_STATUS:
-            raise _Transient(f"HTTP {response.status_code}: {_error_message(response)}")
-        if response.status_code != 200:
-            raise SftlabError(f"{url}: HTTP {response.status_code}: {_error_message(response)}")
+            if response.status_code in _TRANSIENT_STATUS:
+                raise _Transient(f"HTTP {response.status_code}: {message}")
+            raise SftlabError(f"{url}: HTTP {response.status_code}: {message}")
         try:
             return response.json()
         except ValueError:
