@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -72,6 +73,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sftlab.tiny import TinySpec, build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "model", TinySpec(seed=0))
+
+
+@pytest.fixture(scope="module")
+def http(server: Any) -> Iterator[httpx.Client]:
+    """An HTTP client of the module's own ``server`` fixture (a ``LocalModelServer``)."""
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        yield client
 
 
 def quickstart_spec(tmp_path: Path, **overrides: object) -> Spec:

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.json_http import JsonHandler
+
 PREFIX = "/apis/v2beta1"
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"}
 Decide = Callable[[dict[str, Any]], tuple[str, str | None]]  # run -> (state, error message)
@@ -99,7 +101,7 @@ class FakeKfp:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def _serve(self) -> None:
                 url = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
@@ -109,16 +111,8 @@ class FakeKfp:
                     status, payload = 404, {"error": "not the KFP API"}
                 else:
                     status, payload = fake.handle(self.command, path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_json(status, payload)
 
             do_GET = do_POST = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
 
         return Handler

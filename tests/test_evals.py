@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from sftlab.serving.process import LocalModelServer
 from sftlab.spec import BenchmarkSpec, EvaluationConfig, JudgeConfig
 
 from tests.conftest import EXAMPLES
+from tests.json_http import JsonHandler
 
 DATA = EXAMPLES / "data"
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
@@ -214,7 +215,7 @@ class FakeJudge(ThreadingHTTPServer):
     def __init__(self, key: str):
         self.key, self.requests = key, []  # type: ignore[var-annotated]
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(handler) -> None:  # noqa: N805 - the handler, not the server
                 body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
                 ok = handler.path == "/v1/chat/completions" and handler.headers.get("Authorization") == f"Bearer {self.key}"
@@ -222,13 +223,7 @@ class FakeJudge(ThreadingHTTPServer):
                 prompt = body["messages"][-1]["content"]
                 verdict = "I cannot rate this." if "[The Start of Reference Answer]" in prompt else f"Fine. Rating: [[{len(self.requests) % 10 + 1}]]"
                 payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
-                handler.send_response(200 if ok else 401)
-                handler.send_header("Content-Type", "application/json")
-                handler.end_headers()
-                handler.wfile.write(json.dumps(payload if ok else {"error": {"message": "bad key"}}).encode())
-
-            def log_message(handler, *args: Any) -> None:  # noqa: N805
-                pass
+                handler.send_json(200 if ok else 401, payload if ok else {"error": {"message": "bad key"}})
 
         super().__init__(("127.0.0.1", 0), Handler)
 
@@ -245,6 +240,13 @@ def running_judge(key: str) -> Iterator[FakeJudge]:
 
 def bench_for(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
     return BenchmarkSpec(name=kind, kind=kind, uri=str(DATA / file), max_new_tokens=8, **extra)
+
+
+def judge_bench(server: FakeJudge, key: str, monkeypatch: pytest.MonkeyPatch) -> BenchmarkSpec:
+    """The tiny judge benchmark, judged by ``server``, with ``key`` as the API key it sends."""
+    monkeypatch.setenv("JUDGE_KEY", key)
+    config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
+    return bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
 
 
 @pytest.mark.parametrize(
@@ -290,9 +292,7 @@ def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_
 def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = served
     with running_judge("judge-secret-123") as server:
-        monkeypatch.setenv("JUDGE_KEY", "judge-secret-123")
-        config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
-        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
+        bench = judge_bench(server, "judge-secret-123", monkeypatch)
         items = benchmark_items(bench, ctx(tmp_path))
         result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
     assert len(server.requests) == len(items) and all(r["model"] == "judge" for r in server.requests)
@@ -303,9 +303,8 @@ def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.M
     assert all(r["score"] == r["rating"] / 10 for r in rated)
     assert "judge-secret-123" not in json.dumps(result.rows) + json.dumps(result.metrics)
 
-    monkeypatch.setenv("JUDGE_KEY", "wrong")
     with running_judge("judge-secret-123") as server:
-        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config.model_copy(update={"url": f"http://127.0.0.1:{server.server_port}/v1"}))
+        bench = judge_bench(server, "wrong", monkeypatch)
         with pytest.raises(SftlabError, match="HTTP 401: bad key") as info:
             score_benchmark(client, bench, items, TEMPLATE, EVAL)
         assert "wrong" not in str(info.value)
@@ -315,9 +314,7 @@ def test_judge_skips_answers_to_prompts_longer_than_the_context(served, tmp_path
     """An item whose prompt does not fit the 512-token window scores 0 unjudged; the rest are judged."""
     client, _ = served
     with running_judge("k") as server:
-        monkeypatch.setenv("JUDGE_KEY", "k")
-        config = JudgeConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="judge", api_key_env="JUDGE_KEY")
-        bench = bench_for("judge", "chat_judge_tiny.jsonl", judge=config)
+        bench = judge_bench(server, "k", monkeypatch)
         items = [it for it in benchmark_items(bench, ctx(tmp_path)) if "reference" not in it][:2]
         items.insert(1, {"question": "Ana has 3 apples and gets 4 more. " * 80})
         result = score_benchmark(client, bench, items, TEMPLATE, EVAL)

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sftlab.serving.inference_service import (
 from sftlab.spec import KServeConfig, TaskResources
 from tests.kube import NS, Controller, KubeServer, cond, create, delete, exists, kube_api, sigterm
 from tests.test_trainjob import GPU_RES
+from tests.json_http import JsonHandler
 
 kube = pytest.fixture(scope="module")(kube_api)
 
@@ -209,7 +210,7 @@ def test_api_client_from_kubeconfig_reaches_the_cluster(tmp_path: Path, monkeypa
 # ---------------------------------------------------------------- lifecycle over HTTP (kmock)
 
 
-class Predictor(BaseHTTPRequestHandler):
+class Predictor(JsonHandler):
     """Stands in for the predictor: OpenAI completions at the runtime's route only, each naming the
     model it was asked for."""
 
@@ -217,15 +218,7 @@ class Predictor(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         found = self.path == "/openai/v1/completions"
         choices = [{"index": i, "text": request["model"], "finish_reason": "length"} for i, _ in enumerate(request["prompt"])]
-        body = json.dumps({"choices": choices} if found else {"error": {"message": f"no route {self.path}"}}).encode()
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200 if found else 404, {"choices": choices} if found else {"error": {"message": f"no route {self.path}"}})
 
 
 @pytest.fixture(scope="module")

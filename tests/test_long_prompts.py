@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from sftlab.serving.process import LocalModelServer
 from sftlab.spec import BenchmarkSpec, EvaluationConfig
 
 from tests.conftest import EXAMPLES
+from tests.json_http import JsonHandler
 
 NAME = "tiny"
 LIMIT = 512
@@ -41,12 +42,6 @@ LONG = UNIT * 80 + "How many apples does Ana have?"  # ~880 tokens
 def server(tiny_model: Path) -> Iterator[LocalModelServer]:
     with LocalModelServer(tiny_model, name=NAME, ready_timeout=120) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def http(server: LocalModelServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +150,12 @@ def test_client_loglikelihood_marks_pairs_that_do_not_fit(client) -> None:
     assert [scores[0], scores[2]] == pytest.approx(client.loglikelihood([pairs[0], pairs[2]]))
 
 
-class _OldKServe(BaseHTTPRequestHandler):
+class _OldKServe(JsonHandler):
     """Answers as KServe's vLLM runtime did before 0.14: no ``max_model_len`` in ``/models``, a
     context overflow as HTTP 500 with vLLM's message. A prompt's tokens are its words; window 64."""
 
     def do_GET(self) -> None:
-        self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": None}]})
+        self.send_json(200, {"object": "list", "data": [{"id": "m", "object": "model", "max_model_len": None}]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -174,21 +169,11 @@ class _OldKServe(BaseHTTPRequestHandler):
                     f"This model's maximum context length is 64 tokens. However, you requested {n + wanted} tokens "
                     f"({n} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion."
                 )
-                return self._send(500, {"error": {"code": "500", "message": message, "param": "", "type": "OpenAIError"}})
+                return self.send_json(500, {"error": {"code": "500", "message": message, "param": "", "type": "OpenAIError"}})
         choices = [{"index": i, "text": f"{wanted} tokens", "finish_reason": "length", "logprobs": None} for i in range(len(prompts))]
         n = sum(len(p.split()) for p in prompts)
-        self._send(200, {"choices": choices, "usage": {"prompt_tokens": n, "completion_tokens": wanted, "total_tokens": n + wanted}})
+        self.send_json(200, {"choices": choices, "usage": {"prompt_tokens": n, "completion_tokens": wanted, "total_tokens": n + wanted}})
 
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 def test_client_reads_the_window_from_the_refusal_and_never_retries_it() -> None:

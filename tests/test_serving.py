@@ -5,10 +5,9 @@ Server answers are checked against the same tiny model run in-process with trans
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from sftlab.errors import SftlabError
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.tiny import TinySpec, build_tiny
+
+from tests.json_http import JsonHandler
 
 NAME = "tiny"
 PROMPTS = [
@@ -56,12 +57,6 @@ def ref_model(model_dir: Path) -> Any:
 def server(model_dir: Path) -> Iterator[LocalModelServer]:
     with LocalModelServer(model_dir, name=NAME, ready_timeout=120) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def http(server: LocalModelServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
-        yield client
 
 
 def ids_of(tokenizer: Any, text: str) -> list[int]:
@@ -348,21 +343,13 @@ def test_model_dir_without_weights_fails_with_the_log_tail(model_dir, tmp_path) 
 OK_BODY = {"choices": [{"index": 0, "text": "ok", "finish_reason": "length", "logprobs": None}]}
 
 
-class _Scripted(BaseHTTPRequestHandler):
+class _Scripted(JsonHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         script = self.server.script  # type: ignore[attr-defined]
         status, body = script.pop(0) if len(script) > 1 else script[0]
         self.server.hits += 1  # type: ignore[attr-defined]
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(status, body)
 
 
 @pytest.fixture
