@@ -26,11 +26,19 @@ def serving_speed(args: argparse.Namespace) -> float:
     from sftlab.serving.process import LocalModelServer
     from sftlab.tiny import TinySpec, build_tiny
 
-    model = build_tiny(Path(tempfile.mkdtemp()) / "model", TinySpec(hidden=args.hidden, layers=args.layers, pretrain_steps=0))
-    prompts = [f"###Question: Ada has {i} apples and gets {i % 7 + 1} more. How many apples?\n###Answer:" for i in range(args.prompts)]
+    model = build_tiny(
+        Path(tempfile.mkdtemp()) / "model", TinySpec(hidden=args.hidden, layers=args.layers, pretrain_steps=0)
+    )
+    prompts = [
+        f"###Question: Ada has {i} apples and gets {i % 7 + 1} more. How many apples?\n###Answer:"
+        for i in range(args.prompts)
+    ]
     with LocalModelServer(model, name="bench", ready_timeout=180) as server:
+
         def run(concurrency: int, batch_size: int) -> tuple[float, list[str]]:
-            with CompletionsClient(server.base_url, server.model_name, concurrency=concurrency, batch_size=batch_size) as client:
+            with CompletionsClient(
+                server.base_url, server.model_name, concurrency=concurrency, batch_size=batch_size
+            ) as client:
                 client.complete(prompts[:2], max_tokens=2)  # warm-up: connections, first-call overheads
                 started = time.perf_counter()
                 out = client.complete(prompts, max_tokens=args.max_tokens)
@@ -46,8 +54,10 @@ def serving_speed(args: argparse.Namespace) -> float:
         mismatched = sum(a != b for a, b in zip(seq_out, conc_out))
         print(f"WARNING: {mismatched} of {len(prompts)} outputs differ between batched and unbatched runs")
     seq, conc = min(seq_times), min(conc_times)
-    print(f"serving: sequential {seq:.2f} s ({len(prompts) / seq:.1f} prompts/s), "
-          f"concurrent x{args.concurrency} batch {args.batch_size}: {conc:.2f} s ({len(prompts) / conc:.1f} prompts/s)")
+    print(
+        f"serving: sequential {seq:.2f} s ({len(prompts) / seq:.1f} prompts/s), "
+        f"concurrent x{args.concurrency} batch {args.batch_size}: {conc:.2f} s ({len(prompts) / conc:.1f} prompts/s)"
+    )
     return seq / conc
 
 
@@ -84,8 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     speedup = serving_speed(args)
     sandboxed, bare = sandbox_overhead(args)
-    print(f"eval_throughput: concurrent client {speedup:.2f}x sequential requests; "
-          f"sandbox {sandboxed:.0f} ms/program (+{sandboxed - bare:.0f} ms over a bare subprocess)")
+    print(
+        f"eval_throughput: concurrent client {speedup:.2f}x sequential requests; "
+        f"sandbox {sandboxed:.0f} ms/program (+{sandboxed - bare:.0f} ms over a bare subprocess)"
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def perplexity_speed(args: argparse.Namespace) -> float:
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
     rates = {k: tokens / v for k, v in best.items()}
-    print(f"perplexity: {args.rows} rows, {len(batches)} batches of <= {args.batch_size}, {tokens} tokens, device {device}")
+    print(
+        f"perplexity: {args.rows} rows, {len(batches)} batches of <= {args.batch_size}, {tokens} tokens, device {device}"
+    )
     print(f"  bare model(**batch): {rates['bare']:,.0f} tok/s   stage response_nll: {rates['stage']:,.0f} tok/s")
     return rates["stage"] / rates["bare"]
 
@@ -92,7 +94,9 @@ def near_dup_speed(args: argparse.Namespace) -> tuple[float, float, float]:
         finder.add(chunk, HashedChunk.of(chunk))
     exact, near, _ = finder.rates()
     elapsed = time.perf_counter() - start
-    print(f"near-dup: {len(texts)} rows (~10% planted near copies) in {elapsed:.1f} s; exact {exact:.3f}, near {near:.3f}")
+    print(
+        f"near-dup: {len(texts)} rows (~10% planted near copies) in {elapsed:.1f} s; exact {exact:.3f}, near {near:.3f}"
+    )
     return len(texts) / elapsed, near, elapsed
 
 
@@ -109,7 +113,9 @@ def main() -> None:
     np.random.seed(0)
     ratio = perplexity_speed(args)
     rows_per_s, near, _ = near_dup_speed(args)
-    print(f"HEADLINE profile_speed: perplexity stage/bare = {ratio:.2f}x (target >= 0.9x); near-dup {rows_per_s:,.0f} rows/s on {args.dup_rows:,} rows (near-dup rate {near:.3f})")
+    print(
+        f"HEADLINE profile_speed: perplexity stage/bare = {ratio:.2f}x (target >= 0.9x); near-dup {rows_per_s:,.0f} rows/s on {args.dup_rows:,} rows (near-dup rate {near:.3f})"
+    )
 
 
 if __name__ == "__main__":

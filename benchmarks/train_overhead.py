@@ -32,9 +32,19 @@ def plain_trl(model_dir: str, rows: list[dict], epochs: int, out: Path) -> float
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     args = SFTConfig(
-        output_dir=str(out), num_train_epochs=epochs, learning_rate=2e-3, lr_scheduler_type="constant",
-        per_device_train_batch_size=8, max_length=128, logging_steps=1, save_strategy="no", report_to=[],
-        disable_tqdm=True, use_cpu=True, gradient_checkpointing=False, seed=0,
+        output_dir=str(out),
+        num_train_epochs=epochs,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=8,
+        max_length=128,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        seed=0,
         bf16=False,  # TRL defaults to bf16, emulated (slow) on CPU; sftlab trains fp32 there: compare like with like
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)

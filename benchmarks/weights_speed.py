@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         base_dir, tuned_dir = write_pair(Path(tmp), shapes, args.shard_mb << 20)
         files = weight_files(base_dir, tuned_dir)
         total = sum(p.stat().st_size for p in files)
-        print(f"wrote 2 checkpoints: {len(shapes)} tensors, {len(files)} shards, {total / 1e9:.2f} GB in all "
-              f"({time.perf_counter() - started:.1f} s); cache: {args.cache}; torch threads: {torch.get_num_threads()}")
+        print(
+            f"wrote 2 checkpoints: {len(shapes)} tensors, {len(files)} shards, {total / 1e9:.2f} GB in all "
+            f"({time.perf_counter() - started:.1f} s); cache: {args.cache}; torch threads: {torch.get_num_threads()}"
+        )
         prepare = (lambda: evict(files)) if args.cache == "cold" else (lambda: None)
         if args.cache == "warm":
             raw_read(files)
@@ -148,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             raw_s.append(timed(prepare, lambda: raw_read(files)))
             stage_s.append(timed(prepare, lambda: compare_checkpoints(base_dir, tuned_dir)))
-            print(f"  run {i + 1}: raw read {raw_s[-1]:.3f} s ({total / raw_s[-1] / 1e9:.2f} GB/s), "
-                  f"stage {stage_s[-1]:.3f} s ({total / stage_s[-1] / 1e9:.2f} GB/s)")
+            print(
+                f"  run {i + 1}: raw read {raw_s[-1]:.3f} s ({total / raw_s[-1] / 1e9:.2f} GB/s), "
+                f"stage {stage_s[-1]:.3f} s ({total / stage_s[-1] / 1e9:.2f} GB/s)"
+            )
         diff = compare_checkpoints(base_dir, tuned_dir)
         print(f"  total rel_change {diff.total().rel_change:.6f}, cosine {diff.total().cosine:.9f}")
     raw, stage = total / min(raw_s) / 1e9, total / min(stage_s) / 1e9

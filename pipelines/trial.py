@@ -71,7 +71,9 @@ def configure(task: PipelineTask, resources: TaskResources, secrets: list[Secret
     for tol in resources.tolerations:
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
     if resources.shm_size:
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=resources.shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=resources.shm_size
+        )
     use_secrets(task, secrets)
     return task
 

@@ -50,7 +50,10 @@ def _axis_value(value: Any) -> str:
 def _trial_table(trials: list[Any]) -> str:
     axes = sorted({k for t in trials for k in t.axes} - {"base_model", "dataset"})
     header = ["#", "key", "base_model", "dataset", *axes]
-    rows = [[str(t.index + 1), t.key, t.base_model.name, t.dataset.name, *(_axis_value(t.axes.get(a, "")) for a in axes)] for t in trials]
+    rows = [
+        [str(t.index + 1), t.key, t.base_model.name, t.dataset.name, *(_axis_value(t.axes.get(a, "")) for a in axes)]
+        for t in trials
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
@@ -58,16 +61,34 @@ def _trial_table(trials: list[Any]) -> str:
 
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
-@click.option("--gpu", default="H100", show_default=True, help="GPU type for the GPU-hour estimate (sftlab.cost.GPU_PEAK_FLOPS).")
+@click.option(
+    "--gpu", default="H100", show_default=True, help="GPU type for the GPU-hour estimate (sftlab.cost.GPU_PEAK_FLOPS)."
+)
 @click.option("--gpu-flops", type=float, default=None, help="Peak FLOP/s of the GPU, overriding the table.")
 @click.option("--mfu", type=float, default=0.4, show_default=True, help="Assumed model FLOPs utilisation in training.")
 @click.option("--eval-mfu", type=float, default=None, help="Assumed MFU in evaluation (default: as --mfu).")
-@click.option("--tokens-per-row", type=float, default=400.0, show_default=True, help="Assumed for data that cannot be read here.")
-@click.option("--prompt-tokens", type=float, default=200.0, show_default=True, help="Assumed per benchmark item that cannot be read here.")
+@click.option(
+    "--tokens-per-row", type=float, default=400.0, show_default=True, help="Assumed for data that cannot be read here."
+)
+@click.option(
+    "--prompt-tokens",
+    type=float,
+    default=200.0,
+    show_default=True,
+    help="Assumed per benchmark item that cannot be read here.",
+)
 @click.option("--no-cost", is_flag=True, help="Only validate and list the trials.")
 @friendly
-def plan(spec_path: str, gpu: str, gpu_flops: float | None, mfu: float, eval_mfu: float | None, tokens_per_row: float,
-         prompt_tokens: float, no_cost: bool) -> None:
+def plan(
+    spec_path: str,
+    gpu: str,
+    gpu_flops: float | None,
+    mfu: float,
+    eval_mfu: float | None,
+    tokens_per_row: float,
+    prompt_tokens: float,
+    no_cost: bool,
+) -> None:
     """Validate SPEC, print its trial table and what it will cost, without running anything."""
     from sftlab.cost import Assumptions, estimate, format_cost
     from sftlab.grid import expand
@@ -79,12 +100,24 @@ def plan(spec_path: str, gpu: str, gpu_flops: float | None, mfu: float, eval_mfu
     click.echo(_trial_table(trials))
     click.echo(f"\n{len(trials)} trials; benchmarks: {', '.join(b.name for b in spec.benchmarks) or 'none'}")
     if len(trials) > CONFIRM_ABOVE:
-        click.echo(f"warning: {len(trials)} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
-                   "(--yes skips the question)", err=True)
+        click.echo(
+            f"warning: {len(trials)} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
+            "(--yes skips the question)",
+            err=True,
+        )
     if not no_cost:
-        assumptions = Assumptions(gpu=gpu, gpu_flops=gpu_flops, mfu=mfu, eval_mfu=eval_mfu, tokens_per_row=tokens_per_row,
-                                  prompt_tokens=prompt_tokens)
-        click.echo("\ncost estimate (see sftlab/cost.py for the formulas):\n" + format_cost(estimate(trials, context_for(spec), assumptions)))
+        assumptions = Assumptions(
+            gpu=gpu,
+            gpu_flops=gpu_flops,
+            mfu=mfu,
+            eval_mfu=eval_mfu,
+            tokens_per_row=tokens_per_row,
+            prompt_tokens=prompt_tokens,
+        )
+        click.echo(
+            "\ncost estimate (see sftlab/cost.py for the formulas):\n"
+            + format_cost(estimate(trials, context_for(spec), assumptions))
+        )
 
 
 def confirm_size(n_trials: int, yes: bool) -> None:
@@ -122,7 +155,12 @@ def check_runs_here(spec_path: str, trials: list[Any]) -> None:
 
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
-@click.option("--max-parallel", type=int, default=None, help="Trials at once (default: spec.pipeline.max_parallel_trials, capped at 2 locally).")
+@click.option(
+    "--max-parallel",
+    type=int,
+    default=None,
+    help="Trials at once (default: spec.pipeline.max_parallel_trials, capped at 2 locally).",
+)
 @click.option("--yes", is_flag=True, help=f"Do not ask before running more than {CONFIRM_ABOVE} trials.")
 @friendly
 def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
@@ -144,18 +182,26 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
         with sigterm_interrupts():  # `kill` or a stopped container: the same clean stop as Ctrl-C
             result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)
     except KeyboardInterrupt as exc:
-        click.echo(f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "
-                   "run the same command again to finish the sweep (finished trials are kept)", err=True)
+        click.echo(
+            f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "
+            "run the same command again to finish the sweep (finished trials are kept)",
+            err=True,
+        )
         sys.exit(130)
     uri = tracking_uri_for(spec)
     click.echo("")
-    click.echo(f"trials: {result.total} total, {result.skipped} skipped (already finished), "
-               f"{result.succeeded} finished now, {len(result.failed)} failed")
+    click.echo(
+        f"trials: {result.total} total, {result.skipped} skipped (already finished), "
+        f"{result.succeeded} finished now, {len(result.failed)} failed"
+    )
     for label, error in result.failed:
         click.echo(f"  FAILED {label}: {error.splitlines()[0][:300] if error else ''}")
     click.echo(f"report:    {result.report_path}")
-    click.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)"
-               if uri.startswith("sqlite:") else f"MLflow:    {uri}")
+    click.echo(
+        f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)"
+        if uri.startswith("sqlite:")
+        else f"MLflow:    {uri}"
+    )
     click.echo(f"trial logs: {root / 'logs'}")
     if result.failed:
         sys.exit(1)
@@ -163,7 +209,9 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
 
 @main.command(name="compile")
 @click.argument("spec_path", type=click.Path(dir_okay=False), required=False)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write the pipeline IR YAML.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Where to write the pipeline IR YAML."
+)
 @click.option("--pipeline", "kind", type=click.Choice(["sweep", "trial"]), default="sweep", show_default=True)
 @friendly
 def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
@@ -178,7 +226,11 @@ def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
 
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
-@click.option("--host", default=lambda: os.environ.get("KFP_HOST"), help="KFP API URL (default: $KFP_HOST or spec.pipeline.kfp_host).")
+@click.option(
+    "--host",
+    default=lambda: os.environ.get("KFP_HOST"),
+    help="KFP API URL (default: $KFP_HOST or spec.pipeline.kfp_host).",
+)
 @click.option("--experiment", default=None, help="KFP experiment name (default: the spec's experiment).")
 @friendly
 def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
@@ -197,8 +249,20 @@ def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
 @main.command()
 @click.option("--experiment", required=True, help="MLflow experiment (one per spec; default name = spec name).")
 @click.option("--tracking-uri", default=None, help="Default: $MLFLOW_TRACKING_URI, else ./sftlab-runs/mlflow.db.")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False), default=None, help="Default: ./sftlab-runs/reports/EXPERIMENT")
-@click.option("--resamples", type=click.IntRange(100, 100_000), default=1000, show_default=True, help="Bootstrap resamples per correlation CI.")
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Default: ./sftlab-runs/reports/EXPERIMENT",
+)
+@click.option(
+    "--resamples",
+    type=click.IntRange(100, 100_000),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples per correlation CI.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the report's path, not its Markdown summary.")
 @friendly
 def report(experiment: str, tracking_uri: str | None, output_dir: str | None, resamples: int, quiet: bool) -> None:
@@ -221,9 +285,19 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str | None, re
 
 @main.command()
 @click.argument("spec_path", type=click.Path(dir_okay=False))
-@click.option("--experiment", default=None, help="The study whose trials the predictor learned from (default: the spec's experiment).")
-@click.option("--tracking-uri", default=None, help="Default: the spec's (tracking.uri, else $MLFLOW_TRACKING_URI, else its sqlite store).")
-@click.option("--refit", is_flag=True, help="Fit from the study's trials even when its latest report holds a predictor.")
+@click.option(
+    "--experiment",
+    default=None,
+    help="The study whose trials the predictor learned from (default: the spec's experiment).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="Default: the spec's (tracking.uri, else $MLFLOW_TRACKING_URI, else its sqlite store).",
+)
+@click.option(
+    "--refit", is_flag=True, help="Fit from the study's trials even when its latest report holds a predictor."
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the ranking as CSV.")
 @friendly
 def predict(spec_path: str, experiment: str | None, tracking_uri: str | None, refit: bool, output: str | None) -> None:
@@ -246,7 +320,10 @@ def predict(spec_path: str, experiment: str | None, tracking_uri: str | None, re
         raise SftlabError(f"MLflow at {uri}: no experiment named {study!r} to learn from (--experiment)")
     predictor, source = predictor_for(Tracker(uri, study), study, refit)
     if not predictor.targets:
-        reasons = "; ".join(f"{k}: {v}" for k, v in predictor.skipped.items()) or "no finished trial logged gains and profiles"
+        reasons = (
+            "; ".join(f"{k}: {v}" for k, v in predictor.skipped.items())
+            or "no finished trial logged gains and profiles"
+        )
         raise SftlabError(f"experiment {study!r} has too little to learn from ({reasons})")
     wanted = {b.name for b in spec.benchmarks}
     measures = [name for name, t in predictor.targets.items() if t.benchmark in wanted] or list(predictor.targets)

@@ -58,7 +58,9 @@ class Assumptions:
         if self.gpu_flops:
             return self.gpu_flops
         if self.gpu not in GPU_PEAK_FLOPS:
-            raise SftlabError(f"--gpu: unknown GPU type {self.gpu!r}; expected one of {', '.join(GPU_PEAK_FLOPS)} or give --gpu-flops")
+            raise SftlabError(
+                f"--gpu: unknown GPU type {self.gpu!r}; expected one of {', '.join(GPU_PEAK_FLOPS)} or give --gpu-flops"
+            )
         return GPU_PEAK_FLOPS[self.gpu]
 
     def gpu_hours(self, flops: float, evaluation: bool = False) -> float:
@@ -147,7 +149,9 @@ class _Sizer:
             return None
         from sftlab import models
 
-        return self._once("tokenizer", model.uri, lambda: models.load_tokenizer(models.resolve(model, self.ctx), model.revision))
+        return self._once(
+            "tokenizer", model.uri, lambda: models.load_tokenizer(models.resolve(model, self.ctx), model.revision)
+        )
 
     def dataset(self, trial: Trial) -> tuple[Sized, Sized]:
         """(rows trained on, mean tokens per row) for one trial."""
@@ -156,7 +160,10 @@ class _Sizer:
         total, per_row = self._once("dataset", key, lambda: self._read_dataset(trial))
         rows = total
         if training.max_rows and (total.value is None or training.max_rows < total.value):
-            rows = Sized(float(training.max_rows), "spec" if total.value is not None else "spec (assumes the dataset has that many rows)")
+            rows = Sized(
+                float(training.max_rows),
+                "spec" if total.value is not None else "spec (assumes the dataset has that many rows)",
+            )
         return rows, per_row
 
     def _read_dataset(self, trial: Trial) -> tuple[Sized, Sized]:
@@ -165,7 +172,9 @@ class _Sizer:
         ds = trial.dataset
         kind = classify_uri(ds.uri)
         if kind == "hub" or (kind == "s3" and ds.num_rows):  # not readable offline, or not worth a download
-            rows = Sized(float(ds.num_rows), "spec") if ds.num_rows else Sized(None, f"set datasets[{ds.name}].num_rows")
+            rows = (
+                Sized(float(ds.num_rows), "spec") if ds.num_rows else Sized(None, f"set datasets[{ds.name}].num_rows")
+            )
             return rows, Sized(self.assumptions.tokens_per_row, "assumed")
         usable, lengths = 0, []
         tokenizer = self.tokenizer(trial.base_model)
@@ -179,7 +188,11 @@ class _Sizer:
             usable += 1
             if len(lengths) < self.assumptions.sample_rows:
                 lengths.append(_example_tokens(example, trial, tokenizer))
-        per_row = Sized(statistics.fmean(lengths), "measured") if lengths else Sized(self.assumptions.tokens_per_row, "assumed")
+        per_row = (
+            Sized(statistics.fmean(lengths), "measured")
+            if lengths
+            else Sized(self.assumptions.tokens_per_row, "assumed")
+        )
         return Sized(float(usable), "measured"), per_row
 
     def benchmark(self, bench: BenchmarkSpec, model: ModelSpec) -> tuple[float, float, float]:
@@ -194,7 +207,9 @@ class _Sizer:
         kind = classify_uri(bench.uri)
         if kind == "hub" or (kind == "s3" and bench.num_items):
             if not bench.num_items:
-                raise SftlabError(f"benchmarks[{bench.name}].num_items: required for cost estimates of a hub benchmark (not read offline)")
+                raise SftlabError(
+                    f"benchmarks[{bench.name}].num_items: required for cost estimates of a hub benchmark (not read offline)"
+                )
             items = min(bench.num_items, bench.max_items or bench.num_items)
             return float(items), assumed.prompt_tokens * (1 + bench.num_fewshot), assumed.choices
         items = benchmark_items(bench, self.ctx)
@@ -267,9 +282,15 @@ def estimate(trials: list[Trial], ctx: RunContext, assumptions: Assumptions = As
             per_checkpoint += eval_tokens(bench, *sizer.benchmark(bench, trial.base_model))
         baselines[trial.base_model.uri] = (params.value, per_checkpoint)
         cost = TrialCost(
-            key=trial.key, label=trial.label, params=params, rows=rows, tokens_per_row=per_row,
-            epochs=trial.training.epochs, method=trial.training.method,
-            checkpoints_evaluated=evaluated_checkpoints(trial), eval_tokens_per_checkpoint=per_checkpoint,
+            key=trial.key,
+            label=trial.label,
+            params=params,
+            rows=rows,
+            tokens_per_row=per_row,
+            epochs=trial.training.epochs,
+            method=trial.training.method,
+            checkpoints_evaluated=evaluated_checkpoints(trial),
+            eval_tokens_per_checkpoint=per_checkpoint,
         )
         if rows.value is not None:
             cost.train_tokens = rows.value * float(per_row.value or 0) * trial.training.epochs
@@ -280,8 +301,11 @@ def estimate(trials: list[Trial], ctx: RunContext, assumptions: Assumptions = As
             cost.train_flops = per_token * params.value * cost.train_tokens
         if params.value is not None:
             cost.eval_flops = 2.0 * params.value * per_checkpoint * cost.checkpoints_evaluated
-        for subject, what, sized in ((trial.base_model.name, "parameters", params), (trial.dataset.name, "rows", rows),
-                                     (trial.dataset.name, "tokens per row", per_row)):
+        for subject, what, sized in (
+            (trial.base_model.name, "parameters", params),
+            (trial.dataset.name, "rows", rows),
+            (trial.dataset.name, "tokens per row", per_row),
+        ):
             line = sized.note(what)
             if line:
                 notes.setdefault(line, set()).add(subject)
@@ -308,8 +332,10 @@ def advice(cost: SweepCost) -> list[str]:
                 f"evaluating only the last epoch (evaluation.epochs: last) saves {cost.assumptions.gpu_hours(saved, True):,.0f} GPU-h"
                 " (or list a few epochs, e.g. [1, 5, 10])"
             )
-        lines.append("cap benchmarks with max_items, and serve LoRA trials of one base model from one server "
-                     "(evaluation.backend: kserve, runtime vllm: adapters share the base model's start-up and download)")
+        lines.append(
+            "cap benchmarks with max_items, and serve LoRA trials of one base model from one server "
+            "(evaluation.backend: kserve, runtime vllm: adapters share the base model's start-up and download)"
+        )
     else:
         lines.append(f"training dominates: {train / max(evaluation, 1e-12):.1f}× the evaluation GPU-hours")
         lines.append("LoRA costs about 2/3 of full fine-tuning per token; max_rows subsamples the data")
@@ -328,7 +354,9 @@ def _si(value: float | None, unit: str = "") -> str:
 def format_cost(cost: SweepCost, max_rows: int = 50) -> str:
     """The per-trial table (first ``max_rows``), totals, notes and advice, as plain text."""
     a = cost.assumptions
-    lines = [f"{'trial':<48} {'params':>7} {'rows':>7} {'tok/row':>7} {'train tok':>9} {'train FLOP':>10} {'ckpts':>5} {'eval FLOP':>10}"]
+    lines = [
+        f"{'trial':<48} {'params':>7} {'rows':>7} {'tok/row':>7} {'train tok':>9} {'train FLOP':>10} {'ckpts':>5} {'eval FLOP':>10}"
+    ]
     for t in cost.trials[:max_rows]:
         lines.append(
             f"{t.label[:48]:<48} {_si(t.params.value):>7} {_si(t.rows.value):>7} {_si(t.tokens_per_row.value):>7} "

@@ -64,7 +64,11 @@ def _jsonl(path: Path) -> Iterator[Row]:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 yield f"{path.name}:{number}: not valid JSON ({type(exc).__name__})"
                 continue
-            yield row if isinstance(row, dict) else f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
+            yield (
+                row
+                if isinstance(row, dict)
+                else f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
+            )
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -110,7 +114,9 @@ def _file_rows(path: Path) -> Iterator[Row]:
             raise SftlabError(f"{path}: not a readable CSV file ({_root_cause(exc)})") from None
         yield from rows
     else:
-        raise SftlabError(f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)")
+        raise SftlabError(
+            f"{path}: unsupported data file type {path.suffix!r} (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)"
+        )
 
 
 def iter_rows(uri: str, split: str, ctx: RunContext, subset: str | None = None) -> Iterator[Row]:
@@ -232,7 +238,12 @@ def drop_overlong_prompts(loaded: LoadedData, ds: DatasetSpec, tokenizer: Any, m
     for i, (row, example) in enumerate(zip(loaded.row_ids, loaded.examples)):
         n = _untrained_prefix(example, tokenizer, max_length)
         if n >= max_length:
-            skipped.append((row, f"prompt is {n} tokens; training.max_length is {max_length}, so truncation leaves no completion token to train on"))
+            skipped.append(
+                (
+                    row,
+                    f"prompt is {n} tokens; training.max_length is {max_length}, so truncation leaves no completion token to train on",
+                )
+            )
         else:
             keep.append(i)
     skipped.sort()
@@ -249,7 +260,11 @@ def _untrained_prefix(example: Example, tokenizer: Any, max_length: int) -> int:
 
         def tokens(full: bool) -> list[int]:
             messages = conversation if full else prompt_turns
-            return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=not full, return_dict=True)["input_ids"])
+            return list(
+                tokenizer.apply_chat_template(
+                    messages, tokenize=True, add_generation_prompt=not full, return_dict=True
+                )["input_ids"]
+            )
     else:
         prompt, completion = render_text(example, tokenizer)  # eos appended, as TRL appends it
 
@@ -260,7 +275,9 @@ def _untrained_prefix(example: Example, tokenizer: Any, max_length: int) -> int:
     if len(prompt_ids) < max_length:
         return len(prompt_ids)  # the usual case: the prefix it shares with prompt + completion is no longer
     full_ids = tokens(full=True)
-    return next((n for n, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids)))
+    return next(
+        (n for n, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
+    )
 
 
 def no_usable_rows(ds: DatasetSpec, problems: list[tuple[int, str]]) -> SftlabError:

@@ -51,7 +51,9 @@ def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any
     return items
 
 
-def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], resamples: int, confidence: float, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of ``values``."""
     data = np.asarray(values, dtype=float)
     if data.size == 0:
@@ -63,7 +65,13 @@ def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, see
     return float(low), float(high)
 
 
-def score_benchmark(model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None, evaluation: EvaluationConfig) -> BenchmarkScore:
+def score_benchmark(
+    model: Generator,
+    bench: BenchmarkSpec,
+    items: list[dict[str, Any]],
+    template: str | None,
+    evaluation: EvaluationConfig,
+) -> BenchmarkScore:
     """Score ``items`` with the benchmark's task; add ``score``, its CI, ``items`` and how many items
     did not fit the model's context window (``items_too_long``, scored 0) or had their generation
     cut to fit it (``items_clamped``); see ``sftlab.evals.base``."""
@@ -79,17 +87,30 @@ def score_benchmark(model: Generator, bench: BenchmarkSpec, items: list[dict[str
     if too_long or clamped:
         log.warning(
             "benchmark %s: %d of %d items do not fit the model's context window (scored 0), %d had generation clamped "
-            "to fit (see the fit and note columns of the per-item table)", bench.name, too_long, len(items), clamped,
+            "to fit (see the fit and note columns of the per-item table)",
+            bench.name,
+            too_long,
+            len(items),
+            clamped,
         )
     result.metrics.update(
-        score=float(np.mean(scores)), score_ci_low=low, score_ci_high=high, items=float(len(scores)),
-        items_too_long=float(too_long), items_clamped=float(clamped),
+        score=float(np.mean(scores)),
+        score_ci_low=low,
+        score_ci_high=high,
+        items=float(len(scores)),
+        items_too_long=float(too_long),
+        items_clamped=float(clamped),
     )
     return result
 
 
 def gain_metrics(
-    bench: str, scored: dict[str, float], base: dict[str, float], item_scores: Sequence[float], base_item_scores: Sequence[float] | None, evaluation: EvaluationConfig
+    bench: str,
+    scored: dict[str, float],
+    base: dict[str, float],
+    item_scores: Sequence[float],
+    base_item_scores: Sequence[float] | None,
+    evaluation: EvaluationConfig,
 ) -> dict[str, float]:
     """``eval/``, ``base/`` and ``gain/`` metrics of one benchmark, with a paired CI of the score gain.
 
@@ -115,7 +136,10 @@ def gain_metrics(
 
 
 def score_endpoint(
-    endpoint: Endpoint, benchmarks: list[BenchmarkSpec], items: dict[str, list[dict[str, Any]]], template: str | None,
+    endpoint: Endpoint,
+    benchmarks: list[BenchmarkSpec],
+    items: dict[str, list[dict[str, Any]]],
+    template: str | None,
     evaluation: EvaluationConfig,
 ) -> dict[str, BenchmarkScore]:
     from sftlab.serving.client import CompletionsClient
@@ -149,11 +173,18 @@ def score_models(
     items = {b.name: benchmark_items(b, ctx) for b in benchmarks}
     with tempfile.TemporaryDirectory(prefix="sftlab-eval-") as tmp:
         if evaluation.backend == "local":
-            served = serve_locally(lambda _: Path(model_sources.resolve(base_model, ctx)), models, evaluation, Path(tmp))
+            served = serve_locally(
+                lambda _: Path(model_sources.resolve(base_model, ctx)), models, evaluation, Path(tmp)
+            )
         else:
             served = serve_on_kserve(
-                name, model_storage_uri(base_model), models, evaluation, ctx.resources.for_stage("evaluate"),
-                max_lora_rank, log=lambda line: log.info("%s", line),
+                name,
+                model_storage_uri(base_model),
+                models,
+                evaluation,
+                ctx.resources.for_stage("evaluate"),
+                max_lora_rank,
+                log=lambda line: log.info("%s", line),
             )
         with contextlib.closing(served):  # leaving early still stops the server / deletes the InferenceService
             for label, endpoint in served:

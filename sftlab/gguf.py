@@ -42,7 +42,9 @@ def converted(path: Path, cache_dir: Path) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # noqa: BLE001 - unsupported architectures and corrupt files raise many types
-        raise SftlabError(f"{path}: cannot read this GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise SftlabError(
+            f"{path}: cannot read this GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())

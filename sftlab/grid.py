@@ -33,7 +33,12 @@ from sftlab.spec import (
 NAME_AXES = ("base_model", "dataset")
 # How a trial is run, not what it computes: changing these must not redo finished trials.
 NOT_IN_KEY = {
-    "checkpoint_every_epoch", "checkpoint_uri", "gradient_checkpointing", "attn_implementation", "use_liger_kernel", "distributed",
+    "checkpoint_every_epoch",
+    "checkpoint_uri",
+    "gradient_checkpointing",
+    "attn_implementation",
+    "use_liger_kernel",
+    "distributed",
 }
 
 
@@ -144,7 +149,11 @@ def _axis_problem(axis: str) -> str | None:
 
 def _names(data: dict[str, Any], field: str) -> set[str]:
     items = data.get(field)
-    return {i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)} if isinstance(items, list) else set()
+    return (
+        {i["name"] for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)}
+        if isinstance(items, list)
+        else set()
+    )
 
 
 def sweep_problems(data: dict[str, Any], spec: Spec | None) -> list[str]:
@@ -181,7 +190,9 @@ def sweep_problems(data: dict[str, Any], spec: Spec | None) -> list[str]:
                 if axis == "training":
                     problems += [f"sweep.training[{i}].{line}" for line in describe_errors(exc)]
                 else:
-                    problems += [line.replace(line.split(":")[0], f"sweep.{axis}[{i}]", 1) for line in describe_errors(exc)]
+                    problems += [
+                        line.replace(line.split(":")[0], f"sweep.{axis}[{i}]", 1) for line in describe_errors(exc)
+                    ]
             except ValueError as exc:
                 problems.append(f"sweep.{axis}[{i}]: {exc}")
         if len(set(map(repr, values))) != len(values):
@@ -203,7 +214,9 @@ def expand(spec: Spec) -> list[Trial]:
     size = math.prod(len(values) for values in axes.values())
     if size > MAX_TRIALS:  # refuse before building them: a typo'd grid would take minutes to expand
         sizes = " × ".join(f"{len(values)} {axis}" for axis, values in axes.items())
-        raise SftlabError(f"sweep: {size:,} trials ({sizes}) is more than sftlab runs from one spec ({MAX_TRIALS:,}); split it")
+        raise SftlabError(
+            f"sweep: {size:,} trials ({sizes}) is more than sftlab runs from one spec ({MAX_TRIALS:,}); split it"
+        )
     models = {m.name: m for m in spec.base_models}
     datasets = {d.name: d for d in spec.datasets}
     trials = []

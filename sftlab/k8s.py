@@ -146,7 +146,9 @@ def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:
 # ---------------------------------------------------------------- cluster connection
 
 
-def cluster_namespace(configured: str | None = None, *, setting: str = "", path: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+def cluster_namespace(
+    configured: str | None = None, *, setting: str = "", path: Path = SERVICE_ACCOUNT_NAMESPACE
+) -> str:
     """``configured``, else the namespace of the pod this runs in; ``setting`` names where to
     configure one, for the error."""
     if configured:
@@ -219,7 +221,9 @@ class _Cancellation:
             self._installed = True
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
         if self._pending and exc_type is None:
@@ -386,7 +390,9 @@ class ObjectRunner:
         r = self.resource
         options = client.V1DeleteOptions(propagation_policy="Background")
         try:
-            self.custom.delete_namespaced_custom_object(r.group, r.version, self.namespace, r.plural, name, body=options)
+            self.custom.delete_namespaced_custom_object(
+                r.group, r.version, self.namespace, r.plural, name, body=options
+            )
             self.log(f"{ref} deleted")
         except ApiException as exc:
             if exc.status != 404:
@@ -407,7 +413,11 @@ class ObjectRunner:
                 self.namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
             )
             # As with pods: the field selector is the server's filter, this check ours.
-            events += [e for e in _items(listed) if e.get("type") == "Warning" and (e.get("involvedObject") or {}).get("name") == name]
+            events += [
+                e
+                for e in _items(listed)
+                if e.get("type") == "Warning" and (e.get("involvedObject") or {}).get("name") == name
+            ]
         events.sort(key=_event_time)
         return [_event_line(e) for e in events[-MAX_WARNINGS:]]
 
@@ -480,7 +490,9 @@ def _container_problems(container: Mapping[str, Any]) -> list[str]:
         problems.append(f"{name} exited {state['terminated']['exitCode']}: {_reason(state['terminated'])}")
     last = (container.get("lastState") or {}).get("terminated")
     if last and container.get("restartCount"):
-        problems.append(f"{name} restarted {container['restartCount']}x, last exit {last.get('exitCode')}: {_reason(last)}")
+        problems.append(
+            f"{name} restarted {container['restartCount']}x, last exit {last.get('exitCode')}: {_reason(last)}"
+        )
     return problems
 
 

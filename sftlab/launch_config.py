@@ -35,7 +35,9 @@ def layer_classes(model_source: str, revision: str | None = None) -> list[str]:
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     names = list(getattr(model_class, "_no_split_modules", None) or [])
     if not names:
-        raise SftlabError(f"{model_source}: no transformer layer class known for model type {config.model_type!r}; FSDP cannot wrap it")
+        raise SftlabError(
+            f"{model_source}: no transformer layer class known for model type {config.model_type!r}; FSDP cannot wrap it"
+        )
     return names
 
 
@@ -90,12 +92,16 @@ def accelerate_config(
     return config
 
 
-def write_accelerate_config(training: TrainingConfig, processes: int, path: Path, layers: list[str] | None = None) -> Path:
+def write_accelerate_config(
+    training: TrainingConfig, processes: int, path: Path, layers: list[str] | None = None
+) -> Path:
     """Write the config for this machine (CUDA or not, bf16 or not) and return its path."""
     import torch
 
     cuda = torch.cuda.is_available()
-    config = accelerate_config(training, processes, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(), layers=layers)
+    config = accelerate_config(
+        training, processes, cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(), layers=layers
+    )
     path.write_text(yaml.safe_dump(config, sort_keys=True))
     return path
 
@@ -103,6 +109,13 @@ def write_accelerate_config(training: TrainingConfig, processes: int, path: Path
 def launch_command(config_path: Path, processes: int) -> list[str]:
     """``accelerate launch`` of the distributed entry point (through this interpreter: no PATH lookup)."""
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path),
-        "--num_processes", str(processes), "-m", ENTRY_POINT,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config_path),
+        "--num_processes",
+        str(processes),
+        "-m",
+        ENTRY_POINT,
     ]

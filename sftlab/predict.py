@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 VERSION = 1
 PREDICTOR_FILE = "predictor.json"
 REPORT_TAG = "sftlab.report_built_ms"  # on the run holding a report's artifacts: when it was built
-ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 33))  # ridge penalties tried (standardised features); 1e6 ≈ the mean
+ALPHAS = tuple(
+    float(a) for a in np.logspace(-2, 6, 33)
+)  # ridge penalties tried (standardised features); 1e6 ≈ the mean
 MIN_SKILL = 0.05  # "beats the baseline": a CV MAE at least 5% below the better mean baseline, not a tie won by noise
 MIN_UNITS = 5  # fewer profiled pairs than this: no predictor for the benchmark
 MIN_COVERAGE = 0.8  # a feature must be logged for this share of the training units (others are imputed)
@@ -113,8 +115,11 @@ class Target(Ridge):
 
     def outside(self, x: np.ndarray) -> list[str]:
         """Features beyond the range the study saw: the prediction is an extrapolation there."""
-        return [f"{name} {v:.4g} (study {lo:.4g}–{hi:.4g})" for name, v, lo, hi in zip(self.features, x, self.low, self.high)
-                if math.isfinite(v) and not name.startswith(MODEL) and not lo <= v <= hi]
+        return [
+            f"{name} {v:.4g} (study {lo:.4g}–{hi:.4g})"
+            for name, v, lo, hi in zip(self.features, x, self.low, self.high)
+            if math.isfinite(v) and not name.startswith(MODEL) and not lo <= v <= hi
+        ]
 
 
 @dataclass
@@ -208,7 +213,10 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, names: list[str]) -> Ridge:
 
 def _design(group: list[Unit], names: list[str], benchmark: str, models: list[str]) -> tuple[np.ndarray, list[str]]:
     columns = names + [MODEL + m for m in models]
-    rows = [np.concatenate([features(u.profile, names, benchmark), [float(u.base_model == m) for m in models]]) for u in group]
+    rows = [
+        np.concatenate([features(u.profile, names, benchmark), [float(u.base_model == m) for m in models]])
+        for u in group
+    ]
     return np.vstack(rows) if rows else np.zeros((0, len(columns))), columns
 
 
@@ -248,7 +256,9 @@ def fit(done: list[TrialRow], experiment: str = "", targets: list[Measure] | Non
     for m in targets if targets is not None else headlines(measures(done)):
         group = [u for u in all_units if math.isfinite(u.gain(m))]
         if len(group) < MIN_UNITS or not names:
-            predictor.skipped[m.name] = f"{len(group)} profiled (base model, dataset) pairs with this gain; need {MIN_UNITS}"
+            predictor.skipped[m.name] = (
+                f"{len(group)} profiled (base model, dataset) pairs with this gain; need {MIN_UNITS}"
+            )
             continue
         x, columns = _design(group, names, m.benchmark, models)
         y = np.array([u.gain(m) for u in group])
@@ -257,7 +267,9 @@ def fit(done: list[TrialRow], experiment: str = "", targets: list[Measure] | Non
         index = [columns.index(c) for c in ridge.features]
         with np.errstate(all="ignore"):
             low, high = np.nanmin(x[:, index], axis=0).tolist(), np.nanmax(x[:, index], axis=0).tolist()
-        predictor.targets[m.name] = Target(**asdict(ridge), measure=m.name, benchmark=m.benchmark, units=len(group), cv=cv, low=low, high=high)
+        predictor.targets[m.name] = Target(
+            **asdict(ridge), measure=m.name, benchmark=m.benchmark, units=len(group), cv=cv, low=low, high=high
+        )
     return predictor
 
 
@@ -313,8 +325,10 @@ def rank(predictor: Predictor, profiles: dict[tuple[str, str], dict[str, float]]
         for model in sorted({m for m, _ in profiles}):
             scored = [(d, *predictor.predict(measure, p, model)) for (m, d), p in profiles.items() if m == model]
             scored.sort(key=lambda item: -item[1])
-            out += [Ranked(measure, model, i, d, g, target.cv.rmse, tuple(miss), tuple(far))
-                    for i, (d, g, miss, far) in enumerate(scored, 1)]
+            out += [
+                Ranked(measure, model, i, d, g, target.cv.rmse, tuple(miss), tuple(far))
+                for i, (d, g, miss, far) in enumerate(scored, 1)
+            ]
     return out
 
 
@@ -329,7 +343,9 @@ def predictor_for(tracker: Tracker, experiment: str, refit: bool = False) -> tup
     return fitted, f"predictor fitted now from the finished trials of experiment {experiment!r}"
 
 
-def profile_candidates(spec: Any, tracking_uri: str | None = None, echo: Any = print) -> dict[tuple[str, str], dict[str, float]]:
+def profile_candidates(
+    spec: Any, tracking_uri: str | None = None, echo: Any = print
+) -> dict[tuple[str, str], dict[str, float]]:
     """Profile metrics of every (base model, dataset) of the spec: cached profile runs, else profiled now.
 
     Only the profile stage runs (no training); its results are cached in the spec's experiment like
@@ -357,12 +373,22 @@ def format_ranking(predictor: Predictor, ranked: list[Ranked], source: str) -> s
     lines = [source]
     for measure in dict.fromkeys(r.measure for r in ranked):
         cv = predictor.targets[measure].cv
-        verdict = "beats the baseline" if cv.beats_baseline else "does NOT beat the baseline: this ranking is no better than the mean gain"
+        verdict = (
+            "beats the baseline"
+            if cv.beats_baseline
+            else "does NOT beat the baseline: this ranking is no better than the mean gain"
+        )
         lines.append("")
-        lines.append(f"{measure}: predicted gain ± CV RMSE. CV MAE {cv.mae:.3g} vs {cv.best_baseline_mae:.3g} for the better "
-                     f"mean baseline ({cv.scheme}, {cv.folds} folds, {predictor.targets[measure].units} units): {verdict}")
+        lines.append(
+            f"{measure}: predicted gain ± CV RMSE. CV MAE {cv.mae:.3g} vs {cv.best_baseline_mae:.3g} for the better "
+            f"mean baseline ({cv.scheme}, {cv.folds} folds, {predictor.targets[measure].units} units): {verdict}"
+        )
         for model in dict.fromkeys(r.base_model for r in ranked if r.measure == measure):
-            known = "" if model in predictor.base_models else " (not in the study: predicted with the study-average base model)"
+            known = (
+                ""
+                if model in predictor.base_models
+                else " (not in the study: predicted with the study-average base model)"
+            )
             lines.append(f"  {model}{known}")
             for r in (r for r in ranked if r.measure == measure and r.base_model == model):
                 note = f"  (imputed: {', '.join(r.missing)})" if r.missing else ""
@@ -376,8 +402,31 @@ def write_ranking_csv(ranked: list[Ranked], path: Path, predictor: Predictor) ->
 
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["measure", "base_model", "rank", "dataset", "predicted_gain", "uncertainty_cv_rmse", "beats_baseline",
-                         "imputed", "extrapolated"])
+        writer.writerow(
+            [
+                "measure",
+                "base_model",
+                "rank",
+                "dataset",
+                "predicted_gain",
+                "uncertainty_cv_rmse",
+                "beats_baseline",
+                "imputed",
+                "extrapolated",
+            ]
+        )
         for r in ranked:
             beats = predictor.targets[r.measure].cv.beats_baseline
-            writer.writerow([r.measure, r.base_model, r.rank, r.dataset, r.gain, r.uncertainty, beats, ";".join(r.missing), ";".join(r.outside)])
+            writer.writerow(
+                [
+                    r.measure,
+                    r.base_model,
+                    r.rank,
+                    r.dataset,
+                    r.gain,
+                    r.uncertainty,
+                    beats,
+                    ";".join(r.missing),
+                    ";".join(r.outside),
+                ]
+            )

@@ -234,7 +234,9 @@ def _probe(candidates: list[_Mode]) -> _Mode:
             continue
         if result.passed:
             if not mode.namespaces:
-                log.warning("sandbox: no namespaces here (%s); falling back to python-guard isolation", "; ".join(problems))
+                log.warning(
+                    "sandbox: no namespaces here (%s); falling back to python-guard isolation", "; ".join(problems)
+                )
             return mode
         problems.append(f"probe program {result.status}: {result.stderr.strip()[-200:]}")
     raise SftlabError(f"sandbox: cannot run Python programs here: {'; '.join(problems)}")
@@ -459,7 +461,9 @@ def _unshare(plan: dict[str, Any]) -> None:
         if not os.read(ready_r, 1):
             os._exit(1)  # the parent failed to unshare
         try:
-            _write_id_maps(str(os.getppid()), f"0 0 1\n{uid} {uid} 1\n", f"0 0 1\n{gid} {gid} 1\n", deny_setgroups=False)
+            _write_id_maps(
+                str(os.getppid()), f"0 0 1\n{uid} {uid} 1\n", f"0 0 1\n{gid} {gid} 1\n", deny_setgroups=False
+            )
         except OSError:
             os._exit(1)
         os._exit(0)
@@ -529,7 +533,12 @@ def _build_dev(dev: str, room: str) -> None:
     for name in DEVICES:
         Path(dev, name).touch()
         _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, f"{dev}/{name}")
     _tmpfs(f"{dev}/shm", f"mode=1777,{room}")
 

@@ -35,7 +35,9 @@ class ModelSpec(Strict):
     uri: str = Field(min_length=1)
     revision: str | None = None
     params: float | None = Field(
-        None, gt=0, description="Parameter count, for cost estimates of models that cannot be read offline (e.g. 7.2e9)."
+        None,
+        gt=0,
+        description="Parameter count, for cost estimates of models that cannot be read offline (e.g. 7.2e9).",
     )
 
 
@@ -50,12 +52,16 @@ class DatasetSpec(Strict):
     uri: str = Field(min_length=1)
     format: Literal["messages", "prompt_completion", "instruction"] = "instruction"
     split: str = "train"
-    subset: str | None = Field(None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k.")
+    subset: str | None = Field(
+        None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k."
+    )
     instruction_field: str = "instruction"
     input_field: str | None = "input"
     response_field: str = "response"
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this dataset.")
-    num_rows: int | None = Field(None, ge=1, description="Rows in the dataset, for cost estimates when it cannot be read offline.")
+    num_rows: int | None = Field(
+        None, ge=1, description="Rows in the dataset, for cost estimates when it cannot be read offline."
+    )
 
 
 BenchmarkKind = Literal["gsm8k", "math", "humaneval", "mbpp", "multiple_choice", "qa", "judge"]
@@ -66,7 +72,9 @@ class SandboxConfig(Strict):
 
     timeout_s: float = Field(10.0, gt=0, le=600, description="Wall-clock limit per program.")
     memory_mb: int = Field(1024, ge=64, le=65536, description="Address-space limit per program.")
-    max_processes: int = Field(8, ge=1, le=1024, description="Processes/threads a program may start (fork bombs stop here).")
+    max_processes: int = Field(
+        8, ge=1, le=1024, description="Processes/threads a program may start (fork bombs stop here)."
+    )
     max_output_kb: int = Field(256, ge=1, le=65536, description="Captured stdout/stderr and file writes per program.")
     workers: int = Field(2, ge=1, le=256, description="Programs run at once.")
 
@@ -77,7 +85,8 @@ class JudgeConfig(Strict):
     url: str = Field(min_length=1, description="Base URL of the OpenAI-compatible API, e.g. https://host/v1.")
     model: str = Field(min_length=1)
     api_key_env: str | None = Field(
-        "SFTLAB_JUDGE_API_KEY", description="Environment variable holding the judge's API key (the key never enters the spec)."
+        "SFTLAB_JUDGE_API_KEY",
+        description="Environment variable holding the judge's API key (the key never enters the spec).",
     )
     max_tokens: int = Field(512, ge=1, le=8192)
     concurrency: int = Field(4, ge=1, le=256)
@@ -90,17 +99,23 @@ class BenchmarkSpec(Strict):
     kind: BenchmarkKind = "gsm8k"
     uri: str = Field(min_length=1)
     split: str = "test"
-    subset: str | None = Field(None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k.")
+    subset: str | None = Field(
+        None, description="The hub dataset's subset (configuration), e.g. 'main' for openai/gsm8k."
+    )
     max_items: int | None = Field(None, ge=1)
     num_fewshot: int = Field(0, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=4096)
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this benchmark.")
     num_samples: int = Field(1, ge=1, le=1000, description="Completions sampled per item (n of pass@k).")
-    pass_k: list[int] = Field([1], min_length=1, description="k values of pass@k (unbiased estimator); each ≤ num_samples.")
+    pass_k: list[int] = Field(
+        [1], min_length=1, description="k values of pass@k (unbiased estimator); each ≤ num_samples."
+    )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy; sampling several completions needs > 0.")
     sandbox: SandboxConfig = SandboxConfig()
     judge: JudgeConfig | None = Field(None, description="Required for kind judge.")
-    num_items: int | None = Field(None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline.")
+    num_items: int | None = Field(
+        None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkSpec:
@@ -130,7 +145,9 @@ class DistributedConfig(Strict):
     launcher: Literal["trainjob", "pytorchjob"] = Field(
         "trainjob", description="Multi-node engine: Kubeflow Trainer TrainJob (v2) or Kubeflow PyTorchJob (v1)."
     )
-    runtime: str = Field("torch-distributed", description="The Kubeflow Trainer ClusterTrainingRuntime a TrainJob uses.")
+    runtime: str = Field(
+        "torch-distributed", description="The Kubeflow Trainer ClusterTrainingRuntime a TrainJob uses."
+    )
     timeout_s: float = Field(7 * 24 * 3600.0, gt=0, description="How long a cluster training job may run.")
 
 
@@ -179,8 +196,12 @@ class ProfileConfig(Strict):
     """Data profiling (``sftlab.stages.profile``). Cheap measures always cover every row; the
     perplexity and embedding measures run on seeded samples whose sizes are set here."""
 
-    max_rows: int = Field(2000, ge=1, description="Rows sampled (seeded) for perplexity; a 95% bootstrap CI is reported.")
-    batch_size: int = Field(8, ge=1, description="Perplexity batch size (rows are length-sorted, so padding stays small).")
+    max_rows: int = Field(
+        2000, ge=1, description="Rows sampled (seeded) for perplexity; a 95% bootstrap CI is reported."
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Perplexity batch size (rows are length-sorted, so padding stays small)."
+    )
     seed: int = 0
     bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the perplexity CI.")
     embedding_model: str | None = Field(
@@ -190,10 +211,14 @@ class ProfileConfig(Strict):
         "If the package is missing, embedding measures are skipped with a note in the profile.",
     )
     embedding_rows: int = Field(256, ge=2, le=100_000, description="Rows (and benchmark items) sampled for embeddings.")
-    near_dup_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="Jaccard similarity above which rows are near duplicates (MinHash LSH).")
+    near_dup_threshold: float = Field(
+        0.8, gt=0.0, lt=1.0, description="Jaccard similarity above which rows are near duplicates (MinHash LSH)."
+    )
     minhash_perms: int = Field(128, ge=16, le=1024, description="MinHash permutations (datasketch's default).")
     minhash_shingle: int = Field(3, ge=1, le=16, description="Words per shingle for near-duplicate detection.")
-    contamination_n: int = Field(13, ge=4, le=64, description="Shared word n-gram length that flags a benchmark item (GPT-3 used 13).")
+    contamination_n: int = Field(
+        13, ge=4, le=64, description="Shared word n-gram length that flags a benchmark item (GPT-3 used 13)."
+    )
     overlap_ns: list[int] = Field([1, 2, 3], min_length=1, description="n of the benchmark n-gram overlap measures.")
     hist_bins: int = Field(30, ge=2, le=500, description="Bins of the histograms in the profile card and JSON.")
 
@@ -217,7 +242,8 @@ class KServeConfig(Strict):
     )
     ready_timeout_s: float = Field(1800.0, gt=0, description="How long an InferenceService may take to become Ready.")
     service_account: str | None = Field(
-        None, description="Service account with the S3 credentials for storageUri; default $SFTLAB_SERVICE_ACCOUNT (the chart's)."
+        None,
+        description="Service account with the S3 credentials for storageUri; default $SFTLAB_SERVICE_ACCOUNT (the chart's).",
     )
     artifacts_destination: str | None = Field(
         None,
@@ -259,11 +285,14 @@ class WeightsConfig(Strict):
 
 
 class TrackingConfig(Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite under root.")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite under root."
+    )
     experiment: str | None = Field(None, description="Default: the spec's name.")
     root: str = Field("./sftlab-runs", description="Local folder for the embedded store, artifacts and reports.")
     register_models: bool = Field(
-        True, description="Register each trained model as a version of '<experiment>.<base model>' in the MLflow registry."
+        True,
+        description="Register each trained model as a version of '<experiment>.<base model>' in the MLflow registry.",
     )
 
     @field_validator("uri")
@@ -341,13 +370,17 @@ class TaskResources(Strict):
     @classmethod
     def _resource_name(cls, value: str) -> str:
         if not _RESOURCE_NAME.match(value):
-            raise ValueError("expected an extended resource name such as nvidia.com/gpu or amd.com/gpu (pick the GPU model with node_selector)")
+            raise ValueError(
+                "expected an extended resource name such as nvidia.com/gpu or amd.com/gpu (pick the GPU model with node_selector)"
+            )
         return value
 
     @model_validator(mode="after")
     def _gpus_for_accelerator(self) -> TaskResources:
         if self.accelerator != DEFAULT_ACCELERATOR and not self.gpus:
-            raise ValueError(f"accelerator {self.accelerator!r} is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU")
+            raise ValueError(
+                f"accelerator {self.accelerator!r} is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU"
+            )
         return self
 
 
@@ -375,7 +408,8 @@ class ResourcesConfig(Strict):
 
 class PipelineConfig(Strict):
     image: str | None = Field(
-        None, description="Component image; default $SFTLAB_IMAGE, else $SFTLAB_REGISTRY/sftlab:<version>, else the release image."
+        None,
+        description="Component image; default $SFTLAB_IMAGE, else $SFTLAB_REGISTRY/sftlab:<version>, else the release image.",
     )
     max_parallel_trials: int = Field(4, ge=1, le=1000)
     kfp_host: str | None = None
@@ -416,7 +450,9 @@ class Spec(Strict):
         if epochs == "last":
             return self
         if not self.training.checkpoint_every_epoch:
-            raise ValueError("evaluation.epochs: evaluating epochs before the last needs training.checkpoint_every_epoch: true")
+            raise ValueError(
+                "evaluation.epochs: evaluating epochs before the last needs training.checkpoint_every_epoch: true"
+            )
         most = max([self.training.epochs, *(e for e in self.sweep.get("training.epochs", []) if isinstance(e, int))])
         if isinstance(epochs, list) and max(epochs) > most:
             raise ValueError(f"evaluation.epochs: epoch {max(epochs)} is past the last training epoch ({most})")
@@ -429,7 +465,9 @@ class Spec(Strict):
             return self
         runtime = self.evaluation.kserve.runtime
         if runtime == "vllm" and not self.resources.for_stage("evaluate").gpus:
-            raise ValueError("evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface")
+            raise ValueError(
+                "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface"
+            )
         recipes = [r for r in self.sweep.get("training", []) if isinstance(r, dict)]
         methods = [self.training.method, *self.sweep.get("training.method", []), *(r.get("method") for r in recipes)]
         if runtime != "vllm" and any(m in ("lora", "qlora") for m in methods):
@@ -513,7 +551,9 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
             msg = msg[0].lower() + msg[1:]
             if kind == "value_error" and isinstance(err["input"], dict):
                 # A check across a group's fields: its message names them; the group's whole input is noise.
-                lines.append(msg if path == "(top level)" and re.match(r"[a-z_]+(\.[a-z_]+)*: ", msg) else f"{path}: {msg}")
+                lines.append(
+                    msg if path == "(top level)" and re.match(r"[a-z_]+(\.[a-z_]+)*: ", msg) else f"{path}: {msg}"
+                )
             else:
                 lines.append(f"{path}: {msg}, got {err['input']!r}")
     return lines

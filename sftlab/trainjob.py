@@ -210,7 +210,9 @@ def launcher_for(distributed: DistributedConfig) -> Launcher:
             pytorchjob,  # builds on this module, so it is imported only here
         )
 
-        return Launcher("pytorchjob", partial(pytorchjob.pytorchjob_manifest, nodes=distributed.nodes), pytorchjob.PyTorchJobRunner)
+        return Launcher(
+            "pytorchjob", partial(pytorchjob.pytorchjob_manifest, nodes=distributed.nodes), pytorchjob.PyTorchJobRunner
+        )
     return Launcher(
         "trainjob", partial(trainjob_manifest, nodes=distributed.nodes, runtime=distributed.runtime), TrainJobRunner
     )

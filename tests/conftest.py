@@ -42,7 +42,9 @@ def s3_endpoint() -> Iterator[str]:
     port = free_port()
     server = shutil.which("moto_server")
     assert server, "moto_server not installed (pip install 'moto[server]')"
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -95,7 +97,9 @@ def first_trial(spec: Spec, **axes: object) -> Trial:
     return next(t for t in expand(spec) if all(t.axes.get(k) == v for k, v in axes.items()))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sftlab.cli", *args],
         cwd=cwd,

@@ -110,7 +110,9 @@ class Controller:
 
     def patch(self, status: dict[str, Any]) -> None:
         r = self.resource
-        custom(self.api).patch_namespaced_custom_object_status(r.group, r.version, NS, r.plural, self.name, {"status": status})
+        custom(self.api).patch_namespaced_custom_object_status(
+            r.group, r.version, NS, r.plural, self.name, {"status": status}
+        )
 
 
 def cond(type_: str, status: str = "True", reason: str = "", message: str = "") -> dict[str, Any]:

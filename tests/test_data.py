@@ -89,7 +89,9 @@ def test_parquet_and_folder_sources(tmp_path: Path) -> None:
 def test_empty_dataset_is_one_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text(json.dumps({"instruction": "q", "response": ""}) + "\n")
-    with pytest.raises(SftlabError, match=r"dataset e .*: no usable rows \(first problem, row 0: missing text field 'response'\)"):
+    with pytest.raises(
+        SftlabError, match=r"dataset e .*: no usable rows \(first problem, row 0: missing text field 'response'\)"
+    ):
         data.load_examples(DatasetSpec(name="e", uri=str(path)), TEMPLATE, ctx(tmp_path))
 
 
@@ -149,4 +151,6 @@ def test_tokenizer_that_does_not_belong_to_the_weights(tmp_path: Path) -> None:
         f"model small: its tokenizer has {len(tokenizer)} tokens but the model's embeddings only 512; "
         "the tokenizer files do not belong to these weights"
     )
-    models.check_pair(models.load_causal_lm(str(large)), models.load_tokenizer(str(large)), "large")  # a true pair passes
+    models.check_pair(
+        models.load_causal_lm(str(large)), models.load_tokenizer(str(large)), "large"
+    )  # a true pair passes

@@ -21,7 +21,9 @@ from tests.conftest import REPO, first_trial, quickstart_spec
 STEPS = 16  # 64 rows / global batch 8 × 2 epochs, whatever the number of processes
 
 
-def trial_job(tmp_path: Path, method: str = "full", train_resources: TaskResources | None = None, **training: Any) -> tuple[TrialJob, Tracker]:
+def trial_job(
+    tmp_path: Path, method: str = "full", train_resources: TaskResources | None = None, **training: Any
+) -> tuple[TrialJob, Tracker]:
     """A 2-epoch quickstart trial with 4 rows per device (global batch 8: 2 processes, no accumulation)."""
     spec = quickstart_spec(tmp_path)
     spec.resources.train = train_resources
@@ -58,7 +60,12 @@ def test_torchrun_two_ranks_train_and_rank0_stores_once(tmp_path: Path) -> None:
     env = {**os.environ, JOB_ENV: job.to_json(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "-m", "sftlab.stages.distributed"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0/2: done" in proc.stderr and "rank 1/2: done" in proc.stderr
@@ -67,12 +74,21 @@ def test_torchrun_two_ranks_train_and_rank0_stores_once(tmp_path: Path) -> None:
 
 def test_ddp_strategy_relaunches_the_stage_through_accelerate(tmp_path: Path) -> None:
     """strategy ddp with 2 devices in the train resources: the stage runs 2 processes and returns rank 0's result."""
-    job, tracker = trial_job(tmp_path, method="lora", train_resources=TaskResources(gpus=2), distributed=DistributedConfig(strategy="ddp"))
+    job, tracker = trial_job(
+        tmp_path, method="lora", train_resources=TaskResources(gpus=2), distributed=DistributedConfig(strategy="ddp")
+    )
     result = run_stage("train", job.to_json(), tmp_path / "model.json")
     assert_trained_once(job, tracker, world_size=2)
     run_id = job.context.trial_run_id
-    assert result.outputs == {"run_id": run_id, "artifact_path": "model", "adapter": True, "uri": f"runs:/{run_id}/model"}
-    assert result.metrics == {k: v for k, v in tracker.client.get_run(run_id).data.metrics.items() if k in result.metrics}
+    assert result.outputs == {
+        "run_id": run_id,
+        "artifact_path": "model",
+        "adapter": True,
+        "uri": f"runs:/{run_id}/model",
+    }
+    assert result.metrics == {
+        k: v for k, v in tracker.client.get_run(run_id).data.metrics.items() if k in result.metrics
+    }
     assert "time/train_s" in tracker.client.get_run(run_id).data.metrics  # the launching stage owns the run
 
 

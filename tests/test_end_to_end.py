@@ -90,9 +90,17 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
         metrics, tags = run.data.metrics, run.data.tags
         assert {"sftlab.base_model", "sftlab.dataset", "sftlab.method", TAG_TRIAL_KEY} <= set(tags)
         assert run.data.params["training.method"] == tags["sftlab.method"]
-        for name in ("profile/ppl", "train/final_loss", "train/tokens_per_s", "eval/gsm8k-tiny/exact_match",
-                     "eval/gsm8k-tiny/loglik", "base/gsm8k-tiny/loglik", "gain/gsm8k-tiny/loglik",
-                     "weights/layer_0/rel_change", "weights/layer_3/rel_change"):
+        for name in (
+            "profile/ppl",
+            "train/final_loss",
+            "train/tokens_per_s",
+            "eval/gsm8k-tiny/exact_match",
+            "eval/gsm8k-tiny/loglik",
+            "base/gsm8k-tiny/loglik",
+            "gain/gsm8k-tiny/loglik",
+            "weights/layer_0/rel_change",
+            "weights/layer_3/rel_change",
+        ):
             assert name in metrics, (name, tags["sftlab.label"])
         assert metrics["gain/gsm8k-tiny/loglik"] == pytest.approx(
             metrics["eval/gsm8k-tiny/loglik"] - metrics["base/gsm8k-tiny/loglik"]
@@ -101,7 +109,10 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
         assert tags.get("sftlab.kfp_task.train"), "KFP task name recorded on the MLflow run"
         assert any(a.path == "model" for a in tracker.client.list_artifacts(run.info.run_id))
     # Fine-tuning on math moves the likelihood of GSM8K-format answers more than code does.
-    gain = {(r.data.tags["sftlab.dataset"], r.data.tags["sftlab.method"]): r.data.metrics["gain/gsm8k-tiny/loglik"] for r in finished}
+    gain = {
+        (r.data.tags["sftlab.dataset"], r.data.tags["sftlab.method"]): r.data.metrics["gain/gsm8k-tiny/loglik"]
+        for r in finished
+    }
     assert gain[("math", "full")] > gain[("code", "full")]
     assert len(set(gain.values())) == 4  # real, varying effects
     # One profile per (base model, dataset) and one baseline per (base model, benchmark), even with
@@ -139,7 +150,9 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     assert len(trials_after) == 8  # only the two failed trials ran again
     assert len(list(tracker.search("tags.`sftlab.stage` = 'sweep'"))) == 1
     assert sum(t.info.status == "FINISHED" for t in trials_after) == 4
-    compiled = run_cli("compile", str(spec_path), "--output", str(tmp_path / "compiled.yaml"), cwd=tmp_path, env=SECRETS)
+    compiled = run_cli(
+        "compile", str(spec_path), "--output", str(tmp_path / "compiled.yaml"), cwd=tmp_path, env=SECRETS
+    )
     assert compiled.returncode == 0, compiled.stderr
     assert_no_secrets(tmp_path, first.stdout + first.stderr, out, compiled.stdout + compiled.stderr)
 
@@ -167,10 +180,17 @@ def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path, sto
 
     console = tmp_path / "console.log"  # read while it runs; opening the store meanwhile would race its creation
     with console.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sftlab.cli", "run", str(spec_path)],
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 600
-    while "[1/2] tiny-llama-chat/math[method=full]: finished" not in console.read_text() and time.monotonic() < deadline:
+    while (
+        "[1/2] tiny-llama-chat/math[method=full]: finished" not in console.read_text() and time.monotonic() < deadline
+    ):
         assert proc.poll() is None, console.read_text()
         time.sleep(1)
     assert proc.poll() is None, "the first trial should finish while the second runs"
@@ -185,7 +205,7 @@ def test_interrupted_sweep_redoes_only_the_interrupted_trial(tmp_path: Path, sto
     assert "interrupted (" in out and "run the same command again to finish the sweep" in out
     assert "Traceback" not in out
     tracker = Tracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "quickstart")
-    sweep, = tracker.search("tags.`sftlab.stage` = 'sweep'")
+    (sweep,) = tracker.search("tags.`sftlab.stage` = 'sweep'")
     assert sweep.info.status == "FAILED" and sweep.data.tags[TAG_ERROR].startswith("interrupted (")
     # The sweep exits only once its trial processes have closed their runs and are gone.
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(tmp_path).encode() in _cmdline(p)]

@@ -138,7 +138,10 @@ class ScriptedModel:
 
 def test_multiple_choice_picks_the_most_likely_choice(tmp_path: Path) -> None:
     bench = BenchmarkSpec(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
-    items = [{"question": "q", "choices": ["right", "wrong"], "answer": 0}, {"question": "q", "choices": ["wrong", "right"], "answer": 1}]
+    items = [
+        {"question": "q", "choices": ["right", "wrong"], "answer": 0},
+        {"question": "q", "choices": ["wrong", "right"], "answer": 1},
+    ]
     assert score_benchmark(ScriptedModel("right"), bench, items, TEMPLATE, EVAL).metrics["acc"] == 1.0
     assert score_benchmark(ScriptedModel("wrong"), bench, items, TEMPLATE, EVAL).metrics["acc"] == 0.0
 
@@ -161,7 +164,13 @@ def test_short_answer_matching(output: str, refs: list[str], exact: bool, lenien
 
 @pytest.mark.parametrize(
     ("verdict", "rating"),
-    [("Good answer. Rating: [[8]]", 8.0), ("Rating: [[7.5]]", 7.5), ("Rating: [6]", 6.0), ("no rating", None), ("Rating: [[11]]", None)],
+    [
+        ("Good answer. Rating: [[8]]", 8.0),
+        ("Rating: [[7.5]]", 7.5),
+        ("Rating: [6]", 6.0),
+        ("no rating", None),
+        ("Rating: [[11]]", None),
+    ],
 )
 def test_judge_rating_parsing_follows_fastchat(verdict: str, rating: float | None) -> None:
     assert judge.parse_rating(verdict) == rating
@@ -188,7 +197,9 @@ def test_paired_gain_ci_is_tighter_than_independent_cis() -> None:
     scored = {"score": float(tuned.mean()), "items": 200.0}
     metrics = gain_metrics("b", scored, {"score": float(base.mean())}, tuned.tolist(), base.tolist(), EVAL)
     width = metrics["gain/b/score_ci_high"] - metrics["gain/b/score_ci_low"]
-    independent = np.subtract(*bootstrap_ci(tuned.tolist(), 500, 0.95)[::-1]) + np.subtract(*bootstrap_ci(base.tolist(), 500, 0.95)[::-1])
+    independent = np.subtract(*bootstrap_ci(tuned.tolist(), 500, 0.95)[::-1]) + np.subtract(
+        *bootstrap_ci(base.tolist(), 500, 0.95)[::-1]
+    )
     assert metrics["gain/b/score_ci_low"] > 0 and width < independent / 5
     assert "gain/b/items" not in metrics and metrics["eval/b/items"] == 200
     with pytest.raises(SftlabError, match="baseline scored 199 items"):
@@ -218,10 +229,17 @@ class FakeJudge(ThreadingHTTPServer):
         class Handler(JsonHandler):
             def do_POST(handler) -> None:  # noqa: N805 - the handler, not the server
                 body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                ok = handler.path == "/v1/chat/completions" and handler.headers.get("Authorization") == f"Bearer {self.key}"
+                ok = (
+                    handler.path == "/v1/chat/completions"
+                    and handler.headers.get("Authorization") == f"Bearer {self.key}"
+                )
                 self.requests.append(body)
                 prompt = body["messages"][-1]["content"]
-                verdict = "I cannot rate this." if "[The Start of Reference Answer]" in prompt else f"Fine. Rating: [[{len(self.requests) % 10 + 1}]]"
+                verdict = (
+                    "I cannot rate this."
+                    if "[The Start of Reference Answer]" in prompt
+                    else f"Fine. Rating: [[{len(self.requests) % 10 + 1}]]"
+                )
                 payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
                 handler.send_json(200 if ok else 401, payload if ok else {"error": {"message": "bad key"}})
 
@@ -251,9 +269,13 @@ def judge_bench(server: FakeJudge, key: str, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.parametrize(
     ("kind", "file", "metric"),
-    [("gsm8k", "gsm8k_tiny.jsonl", "exact_match"), ("math", "math_tiny.jsonl", "exact_match"),
-     ("multiple_choice", "mmlu_tiny.jsonl", "acc"), ("qa", "nq_tiny.jsonl", "lenient_match"),
-     ("mbpp", "mbpp_tiny.jsonl", "pass_at_1")],
+    [
+        ("gsm8k", "gsm8k_tiny.jsonl", "exact_match"),
+        ("math", "math_tiny.jsonl", "exact_match"),
+        ("multiple_choice", "mmlu_tiny.jsonl", "acc"),
+        ("qa", "nq_tiny.jsonl", "lenient_match"),
+        ("mbpp", "mbpp_tiny.jsonl", "pass_at_1"),
+    ],
 )
 def test_each_family_scores_a_served_model(served, tmp_path: Path, kind: str, file: str, metric: str) -> None:
     client, _ = served
@@ -310,7 +332,9 @@ def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.M
         assert "wrong" not in str(info.value)
 
 
-def test_judge_skips_answers_to_prompts_longer_than_the_context(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_judge_skips_answers_to_prompts_longer_than_the_context(
+    served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An item whose prompt does not fit the 512-token window scores 0 unjudged; the rest are judged."""
     client, _ = served
     with running_judge("k") as server:

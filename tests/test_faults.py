@@ -126,7 +126,9 @@ def test_transient_s3_errors_are_retried(model_on_s3: str, s3_env: str, tmp_path
         assert (folder / name).read_bytes() == (tiny_model / name).read_bytes()
 
 
-def test_persistent_s3_errors_fail_clearly_and_leave_no_complete_copy(model_on_s3: str, s3_env: str, tmp_path: Path) -> None:
+def test_persistent_s3_errors_fail_clearly_and_leave_no_complete_copy(
+    model_on_s3: str, s3_env: str, tmp_path: Path
+) -> None:
     for endpoint in proxy(s3_env, failures=None):
         with pytest.raises(SftlabError) as info:
             download(model_on_s3, tmp_path / "cache", StorageConfig(s3_endpoint_url=endpoint))

@@ -31,10 +31,12 @@ def test_smollm2_gguf_converts_once_and_answers(tmp_path: Path) -> None:
     model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and getattr(model.config, "quantization_config", None) is None
     assert sum(p.numel() for p in model.parameters()) == 134_515_008  # SmolLM2-135M, tied embeddings
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "5" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "5" in tok.decode(out[0, ids["input_ids"].shape[1] :])
     written = (folder / "model.safetensors").stat().st_mtime_ns
     assert converted(smollm2_gguf(), ctx.cache_dir) == folder  # cached: not converted again
     assert (folder / "model.safetensors").stat().st_mtime_ns == written
@@ -48,4 +50,6 @@ def test_bad_gguf_files_get_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SftlabError) as info:
         converted(broken, tmp_path / "cache")
     assert "cannot read this GGUF model" in str(info.value) and "\n" not in str(info.value)
-    assert not list((tmp_path / "cache").glob("gguf/*")) or all(".partial" not in p.name for p in (tmp_path / "cache" / "gguf").iterdir())
+    assert not list((tmp_path / "cache").glob("gguf/*")) or all(
+        ".partial" not in p.name for p in (tmp_path / "cache" / "gguf").iterdir()
+    )

@@ -35,9 +35,13 @@ def test_key_changes_with_any_setting() -> None:
 
 
 def test_sweep_axes_multiply_and_restrict() -> None:
-    text = (EXAMPLES / "quickstart.yaml").read_text().replace(
-        "training.method: [full, lora]",
-        "training.method: [full, lora]\n  training.learning_rate: [0.001, 0.002, 0.004]\n  base_model: [tiny-qwen-mixed]",
+    text = (
+        (EXAMPLES / "quickstart.yaml")
+        .read_text()
+        .replace(
+            "training.method: [full, lora]",
+            "training.method: [full, lora]\n  training.learning_rate: [0.001, 0.002, 0.004]\n  base_model: [tiny-qwen-mixed]",
+        )
     )
     trials = expand(parse_spec(text, base_dir=EXAMPLES))
     assert len(trials) == 1 * 2 * 2 * 3

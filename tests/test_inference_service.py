@@ -68,7 +68,11 @@ def unknown_fields(value: Any, type_name: str = "V1beta1InferenceService", path:
     return [
         u
         for key, item in value.items()
-        for u in ([f"{path}.{key}"] if key not in attrs else unknown_fields(item, model.openapi_types[attrs[key]], f"{path}.{key}"))
+        for u in (
+            [f"{path}.{key}"]
+            if key not in attrs
+            else unknown_fields(item, model.openapi_types[attrs[key]], f"{path}.{key}")
+        )
     ]
 
 
@@ -93,7 +97,12 @@ def test_cpu_manifest_uses_the_transformers_backend_in_float32() -> None:
 def test_gpu_manifest_uses_vllm_with_placement_and_shm() -> None:
     p = predictor(isvc(VLLM, GPU))
     model = p["model"]
-    assert model["args"] == ["--model_name=qwen-sft", "--backend=vllm", "--tensor-parallel-size=4", "--max_model_len=4096"]
+    assert model["args"] == [
+        "--model_name=qwen-sft",
+        "--backend=vllm",
+        "--tensor-parallel-size=4",
+        "--max_model_len=4096",
+    ]
     assert model["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "4"}
     assert p["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -126,13 +135,24 @@ def test_lora_adapters_share_one_vllm_server() -> None:
     assert "--model_dir=/mnt/models/base" in args and "--enable-lora" in args
     assert "--max-lora-rank=32" in args  # r=20 rounds up to a rank vLLM accepts
     # --lora-modules takes every value up to the next flag, so it comes last.
-    assert args[-3:] == ["--lora-modules", "lora-ep1=/mnt/models/adapters/lora-ep1", "lora-ep2=/mnt/models/adapters/lora-ep2"]
+    assert args[-3:] == [
+        "--lora-modules",
+        "lora-ep1=/mnt/models/adapters/lora-ep1",
+        "lora-ep2=/mnt/models/adapters/lora-ep2",
+    ]
 
 
 def test_manifest_fields_exist_in_the_sdk_models() -> None:
-    m = isvc(VLLM.model_copy(update={"deployment_mode": "Serverless"}), GPU, adapters=ADAPTERS, labels={"sftlab.trial-key": "a/b"})
+    m = isvc(
+        VLLM.model_copy(update={"deployment_mode": "Serverless"}),
+        GPU,
+        adapters=ADAPTERS,
+        labels={"sftlab.trial-key": "a/b"},
+    )
     assert unknown_fields(m) == []
-    assert unknown_fields({"spec": {"predictor": {"storageURIs": []}}}) == [".spec.predictor.storageURIs"]  # the check bites
+    assert unknown_fields({"spec": {"predictor": {"storageURIs": []}}}) == [
+        ".spec.predictor.storageURIs"
+    ]  # the check bites
 
 
 def test_labels_are_valid_label_values() -> None:
@@ -180,7 +200,9 @@ def test_namespace_configured_or_from_the_pod(tmp_path: Path) -> None:
     assert cluster_namespace("evals", path=path) == "evals"
     path.write_text("sweeps\n")
     assert cluster_namespace(None, path=path) == "sweeps"
-    with pytest.raises(SftlabError, match=r"no Kubernetes namespace: not running in a pod .* \(set evaluation.kserve.namespace\)$"):
+    with pytest.raises(
+        SftlabError, match=r"no Kubernetes namespace: not running in a pod .* \(set evaluation.kserve.namespace\)$"
+    ):
         cluster_namespace(None, setting="evaluation.kserve.namespace", path=tmp_path / "missing")
 
 
@@ -217,8 +239,12 @@ class Predictor(JsonHandler):
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         found = self.path == "/openai/v1/completions"
-        choices = [{"index": i, "text": request["model"], "finish_reason": "length"} for i, _ in enumerate(request["prompt"])]
-        self.send_json(200 if found else 404, {"choices": choices} if found else {"error": {"message": f"no route {self.path}"}})
+        choices = [
+            {"index": i, "text": request["model"], "finish_reason": "length"} for i, _ in enumerate(request["prompt"])
+        ]
+        self.send_json(
+            200 if found else 404, {"choices": choices} if found else {"error": {"message": f"no route {self.path}"}}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +308,9 @@ def test_an_error_in_the_block_deletes_and_is_not_masked(kube: Any, predictor_ur
     assert not exists(kube, NAME, INFERENCE_SERVICE)
 
 
-@pytest.mark.parametrize("cancel", [lambda: sigterm(0), lambda: (_ for _ in ()).throw(KeyboardInterrupt)], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize(
+    "cancel", [lambda: sigterm(0), lambda: (_ for _ in ()).throw(KeyboardInterrupt)], ids=["sigterm", "ctrl-c"]
+)
 def test_cancellation_in_the_block_deletes(kube: Any, predictor_url: str, cancel: Any) -> None:
     play_controller(kube, ready(predictor_url))
     with pytest.raises(KeyboardInterrupt), runner(kube).serving(isvc()):
@@ -305,8 +333,12 @@ def predictor_pods(kube: Any) -> Iterator[None]:
         "status": {
             "phase": "Pending",
             "conditions": [
-                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                 "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."}
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                }
             ],
         },
     }
@@ -314,26 +346,56 @@ def predictor_pods(kube: Any) -> Iterator[None]:
         "metadata": {"name": f"{NAME}-predictor-7d9f-fghij", "labels": label},
         "status": {
             "phase": "Running",
-            "initContainerStatuses": [{"name": "storage-initializer", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+            "initContainerStatuses": [
+                {"name": "storage-initializer", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+            ],
             "containerStatuses": [
                 {
                     "name": "kserve-container",
                     "restartCount": 3,
-                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                    "state": {
+                        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}
+                    },
                     "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
                 }
             ],
         },
     }
-    other = {"metadata": {"name": "other-predictor-1", "labels": {"serving.kserve.io/inferenceservice": "other"}}, "status": {"phase": "Failed"}}
+    other = {
+        "metadata": {"name": "other-predictor-1", "labels": {"serving.kserve.io/inferenceservice": "other"}},
+        "status": {"phase": "Failed"},
+    }
 
     def event(name: str, kind: str, obj: str, type_: str, reason: str, message: str, at: str) -> dict[str, Any]:
-        return {"metadata": {"name": name}, "involvedObject": {"kind": kind, "name": obj}, "type": type_,
-                "reason": reason, "message": message, "lastTimestamp": at, "count": 1}
+        return {
+            "metadata": {"name": name},
+            "involvedObject": {"kind": kind, "name": obj},
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "lastTimestamp": at,
+            "count": 1,
+        }
 
     events = [
-        event("e1", "Pod", pending["metadata"]["name"], "Warning", "FailedScheduling", "0/4 nodes are available", "2026-11-02T10:00:01Z"),
-        event("e2", "InferenceService", NAME, "Warning", "InternalError", "fails to reconcile predictor", "2026-11-02T10:00:00Z"),
+        event(
+            "e1",
+            "Pod",
+            pending["metadata"]["name"],
+            "Warning",
+            "FailedScheduling",
+            "0/4 nodes are available",
+            "2026-11-02T10:00:01Z",
+        ),
+        event(
+            "e2",
+            "InferenceService",
+            NAME,
+            "Warning",
+            "InternalError",
+            "fails to reconcile predictor",
+            "2026-11-02T10:00:00Z",
+        ),
         event("e3", "Pod", crashing["metadata"]["name"], "Normal", "Pulled", "image pulled", "2026-11-02T10:00:02Z"),
         event("e4", "Pod", "other-predictor-1", "Warning", "BackOff", "not ours", "2026-11-02T10:00:03Z"),
     ]
@@ -365,7 +427,10 @@ def test_timeout_explains_itself_and_deletes(kube: Any) -> None:
         f"InferenceService {NS}/{NAME} did not become Ready within 0.3 s (last condition: Ready=False "
         "(RevisionMissing: Configuration is waiting for a Revision to become ready.)); pods: "
     )
-    assert f"{NAME}-predictor-7d9f-abcde Pending, unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu." in msg
+    assert (
+        f"{NAME}-predictor-7d9f-abcde Pending, unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+        in msg
+    )
     assert "kserve-container waiting: CrashLoopBackOff (back-off 40s restarting failed container)" in msg
     assert "kserve-container restarted 3x, last exit 137: OOMKilled" in msg
     assert "storage-initializer" not in msg  # it finished fine

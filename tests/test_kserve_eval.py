@@ -28,7 +28,9 @@ from tests.conftest import EXAMPLES
 from tests.kube import NS, KubeServer, custom
 
 BUCKET = "models"
-BENCH = BenchmarkSpec(name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_items=6, max_new_tokens=8)
+BENCH = BenchmarkSpec(
+    name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_items=6, max_new_tokens=8
+)
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
 
 
@@ -66,8 +68,13 @@ class FakeKServe(threading.Thread):
         self.servers[name] = server
         self.created.append(name)
         r = INFERENCE_SERVICE
-        status = {"address": {"url": server.base_url.removesuffix("/openai/v1")}, "conditions": [{"type": "Ready", "status": "True"}]}
-        custom(self.api).patch_namespaced_custom_object_status(r.group, r.version, NS, r.plural, name, {"status": status})
+        status = {
+            "address": {"url": server.base_url.removesuffix("/openai/v1")},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+        custom(self.api).patch_namespaced_custom_object_status(
+            r.group, r.version, NS, r.plural, name, {"status": status}
+        )
 
     def close(self) -> None:
         self.stop.set()
@@ -91,7 +98,9 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_env: str) -> Ite
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with KubeServer() as server:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kmock",
             "clusters": [{"name": "kmock", "cluster": {"server": server.url}}],
             "users": [{"name": "me", "user": {}}],
             "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "me"}}],
@@ -119,18 +128,34 @@ def upload(folder: Path, prefix: str) -> str:
 
 
 def evaluation(backend: str) -> EvaluationConfig:
-    return EvaluationConfig(backend=backend, bootstrap_resamples=100, kserve=KServeConfig(namespace=NS, ready_timeout_s=120))
+    return EvaluationConfig(
+        backend=backend, bootstrap_resamples=100, kserve=KServeConfig(namespace=NS, ready_timeout_s=120)
+    )
 
 
-def test_kserve_backend_scores_equal_the_local_backend_and_services_are_deleted(cluster: FakeKServe, tiny_model: Path, tmp_path: Path, s3_env: str) -> None:
-    ctx = RunContext(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="e", root=str(tmp_path),
-                     storage=StorageConfig(s3_endpoint_url=s3_env))
+def test_kserve_backend_scores_equal_the_local_backend_and_services_are_deleted(
+    cluster: FakeKServe, tiny_model: Path, tmp_path: Path, s3_env: str
+) -> None:
+    ctx = RunContext(
+        tracking_uri=f"sqlite:///{tmp_path}/m.db",
+        experiment="e",
+        root=str(tmp_path),
+        storage=StorageConfig(s3_endpoint_url=s3_env),
+    )
     base = ModelSpec(name="tiny", uri=upload(tiny_model, "tiny"))
     model = ModelToServe("base", fetch=lambda _: tiny_model, storage_uri=lambda: model_storage_uri(base))
     scores: dict[str, dict[str, Any]] = {}
     for backend in ("local", "kserve"):
-        score_models(base, [model], [BENCH], TEMPLATE, evaluation(backend), ctx,
-                     lambda label, results, backend=backend: scores.setdefault(backend, results), name="base-tiny")
+        score_models(
+            base,
+            [model],
+            [BENCH],
+            TEMPLATE,
+            evaluation(backend),
+            ctx,
+            lambda label, results, backend=backend: scores.setdefault(backend, results),
+            name="base-tiny",
+        )
     local, served = scores["local"]["gsm8k"], scores["kserve"]["gsm8k"]
     assert [r["output"] for r in served.rows] == [r["output"] for r in local.rows]
     assert served.metrics == pytest.approx(local.metrics)
@@ -141,7 +166,9 @@ def test_kserve_backend_scores_equal_the_local_backend_and_services_are_deleted(
     assert cluster.deleted == cluster.created  # the runner deleted it; the fake saw it go
 
 
-def test_a_failure_while_scoring_still_deletes_the_service(cluster: FakeKServe, tiny_model: Path, tmp_path: Path, s3_env: str) -> None:
+def test_a_failure_while_scoring_still_deletes_the_service(
+    cluster: FakeKServe, tiny_model: Path, tmp_path: Path, s3_env: str
+) -> None:
     ctx = RunContext(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="e", root=str(tmp_path))
     base = ModelSpec(name="tiny", uri=upload(tiny_model, "tiny2"))
     model = ModelToServe("base", fetch=lambda _: tiny_model, storage_uri=lambda: model_storage_uri(base))
@@ -160,7 +187,11 @@ def test_a_failure_while_scoring_still_deletes_the_service(cluster: FakeKServe, 
     [
         ("s3://b/mlflow/1/abc/artifacts", None, "s3://b/mlflow/1/abc/artifacts/model"),
         ("mlflow-artifacts:/1/abc/artifacts", "s3://mlflow/mlflow", "s3://mlflow/mlflow/1/abc/artifacts/model"),
-        ("mlflow-artifacts://mlflow.sftlab:5000/1/abc/artifacts", "s3://mlflow/mlflow/", "s3://mlflow/mlflow/1/abc/artifacts/model"),
+        (
+            "mlflow-artifacts://mlflow.sftlab:5000/1/abc/artifacts",
+            "s3://mlflow/mlflow/",
+            "s3://mlflow/mlflow/1/abc/artifacts/model",
+        ),
     ],
 )
 def test_artifact_storage_uris(artifact_uri: str, destination: str | None, expected: str) -> None:

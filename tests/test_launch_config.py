@@ -28,7 +28,9 @@ from sftlab.stages.sft import check_method, sft_config
 from sftlab.tiny import resolve_tiny
 
 
-def launched(training: TrainingConfig, tmp_path: Path, processes: int = 4, **kw: Any) -> tuple[Any, dict[str, str], Any]:
+def launched(
+    training: TrainingConfig, tmp_path: Path, processes: int = 4, **kw: Any
+) -> tuple[Any, dict[str, str], Any]:
     """(parsed ClusterConfig, the env accelerate gives the processes, its launch args) for a generated config."""
     from accelerate.commands.config.config_args import ClusterConfig
     from accelerate.commands.launch import (
@@ -88,11 +90,14 @@ def test_deepspeed_zero3_config(tmp_path: Path) -> None:
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     # Left to the Trainer, which fills them from the training arguments.
-    assert ds["gradient_accumulation_steps"] == ds["train_micro_batch_size_per_gpu"] == ds["gradient_clipping"] == "auto"
+    assert (
+        ds["gradient_accumulation_steps"] == ds["train_micro_batch_size_per_gpu"] == ds["gradient_clipping"] == "auto"
+    )
 
 
 @pytest.mark.parametrize(
-    ("uri", "layer"), [("tiny:llama?hidden=64&layers=2", "LlamaDecoderLayer"), ("tiny:qwen2?hidden=64&layers=2", "Qwen2DecoderLayer")]
+    ("uri", "layer"),
+    [("tiny:llama?hidden=64&layers=2", "LlamaDecoderLayer"), ("tiny:qwen2?hidden=64&layers=2", "Qwen2DecoderLayer")],
 )
 def test_fsdp_wraps_the_models_own_layer_class(tmp_path: Path, uri: str, layer: str) -> None:
     assert layer_classes(str(resolve_tiny(uri, tmp_path))) == [layer]
@@ -111,7 +116,10 @@ def test_fsdp_needs_layer_classes() -> None:
             "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto or sdpa",
         ),
         ({"use_liger_kernel": True}, "training.use_liger_kernel needs a CUDA GPU and the liger-kernel package"),
-        ({"distributed": {"strategy": "fsdp"}}, "training.distributed.strategy: fsdp needs CUDA GPUs; use ddp or none on CPU"),
+        (
+            {"distributed": {"strategy": "fsdp"}},
+            "training.distributed.strategy: fsdp needs CUDA GPUs; use ddp or none on CPU",
+        ),
         (
             {"distributed": {"strategy": "deepspeed_zero3"}},
             "training.distributed.strategy: deepspeed_zero3 needs CUDA GPUs; use ddp or none on CPU",
@@ -125,7 +133,11 @@ def test_settings_this_cpu_machine_cannot_run_are_one_line_errors(update: dict[s
 
 
 def test_cpu_training_options(tmp_path: Path) -> None:
-    assert not sft_config(TrainingConfig(global_batch_size=8, per_device_batch_size=8), tmp_path).gradient_checkpointing  # None: CUDA only
-    forced = sft_config(TrainingConfig(global_batch_size=8, per_device_batch_size=8, gradient_checkpointing=True), tmp_path)
+    assert not sft_config(
+        TrainingConfig(global_batch_size=8, per_device_batch_size=8), tmp_path
+    ).gradient_checkpointing  # None: CUDA only
+    forced = sft_config(
+        TrainingConfig(global_batch_size=8, per_device_batch_size=8, gradient_checkpointing=True), tmp_path
+    )
     assert forced.gradient_checkpointing and forced.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert not forced.bf16 and not forced.use_liger_kernel

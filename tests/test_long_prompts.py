@@ -114,7 +114,9 @@ def test_chat_refuses_long_messages_and_without_max_tokens_needs_room_for_one(ht
     error = refusal(http.post("/chat/completions", json={"model": NAME, "messages": messages, "max_tokens": 4}))
     assert error["param"] == "messages" and "in the messages, 4 in the completion" in error["message"]
     error = refusal(http.post("/chat/completions", json={"model": NAME, "messages": messages}))
-    assert error["message"].startswith(f"This model's maximum context length is {LIMIT} tokens. However, you requested ")
+    assert error["message"].startswith(
+        f"This model's maximum context length is {LIMIT} tokens. However, you requested "
+    )
     assert error["message"].endswith("tokens in the messages. Please reduce the length of the messages.")
 
 
@@ -134,7 +136,9 @@ def test_client_clamps_or_marks_each_prompt_and_leaves_the_others_alone(client, 
         alone = fresh.complete([prompts[0], prompts[3]], max_tokens=40)
     assert [results[0], results[3]] == alone and all(r.note == "" for r in alone)
     assert results[1] == "" and f"maximum context length is {LIMIT} tokens" in results[1].note
-    direct = http.post("/completions", json={"model": NAME, "prompt": clamp, "max_tokens": room, "temperature": 0}).json()
+    direct = http.post(
+        "/completions", json={"model": NAME, "prompt": clamp, "max_tokens": room, "temperature": 0}
+    ).json()
     assert results[2] == direct["choices"][0]["text"]
     assert results[2].note == (
         f"generation clamped to {room} of 40 tokens: the prompt has {LIMIT - room} tokens "
@@ -143,7 +147,11 @@ def test_client_clamps_or_marks_each_prompt_and_leaves_the_others_alone(client, 
 
 
 def test_client_loglikelihood_marks_pairs_that_do_not_fit(client) -> None:
-    pairs = [("Ana has 3 apples and gets 4 more. How many apples does Ana have?", " 7"), (LONG, " 7"), ("Rain is", " water")]
+    pairs = [
+        ("Ana has 3 apples and gets 4 more. How many apples does Ana have?", " 7"),
+        (LONG, " 7"),
+        ("Rain is", " water"),
+    ]
     scores = client.loglikelihood(pairs)
     assert [s.fit for s in scores] == ["ok", "too_long", "ok"]
     assert scores[1] == (float("-inf"), 0) and "maximum context length" in scores[1].note
@@ -169,11 +177,21 @@ class _OldKServe(JsonHandler):
                     f"This model's maximum context length is 64 tokens. However, you requested {n + wanted} tokens "
                     f"({n} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion."
                 )
-                return self.send_json(500, {"error": {"code": "500", "message": message, "param": "", "type": "OpenAIError"}})
-        choices = [{"index": i, "text": f"{wanted} tokens", "finish_reason": "length", "logprobs": None} for i in range(len(prompts))]
+                return self.send_json(
+                    500, {"error": {"code": "500", "message": message, "param": "", "type": "OpenAIError"}}
+                )
+        choices = [
+            {"index": i, "text": f"{wanted} tokens", "finish_reason": "length", "logprobs": None}
+            for i in range(len(prompts))
+        ]
         n = sum(len(p.split()) for p in prompts)
-        self.send_json(200, {"choices": choices, "usage": {"prompt_tokens": n, "completion_tokens": wanted, "total_tokens": n + wanted}})
-
+        self.send_json(
+            200,
+            {
+                "choices": choices,
+                "usage": {"prompt_tokens": n, "completion_tokens": wanted, "total_tokens": n + wanted},
+            },
+        )
 
 
 def test_client_reads_the_window_from_the_refusal_and_never_retries_it() -> None:
@@ -189,7 +207,10 @@ def test_client_reads_the_window_from_the_refusal_and_never_retries_it() -> None
         httpd.server_close()
     assert results == ["10 tokens", "4 tokens", ""]
     assert [r.fit for r in results] == ["ok", "clamped", "too_long"]
-    assert results[1].note == "generation clamped to 4 of 10 tokens: the prompt has 60 tokens and the model's maximum context length is 64"
+    assert (
+        results[1].note
+        == "generation clamped to 4 of 10 tokens: the prompt has 60 tokens and the model's maximum context length is 64"
+    )
     sent = [json.dumps(r, sort_keys=True) for r in httpd.requests]  # type: ignore[attr-defined]
     assert len(set(sent)) == len(sent)  # the 500s were not retried
 
@@ -212,7 +233,13 @@ def test_gsm8k_scores_long_items_zero_and_the_rest_as_without_them(client, http,
     normal = read_items("gsm8k_tiny.jsonl", 3)
     clamp = sized(n_tokens, LIMIT - 30, LIMIT - 5, lambda q: render_template(TEMPLATE, q))  # fits, < 32 tokens left
     long_work = " ".join(f"{i} + 1 = {i + 1}." for i in range(20))  # too long a solution to score after it
-    items = [normal[0], {"question": LONG, "answer": "3 + 4 = 7\n#### 7"}, normal[1], {"question": clamp, "answer": f"{long_work}\n#### 7"}, normal[2]]
+    items = [
+        normal[0],
+        {"question": LONG, "answer": "3 + 4 = 7\n#### 7"},
+        normal[1],
+        {"question": clamp, "answer": f"{long_work}\n#### 7"},
+        normal[2],
+    ]
 
     result = score_benchmark(client, spec, items, TEMPLATE, EVAL)
     alone = score_benchmark(client, spec, normal, TEMPLATE, EVAL)
@@ -228,16 +255,32 @@ def test_gsm8k_scores_long_items_zero_and_the_rest_as_without_them(client, http,
         assert row["loglik_per_token"] == pytest.approx(expected["loglik_per_token"], abs=1e-4)
 
     too_long = rows[1]
-    assert (too_long["output"], too_long["score"], too_long["extracted"], too_long["loglik_per_token"]) == ("", 0.0, None, None)
+    assert (too_long["output"], too_long["score"], too_long["extracted"], too_long["loglik_per_token"]) == (
+        "",
+        0.0,
+        None,
+        None,
+    )
     assert f"This model's maximum context length is {LIMIT} tokens" in too_long["note"]
 
     clamped = rows[3]
     room = LIMIT - n_tokens(clamped["prompt"])
-    direct = http.post("/completions", json={"model": NAME, "prompt": clamped["prompt"], "max_tokens": room,
-                                             "temperature": 0, "stop": list(STOP_SEQUENCES)}).json()
+    direct = http.post(
+        "/completions",
+        json={
+            "model": NAME,
+            "prompt": clamped["prompt"],
+            "max_tokens": room,
+            "temperature": 0,
+            "stop": list(STOP_SEQUENCES),
+        },
+    ).json()
     assert clamped["output"] == direct["choices"][0]["text"]
     assert clamped["note"].startswith(f"generation clamped to {room} of 32 tokens")
-    assert "loglik not scored: This model's maximum context length" in clamped["note"] and clamped["loglik_per_token"] is None
+    assert (
+        "loglik not scored: This model's maximum context length" in clamped["note"]
+        and clamped["loglik_per_token"] is None
+    )
 
     assert m["score"] == pytest.approx(np.mean([r["score"] for r in rows]))
     assert m["loglik"] == pytest.approx(np.mean([r["loglik_per_token"] for r in (rows[0], rows[2], rows[4])]))
@@ -280,7 +323,11 @@ def test_multiple_choice_item_with_any_choice_too_long_scores_zero(client) -> No
     for i in (1, 3):
         assert (rows[i]["output"], rows[i]["score"], rows[i]["acc_norm"], rows[i]["gold_prob"]) == ("", 0.0, 0.0, 0.0)
     for row, expected in zip([rows[0], rows[2], rows[4]], alone.rows):
-        assert (row["output"], row["score"], row["acc_norm"]) == (expected["output"], expected["score"], expected["acc_norm"])
+        assert (row["output"], row["score"], row["acc_norm"]) == (
+            expected["output"],
+            expected["score"],
+            expected["acc_norm"],
+        )
         assert row["gold_prob"] == pytest.approx(expected["gold_prob"], abs=1e-4)
     assert result.metrics["acc"] == pytest.approx(sum(r["score"] for r in rows) / 5)
 
@@ -294,4 +341,6 @@ def test_code_item_too_long_is_not_run_and_fails(client) -> None:
     assert [r["fit"] for r in rows] == ["ok", "too_long", "ok"]
     assert (rows[1]["status"], rows[1]["passed"], rows[1]["score"], rows[1]["output"]) == ("not run", 0, 0.0, "")
     assert rows[0]["status"] != "not run" and rows[2]["status"] != "not run"
-    assert result.metrics["items_too_long"] == 1 and result.metrics["pass_at_1"] == pytest.approx(np.mean([r["score"] for r in rows]))
+    assert result.metrics["items_too_long"] == 1 and result.metrics["pass_at_1"] == pytest.approx(
+        np.mean([r["score"] for r in rows])
+    )

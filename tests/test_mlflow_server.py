@@ -56,7 +56,9 @@ def chart_values(s3_endpoint: str) -> dict[str, Any]:
     }
 
 
-def rendered_env(values: dict[str, Any], secrets: dict[str, dict[str, str]], template: str, kind: str) -> dict[str, str]:
+def rendered_env(
+    values: dict[str, Any], secrets: dict[str, dict[str, str]], template: str, kind: str
+) -> dict[str, str]:
     """The env of the first container of ``kind`` in ``template``, secretKeyRefs resolved."""
     import helm_python
 
@@ -77,7 +79,9 @@ def find_configmap(values: dict[str, Any]) -> dict[str, str]:
     """The data of the chart's cluster-defaults ConfigMap (what pipeline pods get)."""
     import helm_python
 
-    text = helm_python.Chart.load(CHART).render(values, name="sftlab", namespace="ml")["sftlab/templates/pipeline-configmap.yaml"]
+    text = helm_python.Chart.load(CHART).render(values, name="sftlab", namespace="ml")[
+        "sftlab/templates/pipeline-configmap.yaml"
+    ]
     return yaml.safe_load(text)["data"]
 
 
@@ -90,15 +94,19 @@ def entrypoint_env(extra: dict[str, str]) -> dict[str, str]:
 def test_entrypoint_builds_the_server_command_from_parts() -> None:
     """The bundled-database path: the DSN is assembled with the password URL-encoded, and the
     printed command masks it."""
-    env = entrypoint_env({
-        "MLFLOW_DB_HOST": "sftlab-postgresql",
-        "MLFLOW_DB_PASSWORD": "p@ss:w/rd%",
-        "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/mlflow",
-        "MLFLOW_WORKERS": "3",
-        "MLFLOW_ALLOWED_HOSTS": "a,b:*",
-        "MLFLOW_EXTRA_ARGS": "--uvicorn-opts --timeout-keep-alive=120",
-    })
-    out = subprocess.run(["sh", str(ENTRYPOINT), "print"], env=env, capture_output=True, text=True, check=True).stdout.split()
+    env = entrypoint_env(
+        {
+            "MLFLOW_DB_HOST": "sftlab-postgresql",
+            "MLFLOW_DB_PASSWORD": "p@ss:w/rd%",
+            "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/mlflow",
+            "MLFLOW_WORKERS": "3",
+            "MLFLOW_ALLOWED_HOSTS": "a,b:*",
+            "MLFLOW_EXTRA_ARGS": "--uvicorn-opts --timeout-keep-alive=120",
+        }
+    )
+    out = subprocess.run(
+        ["sh", str(ENTRYPOINT), "print"], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[:2] == ["mlflow", "server"]
     assert out[out.index("--backend-store-uri") + 1] == "postgresql+psycopg2://mlflow:***@sftlab-postgresql:5432/mlflow"
     assert "p@ss" not in " ".join(out)
@@ -109,14 +117,17 @@ def test_entrypoint_builds_the_server_command_from_parts() -> None:
     assert "--app-name" not in out
 
 
-
 def test_entrypoint_rejects_missing_settings() -> None:
     env = entrypoint_env({"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"})
     bad = subprocess.run(["sh", str(ENTRYPOINT), "server"], env=env, capture_output=True, text=True)
     assert bad.returncode == 64 and "MLFLOW_ARTIFACTS_DESTINATION" in bad.stderr
     bad = subprocess.run(["sh", str(ENTRYPOINT), "server"], env=entrypoint_env({}), capture_output=True, text=True)
     assert bad.returncode == 64 and "MLFLOW_BACKEND_STORE_URI or MLFLOW_DB_HOST" in bad.stderr
-    auth = {"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db", "MLFLOW_ARTIFACTS_DESTINATION": "s3://b", "MLFLOW_BASIC_AUTH": "true"}
+    auth = {
+        "MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db",
+        "MLFLOW_ARTIFACTS_DESTINATION": "s3://b",
+        "MLFLOW_BASIC_AUTH": "true",
+    }
     bad = subprocess.run(["sh", str(ENTRYPOINT), "print"], env=entrypoint_env(auth), capture_output=True, text=True)
     assert bad.returncode == 64 and "MLFLOW_AUTH_ADMIN_PASSWORD" in bad.stderr
     bad = subprocess.run(["sh", str(ENTRYPOINT), "serve"], env=entrypoint_env(auth), capture_output=True, text=True)
@@ -144,11 +155,28 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
     started = False
     try:
-        subprocess.run(_as_postgres(["initdb", "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]),
-                       check=True, capture_output=True)
-        subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                     f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres(["initdb", "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]),
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            _as_postgres(
+                [
+                    "pg_ctl",
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(root / "log"),
+                    "-w",
+                    "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {port} -k {root}",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         started = True
         conn = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", dbname="postgres")
         conn.autocommit = True
@@ -158,7 +186,9 @@ def postgres() -> Iterator[str]:
         yield f"postgresql+psycopg2://mlflow:unused@127.0.0.1:{port}/mlflow"
     finally:
         if started:
-            subprocess.run(_as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True)
+            subprocess.run(
+                _as_postgres(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -209,21 +239,41 @@ def test_quickstart_against_chart_configured_server(tmp_path: Path, postgres: st
     # auth ignores it, but a wrongly encoded '@' or '/' would break the URL).
     db_port = postgres.rsplit(":", 1)[1].split("/")[0]
     bundled = {"artifacts": {"minio": {"enabled": False}, "s3": {"endpointUrl": s3_endpoint}}}
-    migrate_env = rendered_env(bundled, {"sftlab-postgresql": {"password": "p@ss:w/rd%"}}, "mlflow-migrate-job.yaml", "Job")
+    migrate_env = rendered_env(
+        bundled, {"sftlab-postgresql": {"password": "p@ss:w/rd%"}}, "mlflow-migrate-job.yaml", "Job"
+    )
     assert migrate_env["MLFLOW_DB_HOST"] == "sftlab-postgresql" and "MLFLOW_BACKEND_STORE_URI" not in migrate_env
     migrate_env.update(MLFLOW_DB_HOST="127.0.0.1", MLFLOW_DB_PORT=db_port)
-    migrated = subprocess.run(["sh", str(ENTRYPOINT), "migrate"], env=entrypoint_env(migrate_env), cwd=tmp_path,
-                              capture_output=True, text=True, timeout=180)
+    migrated = subprocess.run(
+        ["sh", str(ENTRYPOINT), "migrate"],
+        env=entrypoint_env(migrate_env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    bucket = subprocess.run(["sh", str(ENTRYPOINT), "ensure-bucket"], env=entrypoint_env(server_env), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    bucket = subprocess.run(
+        ["sh", str(ENTRYPOINT), "ensure-bucket"],
+        env=entrypoint_env(server_env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bucket.returncode == 0 and f"bucket {BUCKET} created" in bucket.stdout, bucket.stderr
 
     log = tmp_path / "mlflow-server.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as sink:
-        server = subprocess.Popen(["sh", str(ENTRYPOINT)], env=entrypoint_env(server_env), cwd=tmp_path, stdout=sink,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            ["sh", str(ENTRYPOINT)],
+            env=entrypoint_env(server_env),
+            cwd=tmp_path,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_healthy(url, server, log)
 
@@ -231,8 +281,14 @@ def test_quickstart_against_chart_configured_server(tmp_path: Path, postgres: st
         client_env = {k: v for k, v in os.environ.items() if not k.startswith(CLIENT_FORBIDDEN)}
         client_env["MLFLOW_TRACKING_URI"] = url
         spec = reduced_quickstart(tmp_path)
-        run = subprocess.run([sys.executable, "-m", "sftlab.cli", "run", str(spec)], cwd=tmp_path, env=client_env,
-                             capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            [sys.executable, "-m", "sftlab.cli", "run", str(spec)],
+            cwd=tmp_path,
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         out = run.stdout + run.stderr
         assert run.returncode == 0, out[-6000:]
         assert "1 trials: 0 already finished, 1 to run" in out, out[-3000:]
@@ -261,9 +317,18 @@ def test_quickstart_against_chart_configured_server(tmp_path: Path, postgres: st
         (sweep_id, _, _), (trial_id, _, _) = by_stage["sweep"][0], by_stage["trial"][0]
 
         # Artifacts are objects in the bucket, under the chart's prefix.
-        s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id=S3_KEYS["access-key-id"], aws_secret_access_key=S3_KEYS["secret-access-key"])
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEYS["access-key-id"],
+            aws_secret_access_key=S3_KEYS["secret-access-key"],
+        )
+        keys = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])
+        ]
         assert keys and all(k.startswith("mlflow/") for k in keys), keys[:5]
         model = [k for k in keys if f"/{trial_id}/artifacts/model/" in k]
         assert any(k.endswith(".safetensors") for k in model), model
@@ -285,14 +350,27 @@ def test_quickstart_against_chart_configured_server(tmp_path: Path, postgres: st
         big = tmp_path / "weights.bin"
         big.write_bytes(os.urandom(11 * 2**20))
         logged = subprocess.run(
-            [sys.executable, "-c", "import sys, mlflow\nmlflow.set_experiment('multipart')\n"
-             "with mlflow.start_run() as run:\n    mlflow.log_artifact(sys.argv[1])\nprint(run.info.run_id)", str(big)],
-            env=multipart_env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                "import sys, mlflow\nmlflow.set_experiment('multipart')\n"
+                "with mlflow.start_run() as run:\n    mlflow.log_artifact(sys.argv[1])\nprint(run.info.run_id)",
+                str(big),
+            ],
+            env=multipart_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert logged.returncode == 0, logged.stderr[-3000:]
         mpu_run = logged.stdout.split()[-1]
-        (key,) = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-                  for o in page.get("Contents", []) if o["Key"].endswith(f"/{mpu_run}/artifacts/weights.bin")]
+        (key,) = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])
+            if o["Key"].endswith(f"/{mpu_run}/artifacts/weights.bin")
+        ]
         head = s3.head_object(Bucket=BUCKET, Key=key)
         assert head["ContentLength"] == 11 * 2**20 and head["ETag"].strip('"').endswith("-3"), head["ETag"]
     finally:

@@ -281,15 +281,21 @@ def test_a_cancelled_launch_step_terminates_the_trial_runs_it_started(tmp_path: 
     from sftlab.sweep import prepare
 
     with FakeKfp(lambda run: ("RUNNING", None)) as kfp_api:
-        data = spec_data(tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-                         pipeline={"kfp_host": kfp_api.url, "max_parallel_trials": 2})
+        data = spec_data(
+            tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            pipeline={"kfp_host": kfp_api.url, "max_parallel_trials": 2},
+        )
         spec_file, plan_file = tmp_path / "spec.yaml", tmp_path / "plan.json"
         spec_file.write_text(yaml.safe_dump(data), encoding="utf-8")
         tracker, plan = prepare(parse_spec(spec_file.read_text(encoding="utf-8")))
         write_plan(plan, str(plan_file))
-        script = ("import sys; from pathlib import Path; from sftlab.components.sweep import run_launch; "
-                  "run_launch(Path(sys.argv[1]).read_text(), sys.argv[2], None)")
-        step = subprocess.Popen([sys.executable, "-c", script, str(spec_file), str(plan_file)], stderr=subprocess.PIPE, text=True)
+        script = (
+            "import sys; from pathlib import Path; from sftlab.components.sweep import run_launch; "
+            "run_launch(Path(sys.argv[1]).read_text(), sys.argv[2], None)"
+        )
+        step = subprocess.Popen(
+            [sys.executable, "-c", script, str(spec_file), str(plan_file)], stderr=subprocess.PIPE, text=True
+        )
         deadline = time.monotonic() + 120
         while len(kfp_api.runs) < 2 and step.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -338,17 +344,21 @@ def test_a_task_that_died_without_an_exception_is_not_blamed_on_an_earlier_one()
     ended prints no exception, and an earlier task's handled error must not be reported for it."""
     from sftlab.pipelines.launchers import DIED_SILENTLY, last_error
 
-    log = "\n".join([
-        "01:00 - INFO - Executing task \x1b[96m'profile'\x1b[0m",
-        "    ValueError: a row the profile skipped, logged and handled",
-        "01:01 - INFO - Task \x1b[96m'profile'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
-        "01:01 - INFO - Executing task \x1b[96m'train'\x1b[0m",
-        "    {'loss': 2.1}",
-        "01:02 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m",
-        "RuntimeError: Pipeline 'sftlab-trial' finished with status FAILURE. Inner task failed: 'train'.",
-    ])
+    log = "\n".join(
+        [
+            "01:00 - INFO - Executing task \x1b[96m'profile'\x1b[0m",
+            "    ValueError: a row the profile skipped, logged and handled",
+            "01:01 - INFO - Task \x1b[96m'profile'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+            "01:01 - INFO - Executing task \x1b[96m'train'\x1b[0m",
+            "    {'loss': 2.1}",
+            "01:02 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m",
+            "RuntimeError: Pipeline 'sftlab-trial' finished with status FAILURE. Inner task failed: 'train'.",
+        ]
+    )
     assert last_error(log) == f"train: {DIED_SILENTLY}"
-    with_exception = log.replace("{'loss': 2.1}", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    with_exception = log.replace(
+        "{'loss': 2.1}", "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
     assert last_error(with_exception) == "train: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 

@@ -21,8 +21,10 @@ from sftlab.tracking import Tracker
 from tests.conftest import EXAMPLES, run_cli
 
 STUDY = "tiny-study"
-MODELS = {"tiny-llama-chat": "tiny:llama?hidden=64&layers=4&seed=0&pretrain=chat",
-          "tiny-qwen-mixed": "tiny:qwen2?hidden=64&layers=4&seed=1&pretrain=mixed"}
+MODELS = {
+    "tiny-llama-chat": "tiny:llama?hidden=64&layers=4&seed=0&pretrain=chat",
+    "tiny-qwen-mixed": "tiny:qwen2?hidden=64&layers=4&seed=1&pretrain=mixed",
+}
 BENCH = "gsm8k-tiny"
 
 
@@ -49,12 +51,23 @@ def _study(tmp_path: Path) -> str:
         for d in range(6):
             ppl = float(rng.uniform(2, 40))
             for seed in range(2):
-                tags = {"sftlab.trial_key": f"{model}-{d}-{seed}", "sftlab.base_model": model, "sftlab.dataset": f"d{d}",
-                        "sftlab.method": "full"}
+                tags = {
+                    "sftlab.trial_key": f"{model}-{d}-{seed}",
+                    "sftlab.base_model": model,
+                    "sftlab.dataset": f"d{d}",
+                    "sftlab.method": "full",
+                }
                 run_id = tracker.create_run("trial", f"{model}/d{d}[seed={seed}]", tags, {"training.seed": seed})
                 gain = -0.02 * ppl + float(rng.normal(0, 0.01))
-                tracker.log_metrics(run_id, {"profile/ppl": ppl, f"gain/{BENCH}/score": gain,
-                                             f"gain/{BENCH}/score_ci_low": gain - 0.05, f"gain/{BENCH}/score_ci_high": gain + 0.05})
+                tracker.log_metrics(
+                    run_id,
+                    {
+                        "profile/ppl": ppl,
+                        f"gain/{BENCH}/score": gain,
+                        f"gain/{BENCH}/score_ci_low": gain - 0.05,
+                        f"gain/{BENCH}/score_ci_high": gain + 0.05,
+                    },
+                )
                 tracker.finish(run_id)
     return uri
 
@@ -64,9 +77,11 @@ def _candidates(tmp_path: Path, uri: str) -> Path:
         "name": "candidates",
         "prompt_template": "###Question: {instruction}\n###Answer: {response}",
         "base_models": [{"name": n, "uri": u} for n, u in MODELS.items()],
-        "datasets": [{"name": "math", "uri": str(EXAMPLES / "data" / "math.jsonl")},
-                     {"name": "code", "uri": str(EXAMPLES / "data" / "code.jsonl")},
-                     {"name": "chat", "uri": str(EXAMPLES / "data" / "chat.jsonl"), "format": "messages"}],
+        "datasets": [
+            {"name": "math", "uri": str(EXAMPLES / "data" / "math.jsonl")},
+            {"name": "code", "uri": str(EXAMPLES / "data" / "code.jsonl")},
+            {"name": "chat", "uri": str(EXAMPLES / "data" / "chat.jsonl"), "format": "messages"},
+        ],
         "benchmarks": [{"name": BENCH, "kind": "gsm8k", "uri": str(EXAMPLES / "data" / "gsm8k_tiny.jsonl")}],
         "training": {"max_length": 128},
         "profile": {"max_rows": 32, "batch_size": 16, "embedding_model": None, "bootstrap_resamples": 100},
@@ -86,8 +101,19 @@ def _ranking(stdout: str, model: str) -> list[str]:
 @pytest.mark.timeout(900)
 def test_predict_ranks_candidate_datasets_through_the_cli(tmp_path: Path):
     uri = _study(tmp_path)
-    built = run_cli("report", "--experiment", STUDY, "--tracking-uri", uri, "-o", str(tmp_path / "report"), "--quiet",
-                    "--resamples", "200", cwd=tmp_path)
+    built = run_cli(
+        "report",
+        "--experiment",
+        STUDY,
+        "--tracking-uri",
+        uri,
+        "-o",
+        str(tmp_path / "report"),
+        "--quiet",
+        "--resamples",
+        "200",
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr
     predictor = json.loads((tmp_path / "report" / "predictor.json").read_text())
     target = predictor["targets"][f"{BENCH}/score"]
@@ -106,8 +132,10 @@ def test_predict_ranks_candidate_datasets_through_the_cli(tmp_path: Path):
 
     # profiles were computed for real (no training) and cached in the spec's own experiment
     candidates = Tracker(uri, "candidates")
-    profiles = {(r.data.tags["sftlab.base_model"], r.data.tags["sftlab.dataset"]): r.data.metrics["profile/ppl"]
-                for r in candidates.search("tags.`sftlab.stage` = 'profile' AND attributes.status = 'FINISHED'")}
+    profiles = {
+        (r.data.tags["sftlab.base_model"], r.data.tags["sftlab.dataset"]): r.data.metrics["profile/ppl"]
+        for r in candidates.search("tags.`sftlab.stage` = 'profile' AND attributes.status = 'FINISHED'")
+    }
     assert len(profiles) == 6
     assert not list(candidates.search("tags.`sftlab.stage` = 'trial'"))
     for model in MODELS:

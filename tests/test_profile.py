@@ -43,7 +43,9 @@ def test_distinct_sketch_is_exact_below_k_and_close_above() -> None:
     assert exact.distinct() == len(np.unique(values))
     sketch = DistinctCounter(k=1 << 10)
     for _ in range(20):  # 200k distinct random hashes, each seen twice
-        batch = rng.integers(0, np.iinfo(np.uint64).max, size=10_000, dtype=np.uint64, endpoint=True)  # hashes span 64 bits
+        batch = rng.integers(
+            0, np.iinfo(np.uint64).max, size=10_000, dtype=np.uint64, endpoint=True
+        )  # hashes span 64 bits
         sketch.add(batch)
         sketch.add(batch)
     assert sketch.total == 400_000 and sketch.distinct() == pytest.approx(200_000, rel=0.1)
@@ -128,6 +130,7 @@ def test_perplexity_bootstrap_interval() -> None:
     for s in (small, large):
         assert s.ci_token_weighted[0] < s.token_weighted < s.ci_token_weighted[1]
         assert s.ci_mean_example[0] < s.mean_example < s.ci_mean_example[1]
+
     def width(s: perplexity.PerplexitySummary) -> float:
         return s.ci_token_weighted[1] - s.ci_token_weighted[0]
 
@@ -182,8 +185,17 @@ def test_profile_stage_end_to_end(tmp_path: Path) -> None:
     """The shipped chat data plus planted rows: metrics, JSON artifact and card in MLflow."""
     gsm = [json.loads(line) for line in (EXAMPLES / "data" / "gsm8k_tiny.jsonl").read_text().splitlines()]
     lines = (EXAMPLES / "data" / "chat.jsonl").read_text().splitlines()
-    planted = {"messages": [{"role": "user", "content": "A story?"}, {"role": "assistant", "content": f"Sure. {gsm[3]['question']} Ask me."}]}
-    bad = ["{broken", json.dumps({"messages": []}), json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]})]
+    planted = {
+        "messages": [
+            {"role": "user", "content": "A story?"},
+            {"role": "assistant", "content": f"Sure. {gsm[3]['question']} Ask me."},
+        ]
+    }
+    bad = [
+        "{broken",
+        json.dumps({"messages": []}),
+        json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}),
+    ]
     rows = [*lines, json.dumps(planted), lines[0], *bad]
     data_file = tmp_path / "chat_planted.jsonl"
     data_file.write_text("\n".join(rows) + "\n")
@@ -202,7 +214,9 @@ def test_profile_stage_end_to_end(tmp_path: Path) -> None:
 
     usable = rows[:-3]
     assert m["profile/rows"] == 50 and m["profile/skipped_rows"] == 3
-    assert m["profile/malformed_share"] == pytest.approx(3 / 53) and m["profile/empty_response_share"] == pytest.approx(1 / 53)
+    assert m["profile/malformed_share"] == pytest.approx(3 / 53) and m["profile/empty_response_share"] == pytest.approx(
+        1 / 53
+    )
     assert m["profile/exact_dup_rate"] == pytest.approx((len(usable) - len(set(usable))) / 50)
     assert m["profile/near_dup_rate"] >= m["profile/exact_dup_rate"]
     assert m["profile/turns_mean"] == 2.0 and m["profile/ppl_sampled_rows"] == 16
@@ -283,7 +297,11 @@ def test_streaming_profile_memory_is_bounded(tmp_path: Path, tiny_model: Path) -
     """200k rows streamed: peak RSS grows far less than holding the rows as Python objects does."""
     proc = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, str(tmp_path), str(tiny_model), "200000"],
-        check=False, capture_output=True, text=True, timeout=300, cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

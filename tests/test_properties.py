@@ -21,17 +21,34 @@ from tests.conftest import EXAMPLES
 
 QUICKSTART = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
 FIELDS = [
-    ("name",), ("prompt_template",), ("training", "epochs"), ("training", "method"), ("training", "learning_rate"),
-    ("training", "global_batch_size"), ("training", "lora", "r"), ("evaluation", "epochs"), ("evaluation", "concurrency"),
-    ("sweep",), ("sweep", "training.method"), ("benchmarks",), ("datasets",), ("base_models",), ("profile", "max_rows"),
-    ("resources", "train"), ("pipeline", "max_parallel_trials"), ("unknown_key",), ("training", "unknown"),
+    ("name",),
+    ("prompt_template",),
+    ("training", "epochs"),
+    ("training", "method"),
+    ("training", "learning_rate"),
+    ("training", "global_batch_size"),
+    ("training", "lora", "r"),
+    ("evaluation", "epochs"),
+    ("evaluation", "concurrency"),
+    ("sweep",),
+    ("sweep", "training.method"),
+    ("benchmarks",),
+    ("datasets",),
+    ("base_models",),
+    ("profile", "max_rows"),
+    ("resources", "train"),
+    ("pipeline", "max_parallel_trials"),
+    ("unknown_key",),
+    ("training", "unknown"),
 ]
 ANY_VALUE = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
-NO_DIGITS = st.text(alphabet=st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters="#$.,-"), max_size=30)
+NO_DIGITS = st.text(
+    alphabet=st.characters(blacklist_categories=("Nd", "Cs"), blacklist_characters="#$.,-"), max_size=30
+)
 
 
 def mutated(changes: list[tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
@@ -66,14 +83,14 @@ def test_any_text_spec_loads_or_fails_cleanly(text: str) -> None:
         assert all("\n" not in p for p in exc.problems)
 
 
-@given(st.integers(-10**9, 10**9), NO_DIGITS, NO_DIGITS)
+@given(st.integers(-(10**9), 10**9), NO_DIGITS, NO_DIGITS)
 def test_gsm8k_finds_a_planted_final_number(n: int, before: str, after: str) -> None:
     assert gsm8k.is_correct(f"{before} #### {n}\n{after}", str(n))
     assert gsm8k.is_correct(f"{before} so the answer is {n:,}{after}", str(n))
     assert gsm8k.normalize_number(gsm8k.normalize_number(str(n))) == gsm8k.normalize_number(str(n))
 
 
-@given(st.decimals(min_value=-10**6, max_value=10**6, places=3, allow_nan=False, allow_infinity=False))
+@given(st.decimals(min_value=-(10**6), max_value=10**6, places=3, allow_nan=False, allow_infinity=False))
 def test_gsm8k_numbers_compare_by_value(value: Any) -> None:
     assert gsm8k.normalize_number(f"{value}") == gsm8k.normalize_number(f"{value:f}0")
 

@@ -88,7 +88,10 @@ def test_volumes_env_and_secret_references(job: TrialJob) -> None:
     volumes = {v["name"]: v for v in master["template"]["spec"]["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert {v["name"]: v["mountPath"] for v in container["volumeMounts"]} == {"model-cache": "/cache", "dshm": "/dev/shm"}
+    assert {v["name"]: v["mountPath"] for v in container["volumeMounts"]} == {
+        "model-cache": "/cache",
+        "dshm": "/dev/shm",
+    }
     env = {e["name"]: e for e in container["env"]}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}}
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
@@ -155,7 +158,11 @@ def test_launcher_runs_a_pytorchjob_to_success_and_deletes_it(kube: Any, job: Tr
     name = m["metadata"]["name"]
     assert m["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     created, running = cond("Created", reason="PyTorchJobCreated"), cond("Running", reason="PyTorchJobRunning")
-    steps = [[created], [created, running], [created, cond("Running", "False"), cond("Succeeded", reason="PyTorchJobSucceeded")]]
+    steps = [
+        [created],
+        [created, running],
+        [created, cond("Running", "False"), cond("Succeeded", reason="PyTorchJobSucceeded")],
+    ]
     ctl = Controller(kube, name, steps, PYTORCHJOB)
     logs: list[str] = []
     launcher.runner(kube, NS, poll_s=0.01, timeout_s=10, log=logs.append, sleep=ctl.sleep).run(m)
@@ -170,7 +177,9 @@ def test_launcher_runs_a_pytorchjob_to_success_and_deletes_it(kube: Any, job: Tr
 def test_failed_condition_is_the_error_and_the_job_is_deleted(kube: Any, job: TrialJob) -> None:
     m = pytorchjob_for(job)
     name = m["metadata"]["name"]
-    failed = cond("Failed", reason="PyTorchJobFailed", message="PyTorchJob sweeps/x is failed because 1 Worker replica(s) failed.")
+    failed = cond(
+        "Failed", reason="PyTorchJobFailed", message="PyTorchJob sweeps/x is failed because 1 Worker replica(s) failed."
+    )
     ctl = Controller(kube, name, [[cond("Running")], [cond("Running", "False"), failed]], PYTORCHJOB)
     with pytest.raises(SftlabError) as info:
         run(kube, m, [], sleep=ctl.sleep)

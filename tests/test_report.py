@@ -50,7 +50,9 @@ def study(tmp_path_factory) -> tuple[Tracker, list[Planned], RunContext]:
             tracker.finish(failed, ok=False, error="train: OutOfMemoryError: CUDA out of memory")
         if index not in FAIL_ONLY:
             run_id = study_gen.create_trial(tracker, sweep, trial)
-            study_gen.log_trial(tracker, run_id, trial, profiles[trial.model, trial.dataset], rng, checkpoints=trial.seed in (0, 2))
+            study_gen.log_trial(
+                tracker, run_id, trial, profiles[trial.model, trial.dataset], rng, checkpoints=trial.seed in (0, 2)
+            )
             tracker.finish(run_id)
     stray = Planned("not-planned", "other-sweep/trial", MODELS[0], "alpaca", 0)  # in the experiment, not in this sweep
     run_id = study_gen.create_trial(tracker, sweep, stray)
@@ -114,7 +116,10 @@ def test_summary_counts_each_trial_once_and_lists_failures(study, markdown):
 
 def test_ci_bounds_are_the_score_ci_not_metrics(built, markdown):
     # gsm8k logs exact_match identical to score: analysed once, as the score; loglik is its own metric
-    assert "Benchmark metrics analysed: boolq/score, gsm8k/score, gsm8k/loglik, humaneval/score, noise-bench/score." in markdown
+    assert (
+        "Benchmark metrics analysed: boolq/score, gsm8k/score, gsm8k/loglik, humaneval/score, noise-bench/score."
+        in markdown
+    )
     gains = table(built, "gains")
     assert not gains["measure"].str.contains("_ci_").any()
     scored = gains[gains["metric"] == "score"]
@@ -123,7 +128,9 @@ def test_ci_bounds_are_the_score_ci_not_metrics(built, markdown):
     with built.with_name("trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 84 and sum(r["status"] == "finished" for r in rows) == 81
-    assert {"gain/gsm8k/loglik", "gain/boolq/score_ci_low", "weights/layer_2/rel_change", "training.max_rows"} <= set(rows[0])
+    assert {"gain/gsm8k/loglik", "gain/boolq/score_ci_low", "weights/layer_2/rel_change", "training.max_rows"} <= set(
+        rows[0]
+    )
     assert len(pd.read_parquet(built.with_name("trials.parquet"))) == 84
 
 
@@ -141,7 +148,9 @@ def test_perplexity_predicts_gain_and_noise_measures_do_not(built, markdown):
     assert set(significant["predictor"]) <= {"profile/ppl", "profile/ppl_mean_example"}
     assert not (significant["measure"] == "noise-bench/score").any()
     assert set(NOISE_PREDICTORS) <= set(found["predictor"])
-    assert "profile/ppl_ci_low" not in set(found["predictor"]) and "profile/ppl_sampled_rows" not in set(found["predictor"])
+    assert "profile/ppl_ci_low" not in set(found["predictor"]) and "profile/ppl_sampled_rows" not in set(
+        found["predictor"]
+    )
     assert {"llama-tiny", "qwen-tiny", "mistral-tiny"} <= set(found["scope"])
     assert re.search(r"boolq/score: strongest predictor perplexity .*\(significant\)", markdown)
     assert re.search(r"noise-bench/score: strongest predictor .*\(not significant\)", markdown)
@@ -151,7 +160,9 @@ def test_middle_layers_correlate_most(built, markdown):
     found = table(built, "layers")
     pooled = found[found["scope"] == "all base models"].set_index(["weights", "measure"])
     middle = "depth: middle third"
-    depths = pooled.loc[[(w, "boolq/score") for w in pooled.index.get_level_values(0).unique() if w.startswith("depth:")]]
+    depths = pooled.loc[
+        [(w, "boolq/score") for w in pooled.index.get_level_values(0).unique() if w.startswith("depth:")]
+    ]
     assert depths["rho"].abs().idxmax()[0] == middle  # planted on boolq: layers 2-3 of 6
     assert pooled.loc[(middle, "boolq/score")]["significant"] and pooled.loc[(middle, "boolq/score")]["rho"] > 0.3
     assert re.search(r"boolq/score: the middle third correlates most: .*\(significant\)", markdown)
@@ -223,7 +234,9 @@ def test_experiment_report_and_too_few_trials(study, tmp_path):
     for index in range(2):  # an older run's metrics: exact_match and loglik gains, no score, no CIs
         trial = Planned(f"k{index}", f"m/d[seed={index}]", "m", "d", index)
         run_id = study_gen.create_trial(small, None, trial)
-        small.log_metrics(run_id, {"profile/ppl": 2.0 + index, "gain/gsm8k/exact_match": 0.1 * index, "gain/gsm8k/loglik": 0.2})
+        small.log_metrics(
+            run_id, {"profile/ppl": 2.0 + index, "gain/gsm8k/exact_match": 0.1 * index, "gain/gsm8k/loglik": 0.2}
+        )
         small.finish(run_id)
     path = report.build_for_experiment(ctx.tracking_uri, "two-trials", tmp_path / "two")
     text = path.with_name("report.md").read_text()
@@ -238,16 +251,32 @@ def test_experiment_report_and_too_few_trials(study, tmp_path):
         report.build_for_experiment(ctx.tracking_uri, "absent", tmp_path / "absent")
 
 
-def _row(metrics: dict[str, float], tags: dict[str, str] | None = None, params: dict[str, str] | None = None, key: str = "k") -> TrialRow:
+def _row(
+    metrics: dict[str, float], tags: dict[str, str] | None = None, params: dict[str, str] | None = None, key: str = "k"
+) -> TrialRow:
     from types import SimpleNamespace
 
-    run = SimpleNamespace(data=SimpleNamespace(metrics=metrics, params=params or {}, tags=tags or {}), info=SimpleNamespace(run_id=key))
+    run = SimpleNamespace(
+        data=SimpleNamespace(metrics=metrics, params=params or {}, tags=tags or {}), info=SimpleNamespace(run_id=key)
+    )
     return TrialRow(key, key, "finished", run)  # type: ignore[arg-type]
 
 
 def test_measures_skip_ci_bounds_and_keep_old_metric_names():
-    rows = [_row({"gain/b/score": 0.1, "gain/b/score_ci_low": 0.0, "gain/b/score_ci_high": 0.2, "gain/b/pass_at_1": 0.3,
-                  "gain/old/exact_match": 0.1, "gain/old/loglik": 0.2, "gain/mc/score": 0.1, "gain/mc/acc": 0.1})]
+    rows = [
+        _row(
+            {
+                "gain/b/score": 0.1,
+                "gain/b/score_ci_low": 0.0,
+                "gain/b/score_ci_high": 0.2,
+                "gain/b/pass_at_1": 0.3,
+                "gain/old/exact_match": 0.1,
+                "gain/old/loglik": 0.2,
+                "gain/mc/score": 0.1,
+                "gain/mc/acc": 0.1,
+            }
+        )
+    ]
     assert [m.name for m in measures(rows)] == ["b/score", "b/pass_at_1", "mc/score", "old/exact_match", "old/loglik"]
     assert measures(rows)[0].ci(rows[0]) == (0.0, 0.2)
 
@@ -260,14 +289,27 @@ def test_small_and_partial_sweeps_render_without_nan(shape, tmp_path):
     rng = np.random.default_rng(1)
     rows = []
     models = ("tiny-llama-chat",) if shape == "quickstart" else ("a", "b")
-    for i, (model, dataset, method) in enumerate((m, d, me) for m in models for d in ("math", "code") for me in ("full", "lora")):
+    for i, (model, dataset, method) in enumerate(
+        (m, d, me) for m in models for d in ("math", "code") for me in ("full", "lora")
+    ):
         if shape == "single-method" and method == "lora":
             continue
-        metrics = {"profile/ppl": float(rng.uniform(5, 50)), "profile/tokens_mean": 40.0, "train/final_loss": 1.0, "time/train_s": 3.0}
+        metrics = {
+            "profile/ppl": float(rng.uniform(5, 50)),
+            "profile/tokens_mean": 40.0,
+            "train/final_loss": 1.0,
+            "time/train_s": 3.0,
+        }
         for bench in ("gsm8k-tiny",):
             gain = float(rng.normal(0, 0.05))
-            metrics.update({f"gain/{bench}/score": gain, f"eval/{bench}/score": 0.1 + gain, f"base/{bench}/score": 0.1,
-                            f"gain/{bench}/loglik": float(rng.normal(0, 0.1))})
+            metrics.update(
+                {
+                    f"gain/{bench}/score": gain,
+                    f"eval/{bench}/score": 0.1 + gain,
+                    f"base/{bench}/score": 0.1,
+                    f"gain/{bench}/loglik": float(rng.normal(0, 0.1)),
+                }
+            )
             if shape != "one-trial-per-cell":
                 metrics.update({f"gain/{bench}/score_ci_low": gain - 0.1, f"gain/{bench}/score_ci_high": gain + 0.1})
         if shape != "no-weights":
@@ -283,8 +325,14 @@ def test_small_and_partial_sweeps_render_without_nan(shape, tmp_path):
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 def test_html_renders_in_headless_chromium(built, tmp_path):
@@ -299,11 +347,18 @@ def test_html_renders_in_headless_chromium(built, tmp_path):
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda msg: (
+                    problems.append(f"console {msg.type}: {msg.text}") if msg.type in ("error", "warning") else None
+                ),
+            )
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
             page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url[:80]}"))
             page.goto(built.as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            images = page.evaluate(
+                "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+            )
             headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
             page.click("nav a[href='#gains-per-trial']")  # the contents link jumps to its section
             anchor = page.evaluate("location.hash")
@@ -314,7 +369,9 @@ def test_html_renders_in_headless_chromium(built, tmp_path):
     assert problems == []
     assert anchor == "#gains-per-trial"
     assert len(images) >= 8 and all(done and width > 100 and height > 100 for done, width, height in images)
-    assert {"Predictors of gain (data profile)", "Layer change vs gain", "Task synergy: dataset × benchmark"} <= set(headings)
+    assert {"Predictors of gain (data profile)", "Layer change vs gain", "Task synergy: dataset × benchmark"} <= set(
+        headings
+    )
     assert shot.stat().st_size > 50_000
     with Image.open(shot) as picture:
         assert picture.width == 1400 and picture.height > 3000  # the whole page, not one screen

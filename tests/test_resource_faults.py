@@ -32,7 +32,9 @@ MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 
 def mount_tiny_tmpfs(where: Path) -> None:
     where.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=False, capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a size-limited tmpfs here: {done.stderr.strip()}")
 
@@ -86,7 +88,8 @@ def starve_train_stage(trial_key: str, sweep: subprocess.Popen[str], group: Path
     (group / "cgroup.procs").write_text(str(trial))
     train = wait_for(
         lambda: find_process(f'\\"key\\":\\"{trial_key}\\"', function="train"),
-        sweep, "the train stage",
+        sweep,
+        "the train stage",
     )
     for pid in (group / "cgroup.procs").read_text().split():  # the train process stays alone with the charges
         if int(pid) != train:
@@ -102,8 +105,12 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
     for item in spec["datasets"] + spec["benchmarks"]:
         item["uri"] = str(EXAMPLES / item["uri"])
-    spec["sweep"] = {"base_model": ["tiny-llama-chat"], "dataset": ["math"], "training.method": ["full"],
-                     "training.learning_rate": [1e-4, 2e-4, 3e-4]}
+    spec["sweep"] = {
+        "base_model": ["tiny-llama-chat"],
+        "dataset": ["math"],
+        "training.method": ["full"],
+        "training.learning_rate": [1e-4, 2e-4, 3e-4],
+    }
     spec["pipeline"] = {"max_parallel_trials": 1}
     spec["tracking"] = {"root": str(tmp_path / "runs")}
     spec_path = tmp_path / "spec.yaml"
@@ -113,8 +120,14 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     tiny_disk = tmp_path / "runs" / "checkpoints" / disk_full
     mount_tiny_tmpfs(tiny_disk)
     group = None
-    proc = subprocess.Popen([sys.executable, "-m", "sftlab.cli", "run", str(spec_path)], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sftlab.cli", "run", str(spec_path)],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         group = memory_cgroup(f"sftlab-test-{os.getpid()}")
         starve_train_stage(out_of_memory, proc, group)
@@ -139,7 +152,10 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     no_space = trials[disk_full]
     assert no_space.info.status == "FAILED"
     assert no_space.data.tags[TAG_ERROR].startswith("train: ")
-    assert re.search(rf"\(disk full or too small: {re.escape(str(tiny_disk))}: [01]\.\d MiB free of 1 MiB\)$", no_space.data.tags[TAG_ERROR])
+    assert re.search(
+        rf"\(disk full or too small: {re.escape(str(tiny_disk))}: [01]\.\d MiB free of 1 MiB\)$",
+        no_space.data.tags[TAG_ERROR],
+    )
 
     killed = trials[out_of_memory]
     assert killed.info.status == "FAILED"

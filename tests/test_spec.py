@@ -34,10 +34,7 @@ def test_defaults_follow_the_study() -> None:
 
 def test_three_mistakes_reported_together(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        GOOD.replace("data/math.jsonl", "data/nope.jsonl")
-        + "training: {learning_rate: -1, epoch: 3}\n"
-    )
+    bad.write_text(GOOD.replace("data/math.jsonl", "data/nope.jsonl") + "training: {learning_rate: -1, epoch: 3}\n")
     with pytest.raises(SpecError) as info:
         load_spec(bad)
     text = str(info.value)
@@ -49,7 +46,10 @@ def test_three_mistakes_reported_together(tmp_path: Path) -> None:
 
 def test_cli_reports_all_problems_and_exits_nonzero(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(GOOD.replace('"tiny:llama?seed=3"', '"gs://bucket/model"') + "sweep: {training.method: [full, lroa], base_model: [zz]}\n")
+    bad.write_text(
+        GOOD.replace('"tiny:llama?seed=3"', '"gs://bucket/model"')
+        + "sweep: {training.method: [full, lroa], base_model: [zz]}\n"
+    )
     result = run_cli("plan", str(bad))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -66,7 +66,10 @@ def test_cli_reports_all_problems_and_exits_nonzero(tmp_path: Path) -> None:
         ("sweep: {training.learning_rate: []}", "sweep.training.learning_rate: expected a non-empty list"),
         ("sweep: {optimizer: [adam]}", "sweep.optimizer: unknown axis"),
         ("sweep: {training.lora.rank: [8]}", "sweep.training.lora.rank: training.lora has no field 'rank'"),
-        ("training: {global_batch_size: 10, per_device_batch_size: 4}", "training: global_batch_size (10) must be a multiple"),
+        (
+            "training: {global_batch_size: 10, per_device_batch_size: 4}",
+            "training: global_batch_size (10) must be a multiple",
+        ),
         ("prompt_template: 'Q: {question} A:'", "prompt_template: expected a template containing {instruction}"),
         ("name: 'bad name!'", "name: string should match pattern"),
     ],
@@ -129,4 +132,6 @@ def test_evaluated_epochs_must_exist_and_be_checkpointed() -> None:
         parse_spec(GOOD + "evaluation: {epochs: [1, 12]}\n")
     with pytest.raises(SpecError, match="needs training.checkpoint_every_epoch: true"):
         parse_spec(GOOD + "evaluation: {epochs: all}\ntraining: {checkpoint_every_epoch: false}\n")
-    assert parse_spec(GOOD + "evaluation: {epochs: [1, 12]}\nsweep: {training.epochs: [10, 12]}\n").evaluation.epochs == [1, 12]
+    assert parse_spec(
+        GOOD + "evaluation: {epochs: [1, 12]}\nsweep: {training.epochs: [10, 12]}\n"
+    ).evaluation.epochs == [1, 12]

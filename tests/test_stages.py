@@ -56,7 +56,10 @@ def test_profile_matches_direct_computation_and_is_cached(tmp_path: Path) -> Non
 
     profile_run = tracker.cached("profile", profile_key(job.trial))
     assert profile_run is not None and profile_run.info.run_id == result.outputs["profile_run_id"]
-    assert [a.path for a in tracker.client.list_artifacts(profile_run.info.run_id)] == ["profile.json", "profile_card.html"]
+    assert [a.path for a in tracker.client.list_artifacts(profile_run.info.run_id)] == [
+        "profile.json",
+        "profile_card.html",
+    ]
     trial_run = tracker.client.get_run(job.context.trial_run_id)
     assert trial_run.data.metrics["profile/ppl"] == pytest.approx(metrics["profile/ppl"])
     assert trial_run.data.tags["sftlab.profile_run_id"] == profile_run.info.run_id
@@ -82,18 +85,34 @@ def test_train_logs_loss_and_stores_model_in_mlflow(tmp_path: Path, method: str)
     files = {a.path for a in tracker.client.list_artifacts(run_id, "model")}
     weights = "model/adapter_model.safetensors" if method == "lora" else "model/model.safetensors"
     assert weights in files and "model/tokenizer.json" in files
-    assert result.outputs == {"run_id": run_id, "artifact_path": "model", "adapter": method == "lora", "uri": f"runs:/{run_id}/model"}
+    assert result.outputs == {
+        "run_id": run_id,
+        "artifact_path": "model",
+        "adapter": method == "lora",
+        "uri": f"runs:/{run_id}/model",
+    }
     versions = tracker.client.search_model_versions(f"name = 'quickstart.{job.trial.base_model.name}'")
-    assert [(v.run_id, v.tags["sftlab.trial_key"], v.tags["sftlab.method"]) for v in versions] == [(run_id, job.trial.key, method)]
+    assert [(v.run_id, v.tags["sftlab.trial_key"], v.tags["sftlab.method"]) for v in versions] == [
+        (run_id, job.trial.key, method)
+    ]
 
 
 def test_stage_failure_is_recorded_on_the_trial_run(tmp_path: Path) -> None:
     job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
-    broken = job.model_copy(update={"trial": job.trial.model_copy(update={"training": job.trial.training.model_copy(update={"method": "qlora"})})})
+    broken = job.model_copy(
+        update={
+            "trial": job.trial.model_copy(
+                update={"training": job.trial.training.model_copy(update={"method": "qlora"})}
+            )
+        }
+    )
     with pytest.raises(SftlabError, match="qlora needs a CUDA GPU"):
         run_stage("train", broken.to_json(), tmp_path / "model.json")
     tags = tracker.client.get_run(job.context.trial_run_id).data.tags
-    assert tags[TAG_ERROR] == "train: SftlabError: training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU"
+    assert (
+        tags[TAG_ERROR]
+        == "train: SftlabError: training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU"
+    )
 
 
 def test_concurrent_claims_compute_a_cached_result_once(tmp_path: Path) -> None:
@@ -226,7 +245,9 @@ def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_pat
         tracker = Tracker(db, "claims")
         outcome: list[tuple] = []
         waiter = threading.Thread(
-            target=lambda: outcome.append(tracker.claim("profile", "k", "waiter", {}, settle_s=0, poll_s=0.1, stale_after_s=3)),
+            target=lambda: outcome.append(
+                tracker.claim("profile", "k", "waiter", {}, settle_s=0, poll_s=0.1, stale_after_s=3)
+            ),
         )
         waiter.start()
         waiter.join(timeout=6)  # twice the stale limit: a live owner keeps its claim
@@ -237,7 +258,7 @@ def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_pat
         proc.wait()
     waiter.join(timeout=60)
     assert not waiter.is_alive()
-    (cached, taken), = outcome
+    ((cached, taken),) = outcome
     assert cached is None and taken not in (None, owner)
     dead = tracker.client.get_run(owner)
     assert dead.info.status == "FAILED" and dead.data.tags[TAG_ERROR].startswith("abandoned: no heartbeat for 3 s")
@@ -263,7 +284,9 @@ def test_an_interrupt_inside_claim_leaves_no_running_candidate(tmp_path: Path, p
             "t.claim('profile', 'k', 'interrupted', {}, settle_s=0)"
         )
     tracker = Tracker(db, "claims")
-    proc = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, db], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while not list(tracker.search("attributes.status = 'RUNNING'")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -294,8 +317,10 @@ def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: P
         "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
         "run_stage('profile', Path(sys.argv[1]).read_text(), sys.argv[2])"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(job_file), str(tmp_path / "out.json")],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(job_file), str(tmp_path / "out.json")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     query = "tags.`sftlab.stage` = 'profile' AND attributes.status = 'RUNNING'"
     deadline = time.monotonic() + 120
     while not any(run.data.tags.get(TAG_HEARTBEAT) for run in tracker.search(query)) and time.monotonic() < deadline:
@@ -303,7 +328,7 @@ def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: P
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
-    claimed, = tracker.search("tags.`sftlab.stage` = 'profile'")
+    (claimed,) = tracker.search("tags.`sftlab.stage` = 'profile'")
     assert claimed.info.status == "FAILED" and claimed.data.tags[TAG_ERROR] == "Terminated: SIGTERM"
     trial = tracker.client.get_run(job.context.trial_run_id)
     assert trial.data.tags[TAG_ERROR] == "profile: interrupted (SIGTERM)"
@@ -323,7 +348,9 @@ def test_a_stage_stopped_before_it_owns_its_claim_still_releases_it(tmp_path: Pa
         raise KeyboardInterrupt
     assert tracker.client.get_run(finished).info.status == "FINISHED"
     released = tracker.client.get_run(claimed)
-    assert released.info.status == "FAILED" and released.data.tags[TAG_ERROR] == "profile: interrupted (KeyboardInterrupt)"
+    assert (
+        released.info.status == "FAILED" and released.data.tags[TAG_ERROR] == "profile: interrupted (KeyboardInterrupt)"
+    )
     cached, run_id = tracker.claim("profile", "k", "next", {}, settle_s=0, wait_s=5)
     assert cached is None and run_id not in (None, claimed)
 
@@ -346,8 +373,10 @@ def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path
         "run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
     )
     checkpoints = tmp_path / "runs" / "checkpoints" / job.trial.key
-    proc = subprocess.Popen([sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.monotonic() + 240
     while not any(checkpoints.glob("checkpoint-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

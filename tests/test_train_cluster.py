@@ -37,12 +37,20 @@ def multi_node_job(tmp_path: Path, **distributed: Any) -> tuple[TrialJob, Tracke
     """A 2-node trial whose checkpoints go to a shared volume (both nodes upload, rank 0 marks)."""
     resources = TaskResources(cpu="2", memory="4Gi")
     job, tracker = trial_job(
-        tmp_path, train_resources=resources, distributed=DistributedConfig(nodes=2, **distributed), checkpoint_uri=str(tmp_path / "pvc")
+        tmp_path,
+        train_resources=resources,
+        distributed=DistributedConfig(nodes=2, **distributed),
+        checkpoint_uri=str(tmp_path / "pvc"),
     )
     placement = job.context.resources.model_copy(
-        update={"secrets": [SecretEnv(secret="mlflow", env={"MLFLOW_TRACKING_TOKEN": "token"})], "model_cache_pvc": "models"}
+        update={
+            "secrets": [SecretEnv(secret="mlflow", env={"MLFLOW_TRACKING_TOKEN": "token"})],
+            "model_cache_pvc": "models",
+        }
     )
-    return job.model_copy(update={"context": job.context.model_copy(update={"image": IMAGE, "resources": placement})}), tracker
+    return job.model_copy(
+        update={"context": job.context.model_copy(update={"image": IMAGE, "resources": placement})}
+    ), tracker
 
 
 class Controller(threading.Thread):
@@ -78,18 +86,34 @@ class Controller(threading.Thread):
             subprocess.Popen(
                 trainer["command"],
                 cwd=REPO,
-                env={**os.environ, **env, "OMP_NUM_THREADS": "1", "PET_NNODES": str(trainer["numNodes"]),
-                     "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_NODE_RANK": str(rank),
-                     "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env={
+                    **os.environ,
+                    **env,
+                    "OMP_NUM_THREADS": "1",
+                    "PET_NNODES": str(trainer["numNodes"]),
+                    "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
+                    "PET_NODE_RANK": str(rank),
+                    "PET_MASTER_ADDR": "127.0.0.1",
+                    "PET_MASTER_PORT": port,
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             for rank in range(trainer["numNodes"])
         ]
         self.logs = [node.communicate(timeout=600)[0] for node in nodes]
         ok = all(node.returncode == 0 for node in nodes)
-        condition = {"type": "Complete" if ok else "Failed", "status": "True", "reason": "JobSetCompleted" if ok else "JobSetFailed", "message": ""}
+        condition = {
+            "type": "Complete" if ok else "Failed",
+            "status": "True",
+            "reason": "JobSetCompleted" if ok else "JobSetFailed",
+            "message": "",
+        }
         name = self.seen["metadata"]["name"]
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, name, {"status": {"conditions": [condition]}})
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, NS, PLURAL, name, {"status": {"conditions": [condition]}}
+        )
 
 
 def test_multi_node_trial_runs_as_a_trainjob_and_returns_rank0s_result(
@@ -129,7 +153,9 @@ def test_multi_node_trial_runs_as_a_trainjob_and_returns_rank0s_result(
     run = tracker.client.get_run(job.context.trial_run_id)
     assert run.data.params["train.world_size"] == "2"
     assert result.metrics["train/steps"] == STEPS and result.outputs["uri"] == f"runs:/{job.context.trial_run_id}/model"
-    assert {a.path for a in tracker.client.list_artifacts(job.context.trial_run_id, "model")} >= {"model/model.safetensors"}
+    assert {a.path for a in tracker.client.list_artifacts(job.context.trial_run_id, "model")} >= {
+        "model/model.safetensors"
+    }
     assert "time/train_s" in run.data.metrics
     assert kube_jobs(kube) == []
 

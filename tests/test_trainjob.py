@@ -124,7 +124,9 @@ def test_trial_job_round_trips_through_the_manifest(job: TrialJob) -> None:
     back = trial_job_from_manifest(json.loads(json.dumps(m)))
     assert back == job
     assert back.context.trial_run_id == "run123"
-    assert not any(v.get("configMapKeyRef") or v.get("valueFrom", {}).get("configMapKeyRef") for v in m["spec"]["trainer"]["env"])
+    assert not any(
+        v.get("configMapKeyRef") or v.get("valueFrom", {}).get("configMapKeyRef") for v in m["spec"]["trainer"]["env"]
+    )
 
 
 def test_cpu_only_manifest_has_no_gpu_or_patches(job: TrialJob) -> None:
@@ -245,7 +247,9 @@ def test_timeout_raises_and_deletes(kube: Any, job: TrialJob) -> None:
         time.sleep(s)
 
     started = time.monotonic()
-    with pytest.raises(SftlabError, match=r"did not finish within 0.3 s \(last condition: Created=True \(JobSetCreated\)\)"):
+    with pytest.raises(
+        SftlabError, match=r"did not finish within 0.3 s \(last condition: Created=True \(JobSetCreated\)\)"
+    ):
         runner(kube, [], poll_s=0.05, timeout_s=0.3, sleep=slow_sleep).run(m)
     assert time.monotonic() - started < 3
     assert not exists(kube, name)
@@ -267,7 +271,9 @@ def test_duplicate_create_is_a_clear_error_and_leaves_the_other_alone(kube: Any,
     name = m["metadata"]["name"]
     create(kube, m)
     try:
-        with pytest.raises(SftlabError, match=rf"TrainJob {NS}/{name} already exists .*kubectl delete trainjob -n {NS} {name}"):
+        with pytest.raises(
+            SftlabError, match=rf"TrainJob {NS}/{name} already exists .*kubectl delete trainjob -n {NS} {name}"
+        ):
             runner(kube, []).run(m)
         assert exists(kube, name)  # someone else's object: not deleted
     finally:

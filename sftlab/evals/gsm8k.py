@@ -86,7 +86,9 @@ class GSM8KTask:
         require_str(item, "question", "answer")
         reference_answer(item["answer"])
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: it["answer"])
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(STOP_SEQUENCES))
         likelihoods = model.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items)])
@@ -99,7 +101,9 @@ class GSM8KTask:
             logprob, n_tokens = likelihood
             columns = fit_columns(output)
             if not fits and columns["fit"] != "too_long":
-                columns["note"] = "; ".join(filter(None, [columns["note"], f"loglik not scored: {note_of(likelihood)}"]))
+                columns["note"] = "; ".join(
+                    filter(None, [columns["note"], f"loglik not scored: {note_of(likelihood)}"])
+                )
             rows.append(
                 {
                     "prompt": prompt,

@@ -43,7 +43,9 @@ _FORMAT = (
 
 def judge_prompt(question: str, answer: str, reference: str | None) -> str:
     """MT-Bench's single-answer grading prompt (``single-v1`` / ``single-math-v1``)."""
-    criteria = _REFERENCE_CRITERIA if reference else _CRITERIA + " Begin your evaluation by providing a short explanation."
+    criteria = (
+        _REFERENCE_CRITERIA if reference else _CRITERIA + " Begin your evaluation by providing a short explanation."
+    )
     parts = [
         "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
         f"assistant to the user question displayed below. {criteria} {_FORMAT}",
@@ -82,7 +84,10 @@ class JudgeClient:
             "/chat/completions",
             {
                 "model": self.config.model,
-                "messages": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": prompt}],
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": prompt},
+                ],
                 "temperature": 0.0,
                 "max_tokens": self.config.max_tokens,
             },
@@ -118,26 +123,38 @@ class JudgeTask:
         if not isinstance(question(item), str) or not question(item).strip():
             raise SftlabError("missing non-empty string field, one of question, instruction, prompt (a list of turns)")
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
         assert bench.judge is not None  # the spec requires it for this kind
         prompts = fewshot_prompts(bench, items, template, question, lambda it: it.get("reference") or "")
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
-        answers = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in (marker, "<|im_end|>") if s])
+        answers = model.complete(
+            prompts, max_tokens=bench.max_new_tokens, stop=[s for s in (marker, "<|im_end|>") if s]
+        )
         judge = JudgeClient(bench.judge)
         try:
             # An answer to a prompt that did not fit is not worth a judge's call: it scores 0.
-            verdicts = judge.verdicts([
-                None if fit_of(a) == "too_long" else judge_prompt(question(it), a.strip(), it.get("reference"))
-                for it, a in zip(items, answers)
-            ])
+            verdicts = judge.verdicts(
+                [
+                    None if fit_of(a) == "too_long" else judge_prompt(question(it), a.strip(), it.get("reference"))
+                    for it, a in zip(items, answers)
+                ]
+            )
         finally:
             judge.close()
         rows = []
         for prompt, answer, verdict in zip(prompts, answers, verdicts):
             rating = None if verdict is None else parse_rating(verdict)
             rows.append(
-                {"prompt": prompt, "output": str(answer), "verdict": str(verdict or ""), "rating": rating,
-                 "score": (rating or 0.0) / 10, **fit_columns(answer, verdict)}
+                {
+                    "prompt": prompt,
+                    "output": str(answer),
+                    "verdict": str(verdict or ""),
+                    "rating": rating,
+                    "score": (rating or 0.0) / 10,
+                    **fit_columns(answer, verdict),
+                }
             )
         rated = [r["rating"] for r in rows if r["rating"] is not None]
         judged = sum(v is not None and fit_of(v) == "ok" for v in verdicts)

@@ -17,7 +17,9 @@ from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
 from sftlab.spec import BenchmarkSpec
 
-FINAL_ANSWER_RE = re.compile(r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope it is correct)?\.?\s*$", re.IGNORECASE | re.MULTILINE)
+FINAL_ANSWER_RE = re.compile(
+    r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope it is correct)?\.?\s*$", re.IGNORECASE | re.MULTILINE
+)
 
 
 def last_boxed(text: str) -> str | None:
@@ -148,8 +150,12 @@ class MathTask:
         require_str(item, "problem")
         reference_answer(item)
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
-        prompts = fewshot_prompts(bench, items, template, lambda it: it["problem"], lambda it: it.get("solution") or it["answer"])
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
+        prompts = fewshot_prompts(
+            bench, items, template, lambda it: it["problem"], lambda it: it.get("solution") or it["answer"]
+        )
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
         stops = [s for s in (marker, "<|im_end|>") if s]
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=stops)
@@ -158,8 +164,14 @@ class MathTask:
             reference = reference_answer(item)
             extracted = extract_answer(output)
             rows.append(
-                {"prompt": prompt, "output": str(output), "reference": reference, "extracted": extracted,
-                 "score": float(is_equiv(extracted, reference)), **fit_columns(output)}
+                {
+                    "prompt": prompt,
+                    "output": str(output),
+                    "reference": reference,
+                    "extracted": extracted,
+                    "score": float(is_equiv(extracted, reference)),
+                    **fit_columns(output),
+                }
             )
         return BenchmarkScore({"exact_match": sum(r["score"] for r in rows) / len(rows)}, rows)
 

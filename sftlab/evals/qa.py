@@ -47,9 +47,13 @@ class ShortAnswerTask:
     def check_item(self, item: dict[str, Any]) -> None:
         require_str(item, "question")
         if not references(item):
-            raise SftlabError("expected 'answers' (a list of strings) or 'answer' (a string) with a non-empty reference")
+            raise SftlabError(
+                "expected 'answers' (a list of strings) or 'answer' (a string) with a non-empty reference"
+            )
 
-    def score(self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> BenchmarkScore:
+    def score(
+        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+    ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: references(it)[0])
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in ("\n", marker) if s])
@@ -57,12 +61,23 @@ class ShortAnswerTask:
         for prompt, item, output in zip(prompts, items, outputs):
             refs = references(item)
             rows.append(
-                {"prompt": prompt, "output": str(output), "reference": " | ".join(refs),
-                 "exact_match": float(exact_match(output, refs)), "score": float(lenient_match(output, refs)),
-                 **fit_columns(output)}
+                {
+                    "prompt": prompt,
+                    "output": str(output),
+                    "reference": " | ".join(refs),
+                    "exact_match": float(exact_match(output, refs)),
+                    "score": float(lenient_match(output, refs)),
+                    **fit_columns(output),
+                }
             )
         n = len(rows)
-        return BenchmarkScore({"exact_match": sum(r["exact_match"] for r in rows) / n, "lenient_match": sum(r["score"] for r in rows) / n}, rows)
+        return BenchmarkScore(
+            {
+                "exact_match": sum(r["exact_match"] for r in rows) / n,
+                "lenient_match": sum(r["score"] for r in rows) / n,
+            },
+            rows,
+        )
 
 
 SHORT_ANSWER = ShortAnswerTask()

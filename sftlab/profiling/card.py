@@ -18,6 +18,7 @@ _STYLE = (
     "table{border-collapse:collapse}tr:nth-child(odd){background:#f4f4f4}</style></head><body>"
 )
 
+
 def histogram_png(series: dict[str, np.ndarray], bins: int, xlabel: str, log_x: bool = False) -> str:
     """Overlaid histograms of named series as a base64 PNG."""
     import matplotlib
@@ -60,7 +61,9 @@ def render(title: str, metrics: dict[str, float], images: dict[str, str], detail
         _table(sorted(metrics.items())),
     ]
     for caption, png in images.items():
-        parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>")
+        parts.append(
+            f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,{png}'>"
+        )
     for bench, info in detail.get("benchmarks", {}).items():
         listed = info.get("contaminated", [])
         parts.append(f"<h2>Contamination: {html.escape(bench)} ({len(listed)} items)</h2>")

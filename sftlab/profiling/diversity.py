@@ -109,7 +109,9 @@ class DuplicateFinder:
 
     def add(self, texts: list[str], chunk: HashedChunk) -> None:
         """``texts`` are the rows' exact full texts; ``chunk`` their hashed words."""
-        self.exact.append(np.fromiter((xxh3_64_intdigest(t.encode()) for t in texts), dtype=np.uint64, count=len(texts)))
+        self.exact.append(
+            np.fromiter((xxh3_64_intdigest(t.encode()) for t in texts), dtype=np.uint64, count=len(texts))
+        )
         sig = self.signatures(chunk)
         r = self.band_rows
         self.band_keys.append(np.stack([fold(sig[:, b * r : (b + 1) * r]) for b in range(self.bands)], axis=1))

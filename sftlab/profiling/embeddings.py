@@ -52,7 +52,11 @@ class Embedder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             )
             with torch.inference_mode():
                 hidden = self.model(**enc).last_hidden_state
@@ -78,5 +82,3 @@ def benchmark_similarity(train: np.ndarray, bench: np.ndarray) -> dict[str, floa
     a, b = train.mean(0), bench.mean(0)
     centroid = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     return {"embed_centroid_cos": centroid, "embed_max_sim": float((bench @ train.T).max(1).mean())}
-
-

@@ -82,7 +82,9 @@ class BenchmarkOverlap:
         n = self.contamination_n
         for pos, (h, item) in enumerate(zip(hashes.tolist(), items.tolist())):
             if h in self._first_row and item not in out:
-                out[item] = ContaminatedItem(item, self._first_row[h], _ngram_text(self.items[item], hashes, items, pos, n))
+                out[item] = ContaminatedItem(
+                    item, self._first_row[h], _ngram_text(self.items[item], hashes, items, pos, n)
+                )
         return sorted(out.values(), key=lambda c: c.item)
 
     @property

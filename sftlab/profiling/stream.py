@@ -45,7 +45,9 @@ class RowProblems:
             self.listed.append((row, reason))
 
 
-def iter_examples(ds: DatasetSpec, template: str | None, ctx: RunContext, problems: RowProblems) -> Iterator[tuple[int, Example]]:
+def iter_examples(
+    ds: DatasetSpec, template: str | None, ctx: RunContext, problems: RowProblems
+) -> Iterator[tuple[int, Example]]:
     """(row id, Example) for every usable row; the others go to ``problems``, never raise."""
     for i, row in enumerate(iter_rows(ds.uri, ds.split, ctx, ds.subset)):
         if isinstance(row, str):

@@ -51,11 +51,20 @@ def gain_section(done: list[TrialRow], measures: list[Measure]) -> Section:
             gain = m.gain(row)
             records.append(
                 {
-                    "trial": row.label, "key": row.key, "run_id": row.run_id, "base_model": row.tag("base_model"),
-                    "dataset": row.tag("dataset"), "method": row.tag("method"), "measure": m.name,
-                    "benchmark": m.benchmark, "metric": m.metric, "eval": _num(m.value(row, "eval")),
-                    "base": _num(m.value(row, "base")), "gain": _num(gain),
-                    "gain_ci_low": ci[0] if ci else math.nan, "gain_ci_high": ci[1] if ci else math.nan,
+                    "trial": row.label,
+                    "key": row.key,
+                    "run_id": row.run_id,
+                    "base_model": row.tag("base_model"),
+                    "dataset": row.tag("dataset"),
+                    "method": row.tag("method"),
+                    "measure": m.name,
+                    "benchmark": m.benchmark,
+                    "metric": m.metric,
+                    "eval": _num(m.value(row, "eval")),
+                    "base": _num(m.value(row, "base")),
+                    "gain": _num(gain),
+                    "gain_ci_low": ci[0] if ci else math.nan,
+                    "gain_ci_high": ci[1] if ci else math.nan,
                     "significant": bool(ci and (ci[0] > 0 or ci[1] < 0)),
                 }
             )
@@ -78,6 +87,10 @@ def best_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     for m in measures:
         scored = sorted((r for r in done if m.gain(r) is not None), key=lambda r: -(m.gain(r) or 0.0))
         for rank, row in enumerate(scored[:BEST], 1):
-            table.append([m.name, str(rank), row.label, fmt(m.value(row, "eval")), fmt(m.value(row, "base")), gain_cell(m, row)])
+            table.append(
+                [m.name, str(rank), row.label, fmt(m.value(row, "eval")), fmt(m.value(row, "base")), gain_cell(m, row)]
+            )
     text = [f"The {BEST} trials with the largest gain on each benchmark metric."]
-    return Section("Best trials per benchmark", text, [Table(["benchmark", "rank", "trial", "score", "base", "gain [CI]"], table)])
+    return Section(
+        "Best trials per benchmark", text, [Table(["benchmark", "rank", "trial", "score", "base", "gain [CI]"], table)]
+    )

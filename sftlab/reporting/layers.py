@@ -45,7 +45,9 @@ def _depth_values(rows: list[TrialRow], counts: dict[str, int]) -> dict[str, np.
             if not members or not subset:
                 continue
             with quiet():
-                fallback = np.nanmean(np.stack([column(subset, f"weights/layer_{i}/rel_change") for i in members]), axis=0)
+                fallback = np.nanmean(
+                    np.stack([column(subset, f"weights/layer_{i}/rel_change") for i in members]), axis=0
+                )
             logged = out[_depth(d)][mine]
             out[_depth(d)][mine] = np.where(np.isfinite(logged), logged, fallback)
     return out
@@ -91,7 +93,9 @@ def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int,
     section.tables.append(_table(results[POOLED], labels[POOLED], measures, "all base models (stratified)"))
     for scope in results:
         if scope != POOLED:
-            section.tables.append(_table(results[scope], labels[scope], measures, f"base model {scope}", collapsed=True))
+            section.tables.append(
+                _table(results[scope], labels[scope], measures, f"base model {scope}", collapsed=True)
+            )
     per_model = {s: results[s] for s in results if s != POOLED} or {POOLED: results[POOLED]}
     shown = headlines(measures)[:MAX_PANELS]
     if any(k[0].startswith("layer ") for r in per_model.values() for k in r):
@@ -100,8 +104,16 @@ def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int,
     for scope, corrs in results.items():
         for (weights, m_name), c in corrs.items():
             layer = int(weights.split()[1]) if weights.startswith("layer ") else math.nan
-            records.append({"scope": scope, "weights": weights, "layer": layer, "measure": m_name, **corr_fields(c),
-                            "significant": bool(c and c.significant)})
+            records.append(
+                {
+                    "scope": scope,
+                    "weights": weights,
+                    "layer": layer,
+                    "measure": m_name,
+                    **corr_fields(c),
+                    "significant": bool(c and c.significant),
+                }
+            )
     section.data["layers"] = pd.DataFrame.from_records(records)
     return section
 
@@ -119,13 +131,27 @@ def _verdict(corrs: dict[tuple[str, str], Corr | None], m: Measure) -> str:
     return f"{m.name}: the {name} correlates most: {corr} ({verdict}); {others}{layer_text}."
 
 
-def _table(corrs: dict[tuple[str, str], Corr | None], labels: list[str], measures: list[Measure], caption: str, collapsed: bool = False) -> Table:
+def _table(
+    corrs: dict[tuple[str, str], Corr | None],
+    labels: list[str],
+    measures: list[Measure],
+    caption: str,
+    collapsed: bool = False,
+) -> Table:
     rows = [[label, *(short(corrs.get((label, m.name))) for m in measures)] for label in labels]
-    return Table(["weights", *(m.name for m in measures)], rows, caption=caption, collapsed=collapsed,
-                 in_markdown=not collapsed, markdown_limit=len(DEPTHS) + 1)
+    return Table(
+        ["weights", *(m.name for m in measures)],
+        rows,
+        caption=caption,
+        collapsed=collapsed,
+        in_markdown=not collapsed,
+        markdown_limit=len(DEPTHS) + 1,
+    )
 
 
-def _profile_plot(per_model: dict[str, dict[tuple[str, str], Corr | None]], counts: dict[str, int], measures: list[Measure]) -> bytes:
+def _profile_plot(
+    per_model: dict[str, dict[tuple[str, str], Corr | None]], counts: dict[str, int], measures: list[Measure]
+) -> bytes:
     """ρ of each layer's change with the gain against relative depth, one line per base model (CI bands for a few)."""
     fig, axes = subplots(len(measures), width=4.6, height=3.4)
     for ax, m in zip(axes, measures, strict=True):
@@ -139,7 +165,9 @@ def _profile_plot(per_model: dict[str, dict[tuple[str, str], Corr | None]], coun
             rho = np.array([c.rho for _, c in found])
             line = ax.plot(depth, rho, marker="o", markersize=3, label=scope)[0]
             if len(per_model) <= BANDS_UP_TO:
-                ax.fill_between(depth, [c.low for _, c in found], [c.high for _, c in found], color=line.get_color(), alpha=0.12)
+                ax.fill_between(
+                    depth, [c.low for _, c in found], [c.high for _, c in found], color=line.get_color(), alpha=0.12
+                )
         ax.axhline(0, color="0.5", linewidth=0.8)
         ax.set_xlim(0, 1)
         ax.set_ylim(-1.05, 1.05)

@@ -32,7 +32,9 @@ def _pairs(done: list[TrialRow], other: str) -> list[tuple[list[TrialRow], list[
     return [(c[FULL], c[other]) for c in cells.values() if FULL in c and other in c]
 
 
-def _diffs(pairs: list[tuple[list[TrialRow], list[TrialRow]]], measures: list[Measure]) -> tuple[list[float], list[float], list[float]]:
+def _diffs(
+    pairs: list[tuple[list[TrialRow], list[TrialRow]]], measures: list[Measure]
+) -> tuple[list[float], list[float], list[float]]:
     """Per pair: full mean gain, other mean gain and their difference, averaged over ``measures``."""
     full, other, diff = [], [], []
     for a, b in pairs:
@@ -79,12 +81,30 @@ def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
             ci = mean_ci(diff)
             row = [name, other, str(len(diff)), _f(full), _f(oth), str(ci) if ci else "–", _verdict(ci, other)]
             (family_rows if level == "family" else metric_rows).append(row)
-            records.append({"level": level, "name": name, "method": other, "pairs": len(diff), "mean_gain_full": _m(full),
-                            "mean_gain_other": _m(oth), **{f"diff_{k}": v for k, v in ci_fields(ci).items()}, "verdict": _verdict(ci, other)})
+            records.append(
+                {
+                    "level": level,
+                    "name": name,
+                    "method": other,
+                    "pairs": len(diff),
+                    "mean_gain_full": _m(full),
+                    "mean_gain_other": _m(oth),
+                    **{f"diff_{k}": v for k, v in ci_fields(ci).items()},
+                    "verdict": _verdict(ci, other),
+                }
+            )
     headers = ["{}", "vs", "pairs", "mean gain full", "mean gain other", "full − other [CI]", "verdict"]
-    section.tables.append(Table([headers[0].format("task family"), *headers[1:]], family_rows, caption="Per task family"))
-    section.tables.append(Table([headers[0].format("benchmark metric"), *headers[1:]], metric_rows, caption="Per benchmark metric",
-                                in_markdown=len(metric_rows) <= 20))
+    section.tables.append(
+        Table([headers[0].format("task family"), *headers[1:]], family_rows, caption="Per task family")
+    )
+    section.tables.append(
+        Table(
+            [headers[0].format("benchmark metric"), *headers[1:]],
+            metric_rows,
+            caption="Per benchmark metric",
+            in_markdown=len(metric_rows) <= 20,
+        )
+    )
     section.data["methods"] = pd.DataFrame.from_records(records)
     return section
 
@@ -118,7 +138,9 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     records = []
     if varied:
         section.text.append(
-            "Swept " + " and ".join(CURVE_AXES[a] for a in varied) + ": mean final gain per level and method with a t interval "
+            "Swept "
+            + " and ".join(CURVE_AXES[a] for a in varied)
+            + ": mean final gain per level and method with a t interval "
             "(other factors vary within each level)."
         )
     for axis in varied:
@@ -126,8 +148,10 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         curves = _curves(done, measures, levels, lambda r, a=axis: r.params.get(a, ""))
         section.tables.append(_curve_table(curves, CURVE_AXES[axis], levels, measures, _level_label))
         section.figures.append(_curve_plot(curves, levels, heads, CURVE_AXES[axis], _level_label))
-        records += [{"axis": axis, "level": _level_label(lv), "method": me, "measure": mm, **ci_fields(ci)}
-                    for (lv, me, mm), ci in curves.items()]
+        records += [
+            {"axis": axis, "level": _level_label(lv), "method": me, "measure": mm, **ci_fields(ci)}
+            for (lv, me, mm), ci in curves.items()
+        ]
     series = _epoch_series(done)
     if series:
         epochs = sorted({e for per in series.values() for e in per})
@@ -139,9 +163,14 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         section.tables.append(_curve_table(curves, "epoch", [str(e) for e in epochs], measures, str))
         section.figures.append(_curve_plot(curves, [str(e) for e in epochs], heads, "epoch", str))
         section.text += [_convergence(done, series, m) for m in heads]
-        records += [{"axis": "checkpoint_epoch", "level": lv, "method": me, "measure": mm, **ci_fields(ci)} for (lv, me, mm), ci in curves.items()]
+        records += [
+            {"axis": "checkpoint_epoch", "level": lv, "method": me, "measure": mm, **ci_fields(ci)}
+            for (lv, me, mm), ci in curves.items()
+        ]
     if not varied and not series:
-        section.text.append("The sweep varied neither training.max_rows nor training.epochs, and no checkpoint runs were logged.")
+        section.text.append(
+            "The sweep varied neither training.max_rows nor training.epochs, and no checkpoint runs were logged."
+        )
     if records:
         section.data["curves"] = pd.DataFrame.from_records(records)
     return section
@@ -161,8 +190,13 @@ def _epoch_series(done: list[TrialRow]) -> dict[str, dict[int, dict[str, float]]
     return out
 
 
-def _curves(done: list[TrialRow], measures: list[Measure], levels: list[str], level_of: Callable[[TrialRow], str] | None,
-            series: dict[str, dict[int, dict[str, float]]] | None = None) -> dict[tuple[str, str, str], MeanCI]:
+def _curves(
+    done: list[TrialRow],
+    measures: list[Measure],
+    levels: list[str],
+    level_of: Callable[[TrialRow], str] | None,
+    series: dict[str, dict[int, dict[str, float]]] | None = None,
+) -> dict[tuple[str, str, str], MeanCI]:
     """(level, method, measure) -> mean gain [CI]; levels from a param, or epochs of ``series``."""
     out = {}
     for method in sorted({r.tag("method") for r in done}):
@@ -173,14 +207,23 @@ def _curves(done: list[TrialRow], measures: list[Measure], levels: list[str], le
                     assert level_of is not None
                     values = [m.gain(r) for r in rows if level_of(r) == level]
                 else:
-                    values = [series[r.key][int(level)].get(m.key("gain")) for r in rows if r.key in series and int(level) in series[r.key]]
+                    values = [
+                        series[r.key][int(level)].get(m.key("gain"))
+                        for r in rows
+                        if r.key in series and int(level) in series[r.key]
+                    ]
                 if (ci := mean_ci(values)) is not None:
                     out[level, method, m.name] = ci
     return out
 
 
-def _curve_table(curves: dict[tuple[str, str, str], MeanCI], axis: str, levels: list[str], measures: list[Measure],
-                 label: Callable[[str], str]) -> Table:
+def _curve_table(
+    curves: dict[tuple[str, str, str], MeanCI],
+    axis: str,
+    levels: list[str],
+    measures: list[Measure],
+    label: Callable[[str], str],
+) -> Table:
     methods = sorted({me for _, me, _ in curves})
     rows = []
     for level in levels:
@@ -189,11 +232,18 @@ def _curve_table(curves: dict[tuple[str, str, str], MeanCI], axis: str, levels: 
             if any(cells):
                 n = max(c.n for c in cells if c)
                 rows.append([label(level), method, str(n), *(str(c) if c else "–" for c in cells)])
-    return Table([axis, "method", "trials", *(f"gain {m.name}" for m in measures)], rows, caption=f"Mean gain [CI] by {axis}")
+    return Table(
+        [axis, "method", "trials", *(f"gain {m.name}" for m in measures)], rows, caption=f"Mean gain [CI] by {axis}"
+    )
 
 
-def _curve_plot(curves: dict[tuple[str, str, str], MeanCI], levels: list[str], measures: list[Measure], axis: str,
-                label: Callable[[str], str]) -> bytes:
+def _curve_plot(
+    curves: dict[tuple[str, str, str], MeanCI],
+    levels: list[str],
+    measures: list[Measure],
+    axis: str,
+    label: Callable[[str], str],
+) -> bytes:
     fig, axes = subplots(len(measures))
     methods = sorted({me for _, me, _ in curves})
     xs = np.arange(len(levels))
@@ -246,5 +296,7 @@ def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
             cells = [mean_ci(m.gain(r) for r in group) for m in measures]
             table.append([f"{name} = {_level_label(level)}", str(len(group)), *(str(c) if c else "–" for c in cells)])
     headers = ["factor", "trials", *(f"mean gain {m.name}" for m in measures)]
-    text = ["Unpaired means over all finished trials at each level (other factors vary too); the paired comparisons are above."]
+    text = [
+        "Unpaired means over all finished trials at each level (other factors vary too); the paired comparisons are above."
+    ]
     return Section("Method and hyper-parameters", text, [Table(headers, table, in_markdown=len(measures) <= 8)])

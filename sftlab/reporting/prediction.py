@@ -31,17 +31,57 @@ def prediction_section(done: list[TrialRow], measures: list[Measure], experiment
     for name, target in predictor.targets.items():
         cv = target.cv
         verdict = "beats the baseline" if cv.beats_baseline else "does NOT beat the baseline: do not rank data with it"
-        rows.append([name, str(target.units), str(len(target.features)), f"{target.alpha:.3g}", cv.scheme,
-                     f"{cv.mae:.3g}", f"{cv.baseline_mae:.3g}", f"{cv.mean_mae:.3g}", f"{cv.rmse:.3g}", f"{cv.skill:+.2f}", verdict])
-        section.text.append(f"{name}: cross-validated MAE {cv.mae:.3g} vs {cv.best_baseline_mae:.3g} for the better mean baseline: "
-                            f"the predictor {verdict}. "
-                            f"Largest standardised coefficients: {_top(target.features, target.coef)}.")
-        records.append({"measure": name, "units": target.units, "features": len(target.features), "alpha": target.alpha,
-                        "cv_scheme": cv.scheme, "cv_mae": cv.mae, "baseline_mae": cv.baseline_mae, "mean_mae": cv.mean_mae,
-                        "cv_rmse": cv.rmse, "baseline_rmse": cv.baseline_rmse, "skill": cv.skill, "beats_baseline": cv.beats_baseline})
+        rows.append(
+            [
+                name,
+                str(target.units),
+                str(len(target.features)),
+                f"{target.alpha:.3g}",
+                cv.scheme,
+                f"{cv.mae:.3g}",
+                f"{cv.baseline_mae:.3g}",
+                f"{cv.mean_mae:.3g}",
+                f"{cv.rmse:.3g}",
+                f"{cv.skill:+.2f}",
+                verdict,
+            ]
+        )
+        section.text.append(
+            f"{name}: cross-validated MAE {cv.mae:.3g} vs {cv.best_baseline_mae:.3g} for the better mean baseline: "
+            f"the predictor {verdict}. "
+            f"Largest standardised coefficients: {_top(target.features, target.coef)}."
+        )
+        records.append(
+            {
+                "measure": name,
+                "units": target.units,
+                "features": len(target.features),
+                "alpha": target.alpha,
+                "cv_scheme": cv.scheme,
+                "cv_mae": cv.mae,
+                "baseline_mae": cv.baseline_mae,
+                "mean_mae": cv.mean_mae,
+                "cv_rmse": cv.rmse,
+                "baseline_rmse": cv.baseline_rmse,
+                "skill": cv.skill,
+                "beats_baseline": cv.beats_baseline,
+            }
+        )
     for name, why in predictor.skipped.items():
         section.text.append(f"{name}: no predictor ({why}).")
-    headers = ["benchmark", "units", "features", "ridge α", "CV", "CV MAE", "per-model-mean MAE", "global-mean MAE", "CV RMSE", "skill", "verdict"]
+    headers = [
+        "benchmark",
+        "units",
+        "features",
+        "ridge α",
+        "CV",
+        "CV MAE",
+        "per-model-mean MAE",
+        "global-mean MAE",
+        "CV RMSE",
+        "skill",
+        "verdict",
+    ]
     section.tables.append(Table(headers, rows))
     shown = [t for t in predictor.targets.values()][:MAX_PANELS]
     if shown:

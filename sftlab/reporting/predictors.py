@@ -39,7 +39,9 @@ class Predictors:
         return [(name, mean_rho) for name, _, mean_rho in sorted(scores, key=lambda item: (-item[1], -item[2]))]
 
 
-def correlate(all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int) -> Predictors:
+def correlate(
+    all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int
+) -> Predictors:
     """Pooled and per-model tables; each table is one family for the Holm adjustment (all its predictors × measures)."""
     models = sorted({u.base_model for u in all_units})
     scopes = {POOLED: all_units}
@@ -76,7 +78,9 @@ def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: 
     section.tables.append(_ranked_table(result, ranked, measures))
     for m in measures:
         section.text.append(_verdict(result, m))
-    section.tables.append(_detail_table(result, POOLED, measures, "ρ per predictor and benchmark metric, all base models"))
+    section.tables.append(
+        _detail_table(result, POOLED, measures, "ρ per predictor and benchmark metric, all base models")
+    )
     for scope in result.corrs:
         if scope != POOLED:
             section.tables.append(_detail_table(result, scope, measures, f"base model {scope} only", collapsed=True))
@@ -85,9 +89,17 @@ def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: 
     for name in plotted:
         section.figures.append(_scatter(all_units, name, headlines(measures)[:MAX_PANELS], result))
     records = [
-        {"scope": scope, "predictor": name, "title": title(name), "group": group_of(name), "measure": m_name,
-         **corr_fields(c), "significant": bool(c and c.significant)}
-        for scope, corrs in result.corrs.items() for (name, m_name), c in corrs.items()
+        {
+            "scope": scope,
+            "predictor": name,
+            "title": title(name),
+            "group": group_of(name),
+            "measure": m_name,
+            **corr_fields(c),
+            "significant": bool(c and c.significant),
+        }
+        for scope, corrs in result.corrs.items()
+        for (name, m_name), c in corrs.items()
     ]
     section.data["predictors"] = pd.DataFrame.from_records(records)
     return section
@@ -99,8 +111,16 @@ def _ranked_table(result: Predictors, ranked: list[tuple[str, float]], measures:
         corrs = {m.name: c for m in measures if (c := result.corrs[POOLED].get((name, m.name)))}
         hits = [f"{m} ({'+' if c.rho > 0 else '−'})" for m, c in corrs.items() if c.significant]
         best = max(corrs.items(), key=lambda item: abs(item[1].rho))
-        rows.append([str(rank), title(name), group_of(name), f"{score:.2f}", ", ".join(hits) or "none",
-                     f"{best[0]}: {short(best[1], mark=False)} p_adj = {best[1].p_adj:.2g}"])
+        rows.append(
+            [
+                str(rank),
+                title(name),
+                group_of(name),
+                f"{score:.2f}",
+                ", ".join(hits) or "none",
+                f"{best[0]}: {short(best[1], mark=False)} p_adj = {best[1].p_adj:.2g}",
+            ]
+        )
     headers = ["rank", "predictor", "group", "mean |ρ|", "significant on", "strongest"]
     caption = "Predictors ranked by the number of benchmark metrics they significantly predict, then by mean |ρ| (all base models pooled)"
     return Table(headers, rows, caption=caption, markdown_limit=MARKDOWN_RANKS)
@@ -117,9 +137,13 @@ def _verdict(result: Predictors, m: Measure) -> str:
     return f"{m.name}: strongest predictor {title(name)} {best} ({verdict}){ppl_text}."
 
 
-def _detail_table(result: Predictors, scope: str, measures: list[Measure], caption: str, collapsed: bool = False) -> Table:
+def _detail_table(
+    result: Predictors, scope: str, measures: list[Measure], caption: str, collapsed: bool = False
+) -> Table:
     rows = [[title(name), *(short(result.corrs[scope].get((name, m.name))) for m in measures)] for name in result.names]
-    return Table(["predictor", *(m.name for m in measures)], rows, in_markdown=False, caption=caption, collapsed=collapsed)
+    return Table(
+        ["predictor", *(m.name for m in measures)], rows, in_markdown=False, caption=caption, collapsed=collapsed
+    )
 
 
 def _scatter(all_units: list[Unit], name: str, measures: list[Measure], result: Predictors) -> bytes:
@@ -138,7 +162,13 @@ def _scatter(all_units: list[Unit], name: str, measures: list[Measure], result: 
             fx = np.log(xs[keep]) if log_x else xs[keep]
             slope, intercept = np.polyfit(fx, ys[keep], 1)
             grid = np.linspace(fx.min(), fx.max(), 50)
-            ax.plot(np.exp(grid) if log_x else grid, intercept + slope * grid, color="0.3", linewidth=1, label="least squares")
+            ax.plot(
+                np.exp(grid) if log_x else grid,
+                intercept + slope * grid,
+                color="0.3",
+                linewidth=1,
+                label="least squares",
+            )
         if log_x:
             ax.set_xscale("log")  # perplexities of different base models can span orders of magnitude
         ax.axhline(0, color="0.7", linewidth=0.7)

@@ -128,7 +128,9 @@ def units(rows: list[TrialRow]) -> list[Unit]:
     return [Unit(model, dataset, members) for (model, dataset, _), members in sorted(grouped.items())]
 
 
-def unit_matrix(group: list[Unit], names: list[str], measures: list[Measure]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def unit_matrix(
+    group: list[Unit], names: list[str], measures: list[Measure]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Predictor metrics (benchmark-specific ones once per benchmark) and mean gains, one row per unit."""
     profiles = [u.profile for u in group]
     metric_names = sorted({metric_for(p, m.benchmark) for p in names for m in measures})

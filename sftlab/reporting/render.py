@@ -47,7 +47,11 @@ def _html_table(table: Table) -> str:
 def render_html(title: str, sections: list[Section]) -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     parts.append(f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>")
-    parts.append("<nav><ol>" + "".join(f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in sections) + "</ol></nav>")
+    parts.append(
+        "<nav><ol>"
+        + "".join(f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in sections)
+        + "</ol></nav>"
+    )
     for section in sections:
         parts.append(f"<h2 id='{section.anchor}'>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(line)}</p>" for line in section.text]

@@ -60,7 +60,9 @@ def summary_section(rows: list[TrialRow], measures: list[Measure]) -> Section:
     unfinished = [r for r in rows if r.status != "finished"]
     if unfinished:
         table = [[r.label, r.status, r.note.splitlines()[0][:300] if r.note else "", r.key] for r in unfinished]
-        section.tables.append(Table(["trial", "status", "cause", "key"], table, caption="Trials without a finished run"))
+        section.tables.append(
+            Table(["trial", "status", "cause", "key"], table, caption="Trials without a finished run")
+        )
     return section
 
 

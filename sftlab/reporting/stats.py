@@ -214,7 +214,9 @@ def _exact_p(rank_x: np.ndarray, rank_y: np.ndarray, rho: np.ndarray) -> np.ndar
     return out
 
 
-def _bootstrap(xs: np.ndarray, ys: np.ndarray, blocks: list[slice], resamples: int, rng: np.random.Generator) -> np.ndarray:
+def _bootstrap(
+    xs: np.ndarray, ys: np.ndarray, blocks: list[slice], resamples: int, rng: np.random.Generator
+) -> np.ndarray:
     """ρ of every (x, y) column pair on each resample (rows drawn with replacement within blocks).
 
     A resample is held as row counts w, not copied rows, and re-ranked without sorting: a row's

@@ -111,7 +111,11 @@ def synergy_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     verdicts = classes(cells)
     section = Section("Task synergy: dataset × benchmark", [RULE])
     counts = {name: sum(v[0] == name for v in verdicts.values()) for name in CLASSES}
-    section.text.append("Classes over all dataset × benchmark-metric cells: " + ", ".join(f"{k}: {v}" for k, v in counts.items() if v) + ".")
+    section.text.append(
+        "Classes over all dataset × benchmark-metric cells: "
+        + ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
+        + "."
+    )
     for kind in (UNIVERSAL_UP, UNIVERSAL_DOWN, SPECIFIC):
         found = sorted(k for k, v in verdicts.items() if v[0] == kind)
         if found:
@@ -119,22 +123,35 @@ def synergy_section(done: list[TrialRow], measures: list[Measure]) -> Section:
             more = f" (and {len(found) - 20} more in tables/synergy_classes.csv)" if len(found) > 20 else ""
             section.text.append(f"{kind}: {listed}{more}.")
     table = [[d, *(verdicts[d, m.name][0] if (d, m.name) in verdicts else "–" for m in measures)] for d in datasets]
-    section.tables.append(Table(["dataset (all base models)", *(m.name for m in measures)], table, caption="Class of each cell"))
+    section.tables.append(
+        Table(["dataset (all base models)", *(m.name for m in measures)], table, caption="Class of each cell")
+    )
     for model in models:
         rows = [[d, *(_cell_text(cells.get((model, d, m.name))) for m in measures)] for d in datasets]
-        section.tables.append(Table([f"dataset ({model})", *(m.name for m in measures)], rows, in_markdown=False,
-                                    caption=f"Mean gain [CI] and q, base model {model}; +/− marks an effect", collapsed=len(models) > 3))
-    shown = headlines(measures)[:MAX_PANELS * 2]
+        section.tables.append(
+            Table(
+                [f"dataset ({model})", *(m.name for m in measures)],
+                rows,
+                in_markdown=False,
+                caption=f"Mean gain [CI] and q, base model {model}; +/− marks an effect",
+                collapsed=len(models) > 3,
+            )
+        )
+    shown = headlines(measures)[: MAX_PANELS * 2]
     if models and datasets:
         section.figures.append(_heatmaps(cells, models[:MAX_PANELS], datasets, shown))
         section.figures.append(_class_map(verdicts, datasets, shown))
     section.data["synergy"] = pd.DataFrame.from_records(
-        [{"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
-         for (mo, d, me), c in sorted(cells.items())]
+        [
+            {"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
+            for (mo, d, me), c in sorted(cells.items())
+        ]
     )
     section.data["synergy_classes"] = pd.DataFrame.from_records(
-        [{"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
-         for (d, me), (cls, per) in sorted(verdicts.items())]
+        [
+            {"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
+            for (d, me), (cls, per) in sorted(verdicts.items())
+        ]
     )
     return section
 
@@ -156,17 +173,41 @@ def _cell_text(cell: CellGain | None) -> str:
 def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str], measures: list[Measure]) -> bytes:
     """One heatmap per base model (headline metrics); colours scaled per metric (metrics differ in range); * marks an effect."""
     fig, axes = subplots(len(models), width=1.8 + 0.9 * len(measures), height=1.4 + 0.42 * len(datasets))
-    scale = {m.name: max((abs(c.ci.mean) for (_, _, me), c in cells.items() if me == m.name), default=1.0) or 1.0 for m in measures}
+    scale = {
+        m.name: max((abs(c.ci.mean) for (_, _, me), c in cells.items() if me == m.name), default=1.0) or 1.0
+        for m in measures
+    }
     for ax, model in zip(axes, models, strict=True):
-        grid = np.array([[cells[model, d, m.name].ci.mean / scale[m.name] if (model, d, m.name) in cells else math.nan
-                          for m in measures] for d in datasets])
+        grid = np.array(
+            [
+                [
+                    cells[model, d, m.name].ci.mean / scale[m.name] if (model, d, m.name) in cells else math.nan
+                    for m in measures
+                ]
+                for d in datasets
+            ]
+        )
         ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
-        found = [(i, j, c) for i, d in enumerate(datasets) for j, m in enumerate(measures) if (c := cells.get((model, d, m.name)))]
+        found = [
+            (i, j, c)
+            for i, d in enumerate(datasets)
+            for j, m in enumerate(measures)
+            if (c := cells.get((model, d, m.name)))
+        ]
         if len(datasets) * len(measures) <= ANNOTATE_ALL:
             for i, j, c in found:
                 colour = "white" if abs(grid[i][j]) > 0.6 else "black"
                 weight = "bold" if c.sign else "normal"
-                ax.text(j, i, f"{c.ci.mean:+.2g}{'*' if c.sign else ''}", ha="center", va="center", fontsize=7, color=colour, fontweight=weight)
+                ax.text(
+                    j,
+                    i,
+                    f"{c.ci.mean:+.2g}{'*' if c.sign else ''}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                    fontweight=weight,
+                )
         else:  # too many cells to print: one marker artist for the effects (the tables keep the values)
             marked = [(j, i) for i, j, c in found if c.sign]
             if marked:
@@ -177,13 +218,26 @@ def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str
     return png(fig)
 
 
-def _class_map(verdicts: dict[tuple[str, str], tuple[str, dict[str, int]]], datasets: list[str], measures: list[Measure]) -> bytes:
+def _class_map(
+    verdicts: dict[tuple[str, str], tuple[str, dict[str, int]]], datasets: list[str], measures: list[Measure]
+) -> bytes:
     from matplotlib.colors import ListedColormap
 
-    colours = {UNIVERSAL_UP: "#2166ac", UNIVERSAL_DOWN: "#b2182b", SPECIFIC: "#f4a582", NONE: "#f7f7f7", ONE_MODEL: "#dddddd"}
+    colours = {
+        UNIVERSAL_UP: "#2166ac",
+        UNIVERSAL_DOWN: "#b2182b",
+        SPECIFIC: "#f4a582",
+        NONE: "#f7f7f7",
+        ONE_MODEL: "#dddddd",
+    }
     order = list(colours)
     fig, (ax,) = subplots(1, width=2.4 + 0.9 * len(measures), height=1.6 + 0.42 * len(datasets))
-    grid = np.array([[order.index(verdicts[d, m.name][0]) if (d, m.name) in verdicts else order.index(NONE) for m in measures] for d in datasets])
+    grid = np.array(
+        [
+            [order.index(verdicts[d, m.name][0]) if (d, m.name) in verdicts else order.index(NONE) for m in measures]
+            for d in datasets
+        ]
+    )
     ax.imshow(grid, cmap=ListedColormap(list(colours.values())), vmin=-0.5, vmax=len(order) - 0.5, aspect="auto")
     if len(datasets) * len(measures) <= ANNOTATE_ALL:
         for i in range(len(datasets)):
@@ -192,7 +246,12 @@ def _class_map(verdicts: dict[tuple[str, str], tuple[str, dict[str, int]]], data
     else:
         from matplotlib.patches import Patch
 
-        ax.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()], fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+        ax.legend(
+            handles=[Patch(color=c, label=k) for k, c in colours.items()],
+            fontsize=6,
+            loc="upper left",
+            bbox_to_anchor=(1, 1),
+        )
     ax.set_xticks(range(len(measures)), [m.name for m in measures], rotation=40, ha="right", fontsize=7)
     ax.set_yticks(range(len(datasets)), datasets, fontsize=8)
     ax.set_title("synergy class per dataset × benchmark metric", fontsize=9)

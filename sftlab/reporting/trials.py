@@ -166,7 +166,9 @@ def measures(rows: list[TrialRow]) -> list[Measure]:
 
 def _same(rows: list[TrialRow], a: Measure, b: Measure) -> bool:
     x, y = a.gains(rows), b.gains(rows)
-    return bool(np.array_equal(np.isnan(x), np.isnan(y)) and np.allclose(x[~np.isnan(x)], y[~np.isnan(y)], rtol=0, atol=1e-12))
+    return bool(
+        np.array_equal(np.isnan(x), np.isnan(y)) and np.allclose(x[~np.isnan(x)], y[~np.isnan(y)], rtol=0, atol=1e-12)
+    )
 
 
 def headlines(measures_: list[Measure]) -> list[Measure]:

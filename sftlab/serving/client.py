@@ -102,7 +102,9 @@ class OpenAIHttp:
         self.retries = retries
         self.backoff = backoff
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=max_connections), headers=headers)
+        self._http = httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_connections=max_connections), headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -240,9 +242,7 @@ class CompletionsClient:
             for r, (c, x) in zip(results, pairs)
         ]
 
-    def _choices(
-        self, prompts: list[str], params: dict[str, Any], on_progress: Progress | None
-    ) -> list[_Result]:
+    def _choices(self, prompts: list[str], params: dict[str, Any], on_progress: Progress | None) -> list[_Result]:
         """One result per prompt, in order, from concurrent batched requests."""
         batches = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         results: list[list[_Result]] = [[] for _ in batches]
@@ -301,7 +301,9 @@ class CompletionsClient:
         """The prompt's length in the server's tokens (from ``usage`` of a one-token request);
         None when even that does not fit or the server reports no usage."""
         try:
-            body = self._api.post("/completions", {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0})
+            body = self._api.post(
+                "/completions", {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
+            )
         except ContextLengthExceeded:
             return None
         count = (body.get("usage") or {}).get("prompt_tokens")

@@ -48,7 +48,9 @@ def model_storage_uri(model: ModelSpec) -> str:
         return model.uri
     if kind == "hub":
         if model.revision:
-            raise SftlabError(f"base model {model.name}: evaluation.backend kserve cannot pin a hub revision; mirror it to s3://")
+            raise SftlabError(
+                f"base model {model.name}: evaluation.backend kserve cannot pin a hub revision; mirror it to s3://"
+            )
         return f"hf://{model.uri}"
     raise SftlabError(
         f"base model {model.name}: evaluation.backend kserve needs the model on s3:// or the hub, got {model.uri!r}"
@@ -75,13 +77,18 @@ def artifact_storage_uri(artifact_uri: str, path: str, config: KServeConfig) -> 
 
 
 @contextmanager
-def _local(base: Callable[[Path], Path], model: ModelToServe, evaluation: EvaluationConfig, tmp: Path) -> Iterator[Endpoint]:
+def _local(
+    base: Callable[[Path], Path], model: ModelToServe, evaluation: EvaluationConfig, tmp: Path
+) -> Iterator[Endpoint]:
     from sftlab.serving.process import LocalModelServer
 
     weights = model.fetch(tmp / model.label)
     model_dir, adapter_dir = (base(tmp / "base"), weights) if model.adapter else (weights, None)
     with LocalModelServer(
-        model_dir, adapter_dir=adapter_dir, name="sftlab-model", ready_timeout=evaluation.ready_timeout_s,
+        model_dir,
+        adapter_dir=adapter_dir,
+        name="sftlab-model",
+        ready_timeout=evaluation.ready_timeout_s,
         log_path=tmp / f"{model.label}.server.log",
     ) as server:
         yield Endpoint(server.base_url, server.model_name)
@@ -116,8 +123,13 @@ def serve_on_kserve(
     adapters = [m for m in models if m.adapter]
     if adapters:
         manifest = inference_service_manifest(
-            dns_name(f"{name}-lora"), base_uri, config, resources, served_model_name="base",
-            adapters={m.label: m.storage_uri() for m in adapters}, max_lora_rank=max_lora_rank,
+            dns_name(f"{name}-lora"),
+            base_uri,
+            config,
+            resources,
+            served_model_name="base",
+            adapters={m.label: m.storage_uri() for m in adapters},
+            max_lora_rank=max_lora_rank,
         )
         with runner.serving(manifest) as url:
             for model in adapters:

@@ -123,7 +123,9 @@ def inference_service_manifest(
         tolerations=pod.get("tolerations"),
         volumes=volumes or None,
         annotations=(
-            {PROGRESS_DEADLINE: f"{math.ceil(config.ready_timeout_s)}s"} if config.deployment_mode == "Serverless" else None
+            {PROGRESS_DEADLINE: f"{math.ceil(config.ready_timeout_s)}s"}
+            if config.deployment_mode == "Serverless"
+            else None
         ),
     )
     isvc = V1beta1InferenceService(
@@ -141,14 +143,22 @@ def inference_service_manifest(
 
 def _check(name: str, config: KServeConfig, resources: TaskResources, served: str, adapters: dict[str, str]) -> None:
     if not is_dns_name(name):
-        raise SftlabError(f"inference service: {name!r} is not a DNS-1035 name of at most {MAX_NAME} chars (see sftlab.k8s.dns_name)")
+        raise SftlabError(
+            f"inference service: {name!r} is not a DNS-1035 name of at most {MAX_NAME} chars (see sftlab.k8s.dns_name)"
+        )
     if config.runtime == "vllm" and not resources.gpus:
-        raise SftlabError("inference service: runtime vllm needs GPUs (resources.evaluate.gpus), or use runtime huggingface")
+        raise SftlabError(
+            "inference service: runtime vllm needs GPUs (resources.evaluate.gpus), or use runtime huggingface"
+        )
     if adapters and config.runtime != "vllm":
-        raise SftlabError("inference service: LoRA adapters are served by vLLM: set evaluation.kserve.runtime to vllm (GPU)")
+        raise SftlabError(
+            "inference service: LoRA adapters are served by vLLM: set evaluation.kserve.runtime to vllm (GPU)"
+        )
     for adapter in adapters:
         if not _ADAPTER_NAME.match(adapter) or adapter == served:
-            raise SftlabError(f"inference service: bad adapter name {adapter!r} (letters, digits, . _ -; not the base model's name)")
+            raise SftlabError(
+                f"inference service: bad adapter name {adapter!r} (letters, digits, . _ -; not the base model's name)"
+            )
 
 
 def _server_args(
@@ -178,7 +188,9 @@ def _server_args(
 def _lora_rank(rank: int) -> int:
     fits = [r for r in LORA_RANKS if r >= rank]
     if not fits:
-        raise SftlabError(f"inference service: LoRA rank {rank} is above vLLM's largest --max-lora-rank ({LORA_RANKS[-1]})")
+        raise SftlabError(
+            f"inference service: LoRA rank {rank} is above vLLM's largest --max-lora-rank ({LORA_RANKS[-1]})"
+        )
     return fits[0]
 
 
@@ -190,7 +202,9 @@ def openai_base_url(obj: Mapping[str, Any]) -> str:
     """
     url = _url(obj)
     if not url:
-        raise SftlabError(f"{INFERENCE_SERVICE.kind} {(obj.get('metadata') or {}).get('name')} has no URL in its status")
+        raise SftlabError(
+            f"{INFERENCE_SERVICE.kind} {(obj.get('metadata') or {}).get('name')} has no URL in its status"
+        )
     return url.rstrip("/") + OPENAI_PATH
 
 
@@ -225,7 +239,14 @@ class InferenceServiceRunner:
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.objects = ObjectRunner(
-            api_client, INFERENCE_SERVICE, namespace, poll_s=poll_s, timeout_s=ready_timeout_s, log=log, clock=clock, sleep=sleep
+            api_client,
+            INFERENCE_SERVICE,
+            namespace,
+            poll_s=poll_s,
+            timeout_s=ready_timeout_s,
+            log=log,
+            clock=clock,
+            sleep=sleep,
         )
 
     @classmethod

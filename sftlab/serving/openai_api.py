@@ -136,7 +136,10 @@ class OpenAIRoutes:
     async def models(self) -> dict[str, Any]:
         # max_model_len as vLLM's model card has it: clients size requests by it.
         card = {
-            "id": self.model.name, "object": "model", "created": self.created, "owned_by": "sftlab",
+            "id": self.model.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "sftlab",
             "max_model_len": self.model.context_length,
         }
         return {"object": "list", "data": [card]}
@@ -192,12 +195,14 @@ class OpenAIRoutes:
         out = []
         for seq, start, offs, scores in zip(sequences, starts, offsets, self.model.score(sequences, top_k)):
             tops = scores.top_logprobs[start:]
-            out.append({
-                "tokens": [text(t) for t in seq[start:]],
-                "token_logprobs": scores.token_logprobs[start:],
-                "top_logprobs": [None if d is None else {text(t): lp for t, lp in d.items()} for d in tops],
-                "text_offset": offs,
-            })
+            out.append(
+                {
+                    "tokens": [text(t) for t in seq[start:]],
+                    "token_logprobs": scores.token_logprobs[start:],
+                    "top_logprobs": [None if d is None else {text(t): lp for t, lp in d.items()} for d in tops],
+                    "text_offset": offs,
+                }
+            )
         return out
 
     def _chat(self, req: ChatRequest) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from sftlab.serving.openai_api import OpenAIRoutes
 
 log = logging.getLogger("sftlab.serving")
 
+
 class OpenAIRESTServer(RESTServer):
     """kserve's REST server, bound to ``host`` instead of the hard-coded 0.0.0.0, with the OpenAI
     routes added to kserve's own app (so /v1, /v2 and health routes keep working)."""

@@ -102,9 +102,17 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
             scores[bench.name] = dict(result.metrics)
 
     base = trial.base_model
-    model = ModelToServe("base", fetch=lambda _: Path(models.resolve(base, job.context)), storage_uri=lambda: model_storage_uri(base))
+    model = ModelToServe(
+        "base", fetch=lambda _: Path(models.resolve(base, job.context)), storage_uri=lambda: model_storage_uri(base)
+    )
     score_models(
-        base, [model], benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
+        base,
+        [model],
+        benchmarks,
+        trial.prompt_template,
+        trial.evaluation,
+        job.context,
+        on_scored,
         name=f"base-{digest(identity(base))}",
     )
     return scores

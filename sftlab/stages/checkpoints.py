@@ -90,7 +90,9 @@ class FolderStore:
         self.uri = str(root)
 
     def complete_steps(self) -> list[int]:
-        return sorted(int(m.group(1)) for p in self.root.glob(f"checkpoint-*/{MARKER}") if (m := _STEP.match(p.parent.name)))
+        return sorted(
+            int(m.group(1)) for p in self.root.glob(f"checkpoint-*/{MARKER}") if (m := _STEP.match(p.parent.name))
+        )
 
     def upload(self, local: Path, step: int) -> None:
         shutil.copytree(local, self.root / f"checkpoint-{step}", dirs_exist_ok=True)
@@ -136,14 +138,20 @@ class S3Store:
             raise s3_error(self.uri, exc) from None
 
     def _keys(self, under: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{under}")
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/{under}"
+        )
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def complete_steps(self) -> list[int]:
         with self._errors():
             keys = self._keys("")
         names = (k[len(self.prefix) + 1 :].split("/") for k in keys)
-        return sorted(int(m.group(1)) for parts in names if parts[-1:] == [MARKER] and len(parts) == 2 and (m := _STEP.match(parts[0])))
+        return sorted(
+            int(m.group(1))
+            for parts in names
+            if parts[-1:] == [MARKER] and len(parts) == 2 and (m := _STEP.match(parts[0]))
+        )
 
     def upload(self, local: Path, step: int) -> None:
         from sftlab.uris import upload_dir
@@ -156,7 +164,11 @@ class S3Store:
 
     def read_text(self, step: int, name: str) -> str:
         with self._errors():
-            return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/checkpoint-{step}/{name}")["Body"].read().decode()
+            return (
+                self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/checkpoint-{step}/{name}")["Body"]
+                .read()
+                .decode()
+            )
 
     def download(self, step: int, dst: Path, keep: Callable[[str], bool] = lambda name: True) -> None:
         folder = f"{self.prefix}/checkpoint-{step}/"
@@ -214,7 +226,9 @@ def resume_point(local: Path, store: CheckpointStore | None) -> str | None:
     path = local / f"checkpoint-{step}"
     if state.is_local_main_process and not (path / STATE_FILE).exists():
         if store is None:
-            raise SftlabError(f"checkpoint-{step} is on another node only: resuming a multi-node trial needs training.checkpoint_uri")
+            raise SftlabError(
+                f"checkpoint-{step} is on another node only: resuming a multi-node trial needs training.checkpoint_uri"
+            )
         shutil.rmtree(path, ignore_errors=True)  # a partial local copy: replace it
         store.download(step, path)
     state.wait_for_everyone()
@@ -257,7 +271,9 @@ def requested_epochs(trial: Trial) -> list[int]:
     return list(range(1, last + 1)) if wanted == "all" else sorted(e for e in wanted if e <= last)
 
 
-def store_epoch_models(tracker: Any, run_id: str, local: Path, store: CheckpointStore | None, epochs: list[int]) -> dict[str, str]:
+def store_epoch_models(
+    tracker: Any, run_id: str, local: Path, store: CheckpointStore | None, epochs: list[int]
+) -> dict[str, str]:
     """Log each epoch's model (checkpoint files minus optimizer/RNG/trainer state) to ``checkpoints/epoch-<N>``.
 
     A checkpoint no longer on local disk (a new pod after preemption) is fetched from the store.
@@ -274,7 +290,9 @@ def store_epoch_models(tracker: Any, run_id: str, local: Path, store: Checkpoint
                 folder = Path(tmp) / f"epoch-{epoch}"
                 store.download(there[epoch], folder, keep=is_model_file)
             if folder is None:
-                raise SftlabError(f"evaluation.epochs: the checkpoint of epoch {epoch} is gone (set training.checkpoint_uri to keep it)")
+                raise SftlabError(
+                    f"evaluation.epochs: the checkpoint of epoch {epoch} is gone (set training.checkpoint_uri to keep it)"
+                )
             artifact = f"checkpoints/epoch-{epoch}"
             for file in sorted(folder.iterdir()):
                 if file.is_file() and is_model_file(file.name):

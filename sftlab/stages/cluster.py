@@ -35,7 +35,9 @@ def run_cluster_job(job: TrialJob) -> None:
     gradient_accumulation(job.trial.training, distributed.nodes * max(resources.gpus, 1))  # fails here, not in the pods
     image = ctx.image or os.environ.get("SFTLAB_IMAGE")  # the chart's defaults ConfigMap names the training image
     if not image:
-        raise SftlabError("training.distributed.nodes > 1 needs the image its pods run (pipeline.image, or $SFTLAB_IMAGE)")
+        raise SftlabError(
+            "training.distributed.nodes > 1 needs the image its pods run (pipeline.image, or $SFTLAB_IMAGE)"
+        )
     try:
         namespace = cluster_namespace()
     except SftlabError as exc:

@@ -25,13 +25,17 @@ TAG_EPOCH = "sftlab.epoch"
 FINAL = "final"
 
 
-def stored_model(tracker: Tracker, trained: dict[str, Any], label: str, artifact_path: str, config: KServeConfig) -> ModelToServe:
+def stored_model(
+    tracker: Tracker, trained: dict[str, Any], label: str, artifact_path: str, config: KServeConfig
+) -> ModelToServe:
     """A model (or adapter) the train stage stored in its run's artifacts."""
     run_id = trained["run_id"]
     return ModelToServe(
         label=label,
         fetch=lambda dst: tracker.download(run_id, artifact_path, dst),
-        storage_uri=lambda: artifact_storage_uri(tracker.client.get_run(run_id).info.artifact_uri, artifact_path, config),
+        storage_uri=lambda: artifact_storage_uri(
+            tracker.client.get_run(run_id).info.artifact_uri, artifact_path, config
+        ),
         adapter=bool(trained["adapter"]),
     )
 
@@ -52,26 +56,49 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
         config = trial.evaluation.kserve
         done = _finished_epochs(tracker, trial_run_id)
         models = [stored_model(tracker, trained, FINAL, trained["artifact_path"], config)]
-        checkpoints = {e: path for e, path in trained.get("checkpoints", {}).items() if path != trained["artifact_path"]}
+        checkpoints = {
+            e: path for e, path in trained.get("checkpoints", {}).items() if path != trained["artifact_path"]
+        }
         epochs = {f"epoch-{e}": int(e) for e in checkpoints if int(e) not in done}  # the last epoch is the final model
-        models += [stored_model(tracker, trained, label, checkpoints[str(e)], config) for label, e in sorted(epochs.items(), key=lambda kv: kv[1])]
+        models += [
+            stored_model(tracker, trained, label, checkpoints[str(e)], config)
+            for label, e in sorted(epochs.items(), key=lambda kv: kv[1])
+        ]
 
         def on_scored(label: str, results: dict[str, BenchmarkScore]) -> None:
             run_id = trial_run_id
             if label != FINAL:
                 tags = {**{k: v for k, v in trial_tags(trial).items() if k != TAG_STAGE}, TAG_EPOCH: str(epochs[label])}
-                run_id = tracker.create_run("checkpoint", f"{trial.label} {label}", tags, {"epoch": epochs[label]}, trial_run_id)
+                run_id = tracker.create_run(
+                    "checkpoint", f"{trial.label} {label}", tags, {"epoch": epochs[label]}, trial_run_id
+                )
             with tracker.owning([run_id] if label != FINAL else []):
                 metrics: dict[str, float] = {}
                 for name, result in results.items():
-                    metrics.update(gain_metrics(name, result.metrics, baseline["scores"][name], result.item_scores, base_items.get(name), trial.evaluation))
+                    metrics.update(
+                        gain_metrics(
+                            name,
+                            result.metrics,
+                            baseline["scores"][name],
+                            result.item_scores,
+                            base_items.get(name),
+                            trial.evaluation,
+                        )
+                    )
                     log_benchmark_rows(tracker, run_id, name, result)
                 tracker.log_metrics(run_id, metrics)
             if label == FINAL:
                 final.update(metrics)
 
         score_models(
-            trial.base_model, models, trial.benchmarks, trial.prompt_template, trial.evaluation, job.context, on_scored,
-            name=trial.key, max_lora_rank=trial.training.lora.r if trained["adapter"] else None,
+            trial.base_model,
+            models,
+            trial.benchmarks,
+            trial.prompt_template,
+            trial.evaluation,
+            job.context,
+            on_scored,
+            name=trial.key,
+            max_lora_rank=trial.training.lora.r if trained["adapter"] else None,
         )
     return StageResult(metrics=final)

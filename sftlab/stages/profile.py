@@ -83,7 +83,9 @@ class StreamState:
         self.embed_sample = Reservoir(cfg.embedding_rows, cfg.seed + 1)
 
 
-def consume_chunk(state: StreamState, chunk: list[tuple[int, data.Example]], tokenizer: Any, problems: RowProblems) -> None:
+def consume_chunk(
+    state: StreamState, chunk: list[tuple[int, data.Example]], tokenizer: Any, problems: RowProblems
+) -> None:
     """Feed one chunk of usable rows to every streaming measure."""
     rendered: list[tuple[int, data.Example, str, str]] = []
     for row, example in chunk:
@@ -115,7 +117,13 @@ def consume_chunk(state: StreamState, chunk: list[tuple[int, data.Example]], tok
     state.rows += len(rendered)
 
 
-def stream_profile(examples: Iterable[tuple[int, data.Example]], tokenizer: Any, cfg: ProfileConfig, benches: list[BenchmarkOverlap], problems: RowProblems) -> StreamState:
+def stream_profile(
+    examples: Iterable[tuple[int, data.Example]],
+    tokenizer: Any,
+    cfg: ProfileConfig,
+    benches: list[BenchmarkOverlap],
+    problems: RowProblems,
+) -> StreamState:
     """One pass over the usable rows, chunk by chunk."""
     state = StreamState(cfg, LengthStats.for_tokenizer(tokenizer), benches)
     chunk: list[tuple[int, data.Example]] = []
@@ -129,17 +137,24 @@ def stream_profile(examples: Iterable[tuple[int, data.Example]], tokenizer: Any,
     return state
 
 
-def _embedding_measures(cfg: ProfileConfig, train_texts: list[str], benches: dict[str, list[dict[str, Any]]], notes: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def _embedding_measures(
+    cfg: ProfileConfig, train_texts: list[str], benches: dict[str, list[dict[str, Any]]], notes: list[str]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     source, note = embeddings.resolve_model(cfg.embedding_model)
     if source is None:
         notes.append(note or "embeddings disabled")
         return {}, {}
     embedder = embeddings.Embedder(source)
     train = embedder.encode(train_texts)
-    overall = {"embed_pairwise_distance": embeddings.mean_pairwise_distance(train), "embed_sampled_rows": float(len(train))}
+    overall = {
+        "embed_pairwise_distance": embeddings.mean_pairwise_distance(train),
+        "embed_sampled_rows": float(len(train)),
+    }
     per_bench = {}
     for name, items in benches.items():
-        picked = items if len(items) <= cfg.embedding_rows else random.Random(cfg.seed).sample(items, cfg.embedding_rows)
+        picked = (
+            items if len(items) <= cfg.embedding_rows else random.Random(cfg.seed).sample(items, cfg.embedding_rows)
+        )
         per_bench[name] = embeddings.benchmark_similarity(train, embedder.encode([benchmark_text(it) for it in picked]))
     return overall, per_bench
 
@@ -150,9 +165,13 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
     source = models.resolve(trial.base_model, ctx)
     tokenizer = models.load_tokenizer(source, trial.base_model.revision)
     bench_items = {b.name: benchmark_items(b, ctx) for b in trial.benchmarks}
-    overlaps = [BenchmarkOverlap(name, items, tuple(cfg.overlap_ns), cfg.contamination_n) for name, items in bench_items.items()]
+    overlaps = [
+        BenchmarkOverlap(name, items, tuple(cfg.overlap_ns), cfg.contamination_n) for name, items in bench_items.items()
+    ]
     problems = RowProblems()
-    state = stream_profile(iter_examples(trial.dataset, trial.dataset_template, ctx, problems), tokenizer, cfg, overlaps, problems)
+    state = stream_profile(
+        iter_examples(trial.dataset, trial.dataset_template, ctx, problems), tokenizer, cfg, overlaps, problems
+    )
     if not state.rows:
         raise data.no_usable_rows(trial.dataset, problems.listed)
     notes: list[str] = []
@@ -236,8 +255,12 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
         "notes": notes,
     }
     images = {
-        "Token lengths": card.histogram_png({"prompt": prompt_lens, "response": response_lens}, cfg.hist_bins, "tokens"),
-        "Per-example perplexity (sample)": card.histogram_png({"responses": ppl.per_example}, cfg.hist_bins, "perplexity", log_x=True),
+        "Token lengths": card.histogram_png(
+            {"prompt": prompt_lens, "response": response_lens}, cfg.hist_bins, "tokens"
+        ),
+        "Per-example perplexity (sample)": card.histogram_png(
+            {"responses": ppl.per_example}, cfg.hist_bins, "perplexity", log_x=True
+        ),
     }
     return metrics, detail, images
 

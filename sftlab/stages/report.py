@@ -64,7 +64,9 @@ def build_for_sweep(tracker: Tracker, trials: list[TrialRef], ctx: RunContext, o
         planned.setdefault(trial.key, trial.label)
     rows = _rows(tracker, planned)
     out_dir = Path(ctx.root) / "reports" / ctx.experiment
-    path = write_report(rows, out_dir, f"sftlab report: {ctx.experiment}", options or Options(experiment=ctx.experiment))
+    path = write_report(
+        rows, out_dir, f"sftlab report: {ctx.experiment}", options or Options(experiment=ctx.experiment)
+    )
     if ctx.sweep_run_id:
         _publish(tracker, ctx.sweep_run_id, rows, out_dir)
     return path

@@ -39,7 +39,9 @@ def check_method(training: TrainingConfig) -> None:
     if training.method == "qlora" and not cuda:
         raise SftlabError("training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU")
     if training.attn_implementation == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
-        raise SftlabError("training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto or sdpa")
+        raise SftlabError(
+            "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto or sdpa"
+        )
     if training.use_liger_kernel and not (cuda and importlib.util.find_spec("liger_kernel")):
         raise SftlabError("training.use_liger_kernel needs a CUDA GPU and the liger-kernel package")
     strategy = training.distributed.strategy
@@ -88,7 +90,9 @@ def sft_config(training: TrainingConfig, output_dir: Path) -> Any:
         bf16=bf16(),
         use_cpu=not cuda,
         gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,  # DDP and LoRA need non-reentrant
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if checkpointing
+        else None,  # DDP and LoRA need non-reentrant
         use_liger_kernel=training.use_liger_kernel,
         ddp_backend="gloo" if world_size > 1 and not cuda else None,
         ddp_find_unused_parameters=False,
@@ -188,13 +192,20 @@ def run_trial(job: TrialJob) -> StageResult | None:
     with cache_turns(job.context.cache_dir):
         source = models.resolve(trial.base_model, job.context)
         tokenizer = models.load_tokenizer(source, trial.base_model.revision)
-        loaded = data.load_examples(trial.dataset, trial.dataset_template, job.context, training.max_rows, training.seed)
+        loaded = data.load_examples(
+            trial.dataset, trial.dataset_template, job.context, training.max_rows, training.seed
+        )
     trainable = data.drop_overlong_prompts(loaded, trial.dataset, tokenizer, training.max_length)
     overlong = len(trainable.skipped) - len(loaded.skipped)
     if trainable.skipped:
         row, reason = trainable.skipped[0]
-        log.warning("train: %d rows skipped (%d with a prompt of training.max_length tokens or more), first: row %d: %s",
-                    len(trainable.skipped), overlong, row, reason)
+        log.warning(
+            "train: %d rows skipped (%d with a prompt of training.max_length tokens or more), first: row %d: %s",
+            len(trainable.skipped),
+            overlong,
+            row,
+            reason,
+        )
     local = checkpoints.local_dir(job)
     args = sft_config(training, local)  # sets up torch.distributed under torchrun/accelerate
     dist = args.distributed_state
@@ -206,11 +217,14 @@ def run_trial(job: TrialJob) -> StageResult | None:
     callbacks = [checkpoints.upload_callback(store)] if store else []
     if tracker is not None:
         callbacks.append(_callback(tracker, run_id))
-        tracker.log_params(run_id, {
-            "train.world_size": dist.num_processes,
-            "train.precision": "bf16" if args.bf16 else "fp32",
-            "train.attn_implementation": model.config._attn_implementation,
-        })
+        tracker.log_params(
+            run_id,
+            {
+                "train.world_size": dist.num_processes,
+                "train.precision": "bf16" if args.bf16 else "fp32",
+                "train.attn_implementation": model.config._attn_implementation,
+            },
+        )
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -239,7 +253,9 @@ def run_trial(job: TrialJob) -> StageResult | None:
             "train/resumed_from_step": float(resumed_step),
             "train/rows": float(len(trainable.examples)),
             "train/skipped_rows": float(len(trainable.skipped)),
-            "train/overlong_prompt_rows": float(overlong),  # among the skipped: nothing left to train on after truncation
+            "train/overlong_prompt_rows": float(
+                overlong
+            ),  # among the skipped: nothing left to train on after truncation
             "train/truncated_rows": float(sum(n >= training.max_length for n in lengths)),
             "train/tokens": float(sum(lengths) * training.epochs),  # all epochs, padding excluded
             "train/tokens_per_s": sum(lengths) * training.epochs * share_run / seconds,
@@ -261,7 +277,12 @@ def system_metrics(run_id: str, tracking_uri: str, resumed: bool) -> Iterator[No
 
 
 def publish(
-    job: TrialJob, tracker: Tracker, run_id: str, metrics: dict[str, float], model_dir: Path, store: checkpoints.CheckpointStore | None
+    job: TrialJob,
+    tracker: Tracker,
+    run_id: str,
+    metrics: dict[str, float],
+    model_dir: Path,
+    store: checkpoints.CheckpointStore | None,
 ) -> StageResult:
     """Rank 0, after training: metrics, the model, the requested epochs' models, the registry
     version and the stage result go to the trial run; then the resumable checkpoints go away."""
@@ -281,7 +302,12 @@ def publish(
     if job.context.register_models:
         register(tracker, job, run_id)
     uri = f"runs:/{run_id}/{MODEL_ARTIFACT}"
-    outputs: dict[str, Any] = {"run_id": run_id, "artifact_path": MODEL_ARTIFACT, "adapter": training.method != "full", "uri": uri}
+    outputs: dict[str, Any] = {
+        "run_id": run_id,
+        "artifact_path": MODEL_ARTIFACT,
+        "adapter": training.method != "full",
+        "uri": uri,
+    }
     if stored:
         outputs["checkpoints"] = stored
     result = StageResult(metrics=metrics, outputs=outputs)
@@ -308,7 +334,11 @@ def register(tracker: Tracker, job: TrialJob, run_id: str) -> None:
         name,
         source=f"runs:/{run_id}/{MODEL_ARTIFACT}",
         run_id=run_id,
-        tags={"sftlab.trial_key": trial.key, "sftlab.dataset": trial.dataset.name, "sftlab.method": trial.training.method,
-              "sftlab.adapter": str(trial.training.method != "full").lower()},
+        tags={
+            "sftlab.trial_key": trial.key,
+            "sftlab.dataset": trial.dataset.name,
+            "sftlab.method": trial.training.method,
+            "sftlab.adapter": str(trial.training.method != "full").lower(),
+        },
         description=trial.label,
     )

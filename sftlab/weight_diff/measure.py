@@ -87,7 +87,9 @@ def _measure(name: str, base: Checkpoint, base_name: str, tuned_rows: TunedRows)
     )
 
 
-def measure_all(names: list[str], base: Checkpoint, in_base: dict[str, str], readers: dict[str, TunedRows]) -> list[TensorDiff]:
+def measure_all(
+    names: list[str], base: Checkpoint, in_base: dict[str, str], readers: dict[str, TunedRows]
+) -> list[TensorDiff]:
     """Every tensor's change, in the order given, on one thread (see CHUNK_ELEMENTS)."""
     with _one_thread():
         return [_measure(name, base, in_base[name], readers[name]) for name in names]

@@ -72,7 +72,6 @@ class TensorDiff(_NormRatios):
     tied_to: str | None = None  # the base tensor compared against, when weight tying hid this one
     spectrum: Spectrum | None = None
 
-
     @property
     def layer(self) -> int | None:
         return layer_index(self.name)
@@ -118,7 +117,6 @@ class GroupChange(_NormRatios):
             dot=sum(t.dot for t in items),
             max_abs_delta=max((t.max_abs_delta for t in items), default=0.0),
         )
-
 
     def measures(self, names: Iterable[str]) -> dict[str, float]:
         """The named measures: rel_change, abs_change (||ΔW||), cosine, max_abs_change."""

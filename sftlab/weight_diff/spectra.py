@@ -34,7 +34,9 @@ def effective_rank(singular_values: torch.Tensor) -> float:
     return math.exp(-float((p * p.log()).sum()))
 
 
-def with_spectra(diffs: list[TensorDiff], config: WeightsConfig, spectrum_of: Callable[[TensorDiff], Spectrum]) -> WeightDiff:
+def with_spectra(
+    diffs: list[TensorDiff], config: WeightsConfig, spectrum_of: Callable[[TensorDiff], Spectrum]
+) -> WeightDiff:
     """Add spectra to a seeded sample of the changed 2-D matrices (all of them if there are few)."""
     if not config.spectral:
         return WeightDiff(diffs)
