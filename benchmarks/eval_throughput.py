@@ -51,7 +51,7 @@ def serving_speed(args: argparse.Namespace) -> float:
             seq_times.append(seq_s)
             conc_times.append(conc_s)
     if seq_out != conc_out:
-        mismatched = sum(a != b for a, b in zip(seq_out, conc_out))
+        mismatched = sum(a != b for a, b in zip(seq_out, conc_out, strict=True))
         print(f"WARNING: {mismatched} of {len(prompts)} outputs differ between batched and unbatched runs")
     seq, conc = min(seq_times), min(conc_times)
     print(

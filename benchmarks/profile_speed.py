@@ -63,7 +63,8 @@ def perplexity_speed(args: argparse.Namespace) -> float:
             best[name] = min(best[name], time.perf_counter() - start)
     rates = {k: tokens / v for k, v in best.items()}
     print(
-        f"perplexity: {args.rows} rows, {len(batches)} batches of <= {args.batch_size}, {tokens} tokens, device {device}"
+        f"perplexity: {args.rows} rows, {len(batches)} batches of <= {args.batch_size}, {tokens} tokens, "
+        f"device {device}"
     )
     print(f"  bare model(**batch): {rates['bare']:,.0f} tok/s   stage response_nll: {rates['stage']:,.0f} tok/s")
     return rates["stage"] / rates["bare"]
@@ -114,7 +115,8 @@ def main() -> None:
     ratio = perplexity_speed(args)
     rows_per_s, near, _ = near_dup_speed(args)
     print(
-        f"HEADLINE profile_speed: perplexity stage/bare = {ratio:.2f}x (target >= 0.9x); near-dup {rows_per_s:,.0f} rows/s on {args.dup_rows:,} rows (near-dup rate {near:.3f})"
+        f"HEADLINE profile_speed: perplexity stage/bare = {ratio:.2f}x (target >= 0.9x); "
+        f"near-dup {rows_per_s:,.0f} rows/s on {args.dup_rows:,} rows (near-dup rate {near:.3f})"
     )
 
 

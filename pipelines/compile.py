@@ -6,7 +6,7 @@
 
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import kfp
 from kfp import compiler
@@ -19,7 +19,7 @@ from sftlab.spec import Spec, classify_uri
 
 PipelineKind = Literal["trial", "sweep"]
 BUILDERS = {"trial": build_trial_pipeline, "sweep": build_sweep_pipeline}
-COMPILED = {kind: Path(__file__).with_name(f"{kind}_pipeline.yaml") for kind in BUILDERS}
+COMPILED: dict[PipelineKind, Path] = {kind: Path(__file__).with_name(f"{kind}_pipeline.yaml") for kind in BUILDERS}
 MAX_PARAMETER_CHARS = 10_000  # KFP rejects longer pipeline parameters (kubeflow/pipelines#12510)
 
 
@@ -52,7 +52,11 @@ def cluster_problems(spec: Spec) -> list[str]:
     problems = []
     if spec.tracking.uri and is_local_store(spec.tracking.uri):
         problems.append(f"tracking.uri: a local store is not shared with cluster pods, got {spec.tracking.uri!r}")
-    sources = {"base_models": spec.base_models, "datasets": spec.datasets, "benchmarks": spec.benchmarks}
+    sources: dict[str, list[Any]] = {
+        "base_models": spec.base_models,
+        "datasets": spec.datasets,
+        "benchmarks": spec.benchmarks,
+    }
     for field, items in sources.items():
         for i, item in enumerate(items):
             if classify_uri(item.uri) == "local":

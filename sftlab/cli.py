@@ -307,7 +307,6 @@ def predict(spec_path: str, experiment: str | None, tracking_uri: str | None, re
     gain predictor of a study: its latest report's predictor.json, else one fitted from its trials.
     """
     from mlflow import MlflowClient
-
     from sftlab.job import tracking_uri_for
     from sftlab.predict import format_ranking, predictor_for, profile_candidates, rank, write_ranking_csv
     from sftlab.spec import load_spec

@@ -176,7 +176,8 @@ class _Sizer:
                 Sized(float(ds.num_rows), "spec") if ds.num_rows else Sized(None, f"set datasets[{ds.name}].num_rows")
             )
             return rows, Sized(self.assumptions.tokens_per_row, "assumed")
-        usable, lengths = 0, []
+        usable = 0
+        lengths: list[float] = []
         tokenizer = self.tokenizer(trial.base_model)
         for row in data.iter_rows(ds.uri, ds.split, self.ctx, ds.subset):
             try:
@@ -208,10 +209,11 @@ class _Sizer:
         if kind == "hub" or (kind == "s3" and bench.num_items):
             if not bench.num_items:
                 raise SftlabError(
-                    f"benchmarks[{bench.name}].num_items: required for cost estimates of a hub benchmark (not read offline)"
+                    f"benchmarks[{bench.name}].num_items: required for cost estimates of a hub benchmark "
+                    "(not read offline)"
                 )
-            items = min(bench.num_items, bench.max_items or bench.num_items)
-            return float(items), assumed.prompt_tokens * (1 + bench.num_fewshot), assumed.choices
+            n_items = min(bench.num_items, bench.max_items or bench.num_items)
+            return float(n_items), assumed.prompt_tokens * (1 + bench.num_fewshot), assumed.choices
         items = benchmark_items(bench, self.ctx)
         tokenizer = self.tokenizer(model)
         sample = items[: assumed.sample_rows]
@@ -329,7 +331,8 @@ def advice(cost: SweepCost) -> list[str]:
         if many:
             saved = sum(t.eval_flops * (1 - 1 / t.checkpoints_evaluated) for t in many if t.eval_flops)
             lines.append(
-                f"evaluating only the last epoch (evaluation.epochs: last) saves {cost.assumptions.gpu_hours(saved, True):,.0f} GPU-h"
+                "evaluating only the last epoch (evaluation.epochs: last) saves "
+                f"{cost.assumptions.gpu_hours(saved, True):,.0f} GPU-h"
                 " (or list a few epochs, e.g. [1, 5, 10])"
             )
         lines.append(
@@ -355,7 +358,8 @@ def format_cost(cost: SweepCost, max_rows: int = 50) -> str:
     """The per-trial table (first ``max_rows``), totals, notes and advice, as plain text."""
     a = cost.assumptions
     lines = [
-        f"{'trial':<48} {'params':>7} {'rows':>7} {'tok/row':>7} {'train tok':>9} {'train FLOP':>10} {'ckpts':>5} {'eval FLOP':>10}"
+        f"{'trial':<48} {'params':>7} {'rows':>7} {'tok/row':>7} {'train tok':>9} {'train FLOP':>10} "
+        f"{'ckpts':>5} {'eval FLOP':>10}"
     ]
     for t in cost.trials[:max_rows]:
         lines.append(
@@ -365,13 +369,17 @@ def format_cost(cost: SweepCost, max_rows: int = 50) -> str:
     if len(cost.trials) > max_rows:
         lines.append(f"... and {len(cost.trials) - max_rows} more trials")
     train_h, eval_h = cost.train_gpu_hours, cost.eval_gpu_hours
-    gpu = f"{a.gpu} ({_si(a.peak, 'FLOP/s')} peak, MFU {a.mfu:g}{'' if a.eval_mfu is None else f', eval MFU {a.eval_mfu:g}'})"
+    gpu = (
+        f"{a.gpu} ({_si(a.peak, 'FLOP/s')} peak, "
+        f"MFU {a.mfu:g}{'' if a.eval_mfu is None else f', eval MFU {a.eval_mfu:g}'})"
+    )
     lines += [
         "",
         f"totals for {len(cost.trials)} trials on {gpu}:",
         f"  training:   {_si(cost.total('train_tokens'))} tokens, {_si(cost.total('train_flops'))} FLOP, "
         f"{'?' if train_h is None else f'{train_h:,.1f}'} GPU-h",
-        f"  evaluation: {_si(cost.total('eval_flops'))} FLOP for trials + {_si(cost.baseline_flops)} FLOP for baselines, "
+        f"  evaluation: {_si(cost.total('eval_flops'))} FLOP for trials + "
+        f"{_si(cost.baseline_flops)} FLOP for baselines, "
         f"{'?' if eval_h is None else f'{eval_h:,.1f}'} GPU-h",
     ]
     lines += [f"  note: {n}" for n in cost.notes]

@@ -235,13 +235,14 @@ def drop_overlong_prompts(loaded: LoadedData, ds: DatasetSpec, tokenizer: Any, m
     part starts where the tokenized prompt and prompt + completion first differ.
     """
     keep, skipped = [], list(loaded.skipped)
-    for i, (row, example) in enumerate(zip(loaded.row_ids, loaded.examples)):
+    for i, (row, example) in enumerate(zip(loaded.row_ids, loaded.examples, strict=True)):
         n = _untrained_prefix(example, tokenizer, max_length)
         if n >= max_length:
             skipped.append(
                 (
                     row,
-                    f"prompt is {n} tokens; training.max_length is {max_length}, so truncation leaves no completion token to train on",
+                    f"prompt is {n} tokens; training.max_length is {max_length}, "
+                    "so truncation leaves no completion token to train on",
                 )
             )
         else:
@@ -276,7 +277,8 @@ def _untrained_prefix(example: Example, tokenizer: Any, max_length: int) -> int:
         return len(prompt_ids)  # the usual case: the prefix it shares with prompt + completion is no longer
     full_ids = tokens(full=True)
     return next(
-        (n for n, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
+        (n for n, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b),
+        min(len(prompt_ids), len(full_ids)),
     )
 
 

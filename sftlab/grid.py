@@ -221,7 +221,7 @@ def expand(spec: Spec) -> list[Trial]:
     datasets = {d.name: d for d in spec.datasets}
     trials = []
     for index, combo in enumerate(itertools.product(*axes.values())):
-        chosen = dict(zip(axes, combo))
+        chosen = dict(zip(axes, combo, strict=True))
         training = spec.training
         for axis, value in chosen.items():
             if axis not in NAME_AXES:

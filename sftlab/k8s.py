@@ -67,7 +67,7 @@ def conditions(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def active_conditions(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The object's conditions whose status is True, by type."""
-    return {c.get("type"): c for c in conditions(obj) if str(c.get("status")) == "True"}
+    return {str(c.get("type")): c for c in conditions(obj) if str(c.get("status")) == "True"}
 
 
 # ---------------------------------------------------------------- names and pod-spec pieces
@@ -312,8 +312,9 @@ class ObjectRunner:
             obj = self._read(name, ref)
             for cond in conditions(obj):
                 state = (cond.get("status"), cond.get("reason"), cond.get("message"))
-                if seen.get(cond.get("type")) != state:
-                    seen[cond.get("type")] = state
+                kind = str(cond.get("type"))
+                if seen.get(kind) != state:
+                    seen[kind] = state
                     last = describe_condition(cond)
                     self.log(f"{ref}: {last}")
             try:
@@ -324,7 +325,8 @@ class ObjectRunner:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise SftlabError(
-                    f"{ref} did not {goal} within {self.timeout_s:g} s (last condition: {last}){self._diagnosis(diagnose)}"
+                    f"{ref} did not {goal} within {self.timeout_s:g} s "
+                    f"(last condition: {last}){self._diagnosis(diagnose)}"
                 )
             self._sleep(min(self.poll_s, remaining))
 
@@ -362,7 +364,8 @@ class ObjectRunner:
             if exc.status == 409:
                 raise SftlabError(
                     f"{ref} already exists and is not this run's, so it is left alone (another run of the "
-                    f"same work?); delete it with `kubectl delete {r.kind.lower()} -n {self.namespace} {name}` and retry"
+                    f"same work?); delete it with `kubectl delete {r.kind.lower()} -n {self.namespace} {name}` "
+                    "and retry"
                 ) from None
             raise SftlabError(f"{ref}: create failed: {http_error(exc)}") from None
         self.log(f"{ref} created")

@@ -36,7 +36,8 @@ def layer_classes(model_source: str, revision: str | None = None) -> list[str]:
     names = list(getattr(model_class, "_no_split_modules", None) or [])
     if not names:
         raise SftlabError(
-            f"{model_source}: no transformer layer class known for model type {config.model_type!r}; FSDP cannot wrap it"
+            f"{model_source}: no transformer layer class known for model type {config.model_type!r}; "
+            "FSDP cannot wrap it"
         )
     return names
 

@@ -91,7 +91,7 @@ def load_causal_lm(source: str, revision: str | None = None, dtype: str = "auto"
     if dtype == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         torch_dtype = torch.bfloat16
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=torch_dtype, attn_implementation=attention_implementation()
         )
     except OSError as exc:

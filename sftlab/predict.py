@@ -6,8 +6,9 @@ small enough to read, since a study has only as many points as it has profiled p
 12 models × 10 datasets). Honesty comes from the cross-validation: leave one *dataset* out (all
 its base models at once), because the question asked is how well it ranks data it has not seen,
 scored against mean-gain baselines that know nothing of the data (per base model, and overall); the
-report says plainly when the ridge does not beat the better of them by a clear margin. The fitted model is JSON (features, scaling, coefficients), never
-a pickle, so any tool can read it and no code runs when it is loaded.
+report says plainly when the ridge does not beat the better of them by a clear margin. The fitted
+model is JSON (features, scaling, coefficients), never a pickle, so any tool can read it and no
+code runs when it is loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,13 +112,17 @@ class Target(Ridge):
         return np.asarray(out, dtype=float)
 
     def missing(self, x: np.ndarray) -> list[str]:
-        return [name for name, v in zip(self.features, x) if not math.isfinite(v) and not name.startswith(MODEL)]
+        return [
+            name
+            for name, v in zip(self.features, x, strict=True)
+            if not math.isfinite(v) and not name.startswith(MODEL)
+        ]
 
     def outside(self, x: np.ndarray) -> list[str]:
         """Features beyond the range the study saw: the prediction is an extrapolation there."""
         return [
             f"{name} {v:.4g} (study {lo:.4g}–{hi:.4g})"
-            for name, v, lo, hi in zip(self.features, x, self.low, self.high)
+            for name, v, lo, hi in zip(self.features, x, self.low, self.high, strict=True)
             if math.isfinite(v) and not name.startswith(MODEL) and not lo <= v <= hi
         ]
 
@@ -252,7 +257,7 @@ def fit(done: list[TrialRow], experiment: str = "", targets: list[Measure] | Non
     """One ridge per benchmark headline metric, with its cross-validated error, from finished trials."""
     all_units, names = units(done), predictors(done)
     models = sorted({u.base_model for u in all_units})
-    predictor = Predictor(experiment, datetime.now(timezone.utc).isoformat(timespec="seconds"), models, {})
+    predictor = Predictor(experiment, datetime.now(UTC).isoformat(timespec="seconds"), models, {})
     for m in targets if targets is not None else headlines(measures(done)):
         group = [u for u in all_units if math.isfinite(u.gain(m))]
         if len(group) < MIN_UNITS or not names:

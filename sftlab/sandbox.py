@@ -59,6 +59,7 @@ library only.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -361,10 +362,8 @@ def _has_exited(pid: int) -> bool:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _status(verdict: str, timed_out: bool, launcher_rc: int | None, stderr: str) -> tuple[Status, int | None]:
@@ -501,10 +500,9 @@ def _build_root(plan: dict[str, Any]) -> None:
     Path(cwd, PROGRAM).write_bytes(program)
     os.chmod(Path(cwd, PROGRAM), 0o444)
     os.mkdir(root + "/proc")
-    try:
+    # OSError: e.g. user namespaces in containers with masked /proc paths: then no /proc at all
+    with contextlib.suppress(OSError):
         _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    except OSError:
-        pass  # e.g. user namespaces in containers with masked /proc paths: then no /proc at all
     os.chroot(root)
     os.chdir("/")
 

@@ -243,12 +243,13 @@ class KServeConfig(Strict):
     ready_timeout_s: float = Field(1800.0, gt=0, description="How long an InferenceService may take to become Ready.")
     service_account: str | None = Field(
         None,
-        description="Service account with the S3 credentials for storageUri; default $SFTLAB_SERVICE_ACCOUNT (the chart's).",
+        description="Service account with the S3 credentials for storageUri; "
+        "default $SFTLAB_SERVICE_ACCOUNT (the chart's).",
     )
     artifacts_destination: str | None = Field(
         None,
-        description="The s3:// prefix behind the MLflow server's mlflow-artifacts:/ URIs (its --artifacts-destination); "
-        "default $SFTLAB_ARTIFACTS_DESTINATION (set by the chart).",
+        description="The s3:// prefix behind the MLflow server's mlflow-artifacts:/ URIs "
+        "(its --artifacts-destination); default $SFTLAB_ARTIFACTS_DESTINATION (set by the chart).",
     )
     max_model_len: int | None = Field(None, ge=16)
 
@@ -302,7 +303,8 @@ class TrackingConfig(Strict):
         scheme = urlsplit(value).scheme.split("+")[0] if value else ""
         if len(scheme) > 1 and scheme not in _mlflow_schemes():
             raise ValueError(
-                f"unsupported tracking URI scheme '{scheme}:' (expected http(s)://, sqlite:///, postgresql://, mysql://, file: or databricks)"
+                f"unsupported tracking URI scheme '{scheme}:' "
+                "(expected http(s)://, sqlite:///, postgresql://, mysql://, file: or databricks)"
             )
         return value
 
@@ -371,7 +373,8 @@ class TaskResources(Strict):
     def _resource_name(cls, value: str) -> str:
         if not _RESOURCE_NAME.match(value):
             raise ValueError(
-                "expected an extended resource name such as nvidia.com/gpu or amd.com/gpu (pick the GPU model with node_selector)"
+                "expected an extended resource name such as nvidia.com/gpu or amd.com/gpu "
+                "(pick the GPU model with node_selector)"
             )
         return value
 
@@ -379,7 +382,8 @@ class TaskResources(Strict):
     def _gpus_for_accelerator(self) -> TaskResources:
         if self.accelerator != DEFAULT_ACCELERATOR and not self.gpus:
             raise ValueError(
-                f"accelerator {self.accelerator!r} is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU"
+                f"accelerator {self.accelerator!r} is set but gpus is 0: "
+                "set gpus ≥ 1, or drop accelerator to run on CPU"
             )
         return self
 
@@ -409,7 +413,8 @@ class ResourcesConfig(Strict):
 class PipelineConfig(Strict):
     image: str | None = Field(
         None,
-        description="Component image; default $SFTLAB_IMAGE, else $SFTLAB_REGISTRY/sftlab:<version>, else the release image.",
+        description="Component image; default $SFTLAB_IMAGE, else $SFTLAB_REGISTRY/sftlab:<version>, "
+        "else the release image.",
     )
     max_parallel_trials: int = Field(4, ge=1, le=1000)
     kfp_host: str | None = None
@@ -466,14 +471,15 @@ class Spec(Strict):
         runtime = self.evaluation.kserve.runtime
         if runtime == "vllm" and not self.resources.for_stage("evaluate").gpus:
             raise ValueError(
-                "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface"
+                "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, "
+                "or use runtime huggingface"
             )
         recipes = [r for r in self.sweep.get("training", []) if isinstance(r, dict)]
         methods = [self.training.method, *self.sweep.get("training.method", []), *(r.get("method") for r in recipes)]
         if runtime != "vllm" and any(m in ("lora", "qlora") for m in methods):
             raise ValueError(
-                "evaluation.kserve.runtime: LoRA adapters are served by vLLM: set runtime vllm (with resources.evaluate.gpus ≥ 1), "
-                "or evaluate with backend local"
+                "evaluation.kserve.runtime: LoRA adapters are served by vLLM: "
+                "set runtime vllm (with resources.evaluate.gpus ≥ 1), or evaluate with backend local"
             )
         return self
 

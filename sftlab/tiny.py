@@ -9,6 +9,7 @@ predict.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -240,10 +241,8 @@ def resolve_tiny(uri: str, cache_dir: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         build_tiny(staging, spec)
-        try:
+        with contextlib.suppress(OSError):  # another process finished first; theirs is identical
             staging.rename(target)
-        except OSError:  # another process finished first; theirs is identical
-            pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

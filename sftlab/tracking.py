@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,7 +145,7 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         self.log_metric_steps(run_id, [(step, {k: v for k, v in metrics.items() if v is not None})])
 
-    def log_metric_steps(self, run_id: str, steps: list[tuple[int, Mapping[str, float]]]) -> None:
+    def log_metric_steps(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
         """Many steps of metrics in as few requests as MLflow allows."""
         from mlflow.entities import Metric
 
@@ -315,7 +315,8 @@ class Tracker:
 
     def _earliest_claim(self, stage: str, cache_key: str) -> str:
         active = self.search(
-            f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' AND attributes.status = 'RUNNING'"
+            f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' "
+            "AND attributes.status = 'RUNNING'"
         )
         return min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
 

@@ -138,7 +138,10 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
     (
         "accelerator-without-gpus",
         {"resources.train.accelerator": "amd.com/gpu"},
-        "resources.train: accelerator 'amd.com/gpu' is set but gpus is 0: set gpus ≥ 1, or drop accelerator to run on CPU",
+        (
+            "resources.train: accelerator 'amd.com/gpu' is set but gpus is 0: "
+            "set gpus ≥ 1, or drop accelerator to run on CPU"
+        ),
     ),
     (
         "too-many-nodes",
@@ -159,8 +162,8 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
         "lora-on-kserve-huggingface",
         {"evaluation.backend": "kserve", "sweep": {"training.method": ["full", "lora"]}},
         (
-            "evaluation.kserve.runtime: LoRA adapters are served by vLLM: set runtime vllm (with resources.evaluate.gpus ≥ 1), "
-            "or evaluate with backend local"
+            "evaluation.kserve.runtime: LoRA adapters are served by vLLM: "
+            "set runtime vllm (with resources.evaluate.gpus ≥ 1), or evaluate with backend local"
         ),
     ),
     (
@@ -181,7 +184,10 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
     (
         "hf-scheme-data",
         {"datasets": [{"name": "d", "uri": "hf://org/set"}]},
-        "datasets[0].uri: unsupported URI scheme 'hf:' in 'hf://org/set' (expected a local path, s3://, tiny: or a hub id)",
+        (
+            "datasets[0].uri: unsupported URI scheme 'hf:' in 'hf://org/set' "
+            "(expected a local path, s3://, tiny: or a hub id)"
+        ),
     ),
     (
         "tiny-data",
@@ -192,8 +198,8 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
         "tracking-scheme",
         {"tracking.uri": "mlfow://tracking:5000"},
         (
-            "tracking.uri: unsupported tracking URI scheme 'mlfow:' (expected http(s)://, sqlite:///, postgresql://, mysql://, "
-            "file: or databricks), got 'mlfow://tracking:5000'"
+            "tracking.uri: unsupported tracking URI scheme 'mlfow:' "
+            "(expected http(s)://, sqlite:///, postgresql://, mysql://, file: or databricks), got 'mlfow://tracking:5000'"
         ),
     ),
 ]
@@ -465,7 +471,10 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
 def overlong_reason(tokenizer: Any, prompt: str) -> str:
     n = len(tokenizer(prompt)["input_ids"])
     assert n >= MAX_LENGTH
-    return f"prompt is {n} tokens; training.max_length is {MAX_LENGTH}, so truncation leaves no completion token to train on"
+    return (
+        f"prompt is {n} tokens; training.max_length is {MAX_LENGTH}, "
+        "so truncation leaves no completion token to train on"
+    )
 
 
 def test_overlong_prompts_are_skipped_by_row_id(tmp_path: Path, tiny_pair: tuple[Any, Any]) -> None:

@@ -151,7 +151,10 @@ def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: st
     prefix = f"ckpt/{job.trial.key}/"
     job_file = tmp_path / "job.json"
     job_file.write_text(job.to_json())
-    script = "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
+    script = (
+        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
+        "run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
         env={**os.environ, "OMP_NUM_THREADS": "1"},

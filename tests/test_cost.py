@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sftlab.cost import GPU_PEAK_FLOPS, Assumptions, estimate, evaluated_checkpoints, format_cost
 from sftlab.errors import SftlabError
 from sftlab.grid import expand
 from sftlab.job import context_for
-import yaml
-
-from sftlab.spec import Spec, parse_spec as parse_yaml
+from sftlab.spec import Spec
+from sftlab.spec import parse_spec as parse_yaml
 from tests.conftest import quickstart_spec
 
 ASSUME = Assumptions(tokens_per_row=100, prompt_tokens=50)

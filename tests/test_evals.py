@@ -23,7 +23,6 @@ from sftlab.job import RunContext
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec import BenchmarkSpec, EvaluationConfig, JudgeConfig
-
 from tests.conftest import EXAMPLES
 from tests.json_http import JsonHandler
 
@@ -215,9 +214,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Completio
     from sftlab.tiny import TinySpec, build_tiny
 
     model_dir = build_tiny(tmp_path_factory.mktemp("evals") / "model", TinySpec(seed=3))
-    with LocalModelServer(model_dir, name="m", ready_timeout=120) as server:
-        with CompletionsClient(server.base_url, server.model_name, concurrency=2) as client:
-            yield client, model_dir
+    with (
+        LocalModelServer(model_dir, name="m", ready_timeout=120) as server,
+        CompletionsClient(server.base_url, server.model_name, concurrency=2) as client,
+    ):
+        yield client, model_dir
 
 
 class FakeJudge(ThreadingHTTPServer):
@@ -300,7 +301,7 @@ def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_
     bench = bench_for("multiple_choice", "mmlu_tiny.jsonl")
     items = benchmark_items(bench, ctx(tmp_path))
     result = score_benchmark(client, bench, items, TEMPLATE, EVAL)
-    for item, row in zip(items, result.rows):
+    for item, row in zip(items, result.rows, strict=True):
         context = row["prompt"].rstrip()
         scores = []
         for option in choice.choices(item):

@@ -40,7 +40,8 @@ def test_sweep_axes_multiply_and_restrict() -> None:
         .read_text()
         .replace(
             "training.method: [full, lora]",
-            "training.method: [full, lora]\n  training.learning_rate: [0.001, 0.002, 0.004]\n  base_model: [tiny-qwen-mixed]",
+            "training.method: [full, lora]\n  training.learning_rate: [0.001, 0.002, 0.004]\n"
+            "  base_model: [tiny-qwen-mixed]",
         )
     )
     trials = expand(parse_spec(text, base_dir=EXAMPLES))

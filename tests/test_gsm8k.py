@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 
 from sftlab.errors import SftlabError
-from sftlab.evaluation import benchmark_items
-from sftlab.job import RunContext
-from sftlab.spec import BenchmarkSpec
 from sftlab.evals.gsm8k import (
     STOP_SEQUENCES,
     extract_answer,
@@ -18,6 +15,9 @@ from sftlab.evals.gsm8k import (
     normalize_number,
     reference_answer,
 )
+from sftlab.evaluation import benchmark_items
+from sftlab.job import RunContext
+from sftlab.spec import BenchmarkSpec
 
 
 @pytest.mark.parametrize(

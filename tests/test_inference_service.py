@@ -29,9 +29,9 @@ from sftlab.serving.inference_service import (
     openai_base_url,
 )
 from sftlab.spec import KServeConfig, TaskResources
+from tests.json_http import JsonHandler
 from tests.kube import NS, Controller, KubeServer, cond, create, delete, exists, kube_api, sigterm
 from tests.test_trainjob import GPU_RES
-from tests.json_http import JsonHandler
 
 kube = pytest.fixture(scope="module")(kube_api)
 
@@ -458,7 +458,8 @@ def test_a_predictor_that_fails_to_load_fails_fast(kube: Any) -> None:
         pytest.fail("never Ready, never served")
     assert time.monotonic() - started < 3  # not the 10 s timeout
     assert str(info.value).startswith(
-        f"InferenceService {NS}/{NAME} failed: BlockedByFailedLoad (ModelLoadFailed: CUDA out of memory, exit code 1); pods: "
+        f"InferenceService {NS}/{NAME} failed: BlockedByFailedLoad "
+        "(ModelLoadFailed: CUDA out of memory, exit code 1); pods: "
     )
     assert "OOMKilled" in str(info.value)
     assert not exists(kube, NAME, INFERENCE_SERVICE)

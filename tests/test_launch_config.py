@@ -113,7 +113,8 @@ def test_fsdp_needs_layer_classes() -> None:
     [
         (
             {"attn_implementation": "flash_attention_2"},
-            "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto or sdpa",
+            "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+            "use auto or sdpa",
         ),
         ({"use_liger_kernel": True}, "training.use_liger_kernel needs a CUDA GPU and the liger-kernel package"),
         (

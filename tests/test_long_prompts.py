@@ -26,7 +26,6 @@ from sftlab.evaluation import gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec import BenchmarkSpec, EvaluationConfig
-
 from tests.conftest import EXAMPLES
 from tests.json_http import JsonHandler
 
@@ -90,7 +89,8 @@ def test_a_prompt_longer_than_the_window_gets_a_400_in_vllm_words(http, n_tokens
         assert error["param"] == "prompt"
         assert error["message"] == (
             f"This model's maximum context length is {LIMIT} tokens. However, you requested {prompt_tokens + g} tokens "
-            f"({prompt_tokens} in the prompt, {g} in the completion). Please reduce the length of the prompt or completion."
+            f"({prompt_tokens} in the prompt, {g} in the completion). "
+            "Please reduce the length of the prompt or completion."
         )
     # One long prompt refuses the whole list, as in vLLM; the server keeps answering.
     refusal(http.post("/completions", json={"model": NAME, "prompt": ["Hi", LONG], "max_tokens": 4}))
@@ -175,7 +175,8 @@ class _OldKServe(JsonHandler):
             if n + wanted > 64:
                 message = (
                     f"This model's maximum context length is 64 tokens. However, you requested {n + wanted} tokens "
-                    f"({n} in the messages, {wanted} in the completion). Please reduce the length of the messages or completion."
+                    f"({n} in the messages, {wanted} in the completion). "
+                    "Please reduce the length of the messages or completion."
                 )
                 return self.send_json(
                     500, {"error": {"code": "500", "message": message, "param": "", "type": "OpenAIError"}}
@@ -250,7 +251,7 @@ def test_gsm8k_scores_long_items_zero_and_the_rest_as_without_them(client, http,
     rows = result.rows
     assert [r["fit"] for r in rows] == ["ok", "too_long", "ok", "clamped", "ok"]
     assert [r["item"] for r in rows] == list(range(5))
-    for row, expected in zip([rows[0], rows[2], rows[4]], alone.rows):
+    for row, expected in zip([rows[0], rows[2], rows[4]], alone.rows, strict=True):
         assert (row["output"], row["score"], row["note"]) == (expected["output"], expected["score"], "")
         assert row["loglik_per_token"] == pytest.approx(expected["loglik_per_token"], abs=1e-4)
 
@@ -322,7 +323,7 @@ def test_multiple_choice_item_with_any_choice_too_long_scores_zero(client) -> No
     assert result.metrics["items_too_long"] == 2
     for i in (1, 3):
         assert (rows[i]["output"], rows[i]["score"], rows[i]["acc_norm"], rows[i]["gold_prob"]) == ("", 0.0, 0.0, 0.0)
-    for row, expected in zip([rows[0], rows[2], rows[4]], alone.rows):
+    for row, expected in zip([rows[0], rows[2], rows[4]], alone.rows, strict=True):
         assert (row["output"], row["score"], row["acc_norm"]) == (
             expected["output"],
             expected["score"],

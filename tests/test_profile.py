@@ -255,12 +255,16 @@ MEMORY_PROBE = textwrap.dedent(
 
     tmp, tokenizer_dir, rows = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     # The shipped data's ~120 distinct words: enough distinct n-grams to fill the distinct-n sketches.
-    words = sorted({w for f in Path("examples/data").glob("*.jsonl") for line in f.open() for w in line.replace('"', " ").split() if w.isalpha()})
+    words = sorted({
+        w for f in Path("examples/data").glob("*.jsonl") for line in f.open()
+        for w in line.replace('"', " ").split() if w.isalpha()
+    })
     def write(path, n):
         rng = random.Random(0)
         with path.open("w") as fh:
             for _ in range(n):
-                fh.write(json.dumps({"instruction": " ".join(rng.choices(words, k=4)), "response": " ".join(rng.choices(words, k=8))}) + "\\n")
+                row = {"instruction": " ".join(rng.choices(words, k=4)), "response": " ".join(rng.choices(words, k=8))}
+                fh.write(json.dumps(row) + "\\n")
     write(tmp / "small.jsonl", 100)
     write(tmp / "big.jsonl", rows)
     tok = models.load_tokenizer(tokenizer_dir)

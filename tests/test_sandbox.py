@@ -331,7 +331,8 @@ def test_wall_clock_timeout(isolation: str, source: str) -> None:
 def test_ignoring_signals_does_not_help(isolation: str) -> None:
     config = CONFIG.model_copy(update={"timeout_s": 1.0})
     result = run(
-        "import signal\nfor s in (signal.SIGTERM, signal.SIGXCPU, signal.SIGINT):\n    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
+        "import signal\nfor s in (signal.SIGTERM, signal.SIGXCPU, signal.SIGINT):\n"
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
         config,
     )
     assert result.status == "timeout" and result.duration_s < 1.0 + SLACK_S

@@ -22,7 +22,6 @@ from sftlab.errors import SftlabError
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.tiny import TinySpec, build_tiny
-
 from tests.json_http import JsonHandler
 
 NAME = "tiny"
@@ -94,7 +93,7 @@ def complete(http: httpx.Client, **body: Any) -> dict[str, Any]:
 
 def assert_close(actual: list[float], expected: list[float]) -> None:
     assert len(actual) == len(expected)
-    assert max(abs(a - e) for a, e in zip(actual, expected)) < TOL
+    assert max(abs(a - e) for a, e in zip(actual, expected, strict=True)) < TOL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +134,7 @@ def test_echo_prompt_logprobs_are_aligned(http, ref_model, tokenizer) -> None:
     assert_close(lp["token_logprobs"][1:], token_logprobs(ref_model, ids))
     offsets = lp["text_offset"]
     assert offsets[0] == 0
-    assert [prompt[a:b] for a, b in zip(offsets, offsets[1:] + [len(prompt)])] == lp["tokens"]
+    assert [prompt[a:b] for a, b in zip(offsets, offsets[1:] + [len(prompt)], strict=True)] == lp["tokens"]
     with torch.no_grad():
         logp = torch.log_softmax(ref_model(torch.tensor([ids])).logits[0], dim=-1)
     for i in range(1, len(ids)):
@@ -143,7 +142,7 @@ def test_echo_prompt_logprobs_are_aligned(http, ref_model, tokenizer) -> None:
         assert top[lp["tokens"][i]] == pytest.approx(lp["token_logprobs"][i], abs=TOL)
         best = logp[i - 1].topk(3)
         assert len(top) <= 4
-        for token_id, value in zip(best.indices.tolist(), best.values.tolist()):
+        for token_id, value in zip(best.indices.tolist(), best.values.tolist(), strict=True):
             assert top[tokenizer.decode([token_id])] == pytest.approx(value, abs=TOL)
 
 
@@ -266,7 +265,7 @@ def test_client_loglikelihood_matches_in_process(server, ref_model, tokenizer) -
     ]
     with CompletionsClient(server.base_url, server.model_name) as client:
         scores = client.loglikelihood(pairs)
-    for (context, continuation), (total, count) in zip(pairs, scores):
+    for (context, continuation), (total, count) in zip(pairs, scores, strict=True):
         stripped = context.rstrip()
         context_ids, whole = ids_of(tokenizer, stripped), ids_of(tokenizer, context + continuation)
         assert whole[: len(context_ids)] == context_ids  # the split falls on a token boundary
@@ -297,18 +296,19 @@ def test_lora_adapter_is_served_merged_and_ctrl_c_stops_the_server(
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).merge_and_unload()
     ids = ids_of(tokenizer, PROMPTS[0])
     expected = token_logprobs(merged.eval(), ids)
-    assert max(abs(a - b) for a, b in zip(expected, token_logprobs(ref_model, ids))) > 1e-3  # the adapter matters
+    assert (
+        max(abs(a - b) for a, b in zip(expected, token_logprobs(ref_model, ids), strict=True)) > 1e-3
+    )  # the adapter matters
 
-    with pytest.raises(KeyboardInterrupt):
-        with LocalModelServer(model_dir, adapter_dir=adapter_dir, name="lora") as srv:
-            pid = srv.pid
-            body = httpx.post(
-                f"{srv.base_url}/completions",
-                json={"model": "lora", "prompt": PROMPTS[0], "max_tokens": 0, "echo": True, "logprobs": 0},
-                timeout=60,
-            ).json()
-            assert_close(body["choices"][0]["logprobs"]["token_logprobs"][1:], expected)
-            raise KeyboardInterrupt  # Ctrl-C in the body must still stop the server
+    with pytest.raises(KeyboardInterrupt), LocalModelServer(model_dir, adapter_dir=adapter_dir, name="lora") as srv:
+        pid = srv.pid
+        body = httpx.post(
+            f"{srv.base_url}/completions",
+            json={"model": "lora", "prompt": PROMPTS[0], "max_tokens": 0, "echo": True, "logprobs": 0},
+            timeout=60,
+        ).json()
+        assert_close(body["choices"][0]["logprobs"]["token_logprobs"][1:], expected)
+        raise KeyboardInterrupt  # Ctrl-C in the body must still stop the server
     assert not psutil.pid_exists(pid)
 
 
@@ -328,9 +328,8 @@ def test_model_dir_without_weights_fails_with_the_log_tail(model_dir, tmp_path) 
         if f.suffix != ".safetensors":
             (broken / f.name).write_bytes(f.read_bytes())
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(SftlabError) as info:
-        with LocalModelServer(broken, ready_timeout=120):
-            pytest.fail("the server should not become ready")
+    with pytest.raises(SftlabError) as info, LocalModelServer(broken, ready_timeout=120):
+        pytest.fail("the server should not become ready")
     message = str(info.value)
     assert "exited before it was ready" in message and "cannot load model" in message
     assert "\n" not in message
@@ -384,15 +383,19 @@ def test_client_retries_transient_errors(scripted) -> None:
 
 def test_client_does_not_retry_client_errors(scripted) -> None:
     httpd = scripted([(400, {"error": {"message": "max_tokens: bad value", "type": "invalid_request_error"}})])
-    with CompletionsClient(_url(httpd), "m", backoff=0.01) as client:
-        with pytest.raises(SftlabError, match="HTTP 400: max_tokens: bad value"):
-            client.complete(["hi"], max_tokens=1)
+    with (
+        CompletionsClient(_url(httpd), "m", backoff=0.01) as client,
+        pytest.raises(SftlabError, match="HTTP 400: max_tokens: bad value"),
+    ):
+        client.complete(["hi"], max_tokens=1)
     assert httpd.hits == 1
 
 
 def test_client_gives_up_after_retries(scripted) -> None:
     httpd = scripted([(500, {"error": "boom"})])
-    with CompletionsClient(_url(httpd), "m", retries=2, backoff=0.01) as client:
-        with pytest.raises(SftlabError, match="HTTP 500: boom .gave up after 3 attempts"):
-            client.complete(["hi"], max_tokens=1)
+    with (
+        CompletionsClient(_url(httpd), "m", retries=2, backoff=0.01) as client,
+        pytest.raises(SftlabError, match="HTTP 500: boom .gave up after 3 attempts"),
+    ):
+        client.complete(["hi"], max_tokens=1)
     assert httpd.hits == 3

@@ -113,7 +113,8 @@ def test_qlora_without_cuda_fails_before_anything_runs(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         f"error: {spec}: 1 problem:",
-        "  training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU (trial m/d[method=qlora])",
+        "  training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU "
+        "(trial m/d[method=qlora])",
     ]
     assert not (tmp_path / "runs").exists()  # nothing started, nothing tracked
 

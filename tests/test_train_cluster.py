@@ -25,8 +25,8 @@ from sftlab.stages.common import run_stage
 from sftlab.tracking import TAG_ERROR, Tracker
 from sftlab.trainjob import GROUP, PLURAL, VERSION, trial_job_from_manifest
 from tests.conftest import REPO, free_port
-from tests.test_distributed import STEPS, trial_job
 from tests.kube import kube_api
+from tests.test_distributed import STEPS, trial_job
 
 NS = "team-a"
 IMAGE = "registry.example/sftlab:1.0"

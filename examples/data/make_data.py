@@ -24,9 +24,12 @@ def write(name: str, rows: list[dict]) -> None:
 
 def main() -> None:
     rng = random.Random(101)
-    write("math.jsonl", [dict(zip(("instruction", "response"), arithmetic_problem(rng)[:2])) for _ in range(64)])
+    write(
+        "math.jsonl",
+        [dict(zip(("instruction", "response"), arithmetic_problem(rng)[:2], strict=True)) for _ in range(64)],
+    )
     rng = random.Random(202)
-    write("code.jsonl", [dict(zip(("instruction", "response"), code_problem(rng))) for _ in range(48)])
+    write("code.jsonl", [dict(zip(("instruction", "response"), code_problem(rng), strict=True)) for _ in range(48)])
     rng = random.Random(303)
     chats = []
     for _ in range(48):
@@ -34,7 +37,10 @@ def main() -> None:
         chats.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
     write("chat.jsonl", chats)
     rng = random.Random(404)
-    write("gsm8k_tiny.jsonl", [dict(zip(("question", "answer"), arithmetic_problem(rng)[:2])) for _ in range(40)])
+    write(
+        "gsm8k_tiny.jsonl",
+        [dict(zip(("question", "answer"), arithmetic_problem(rng)[:2], strict=True)) for _ in range(40)],
+    )
 
 
 if __name__ == "__main__":

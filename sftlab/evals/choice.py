@@ -75,11 +75,13 @@ class MultipleChoiceTask:
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, stem, lambda it: choices(it)[gold(it)])
         pairs = [
-            (prompt, _continuation(prompt, option)) for prompt, item in zip(prompts, items) for option in choices(item)
+            (prompt, _continuation(prompt, option))
+            for prompt, item in zip(prompts, items, strict=True)
+            for option in choices(item)
         ]
         scored = iter(model.loglikelihood(pairs))
-        rows = []
-        for prompt, item in zip(prompts, items):
+        rows: list[dict[str, Any]] = []
+        for prompt, item in zip(prompts, items, strict=True):
             options, answer = choices(item), gold(item)
             results = [next(scored) for _ in options]
             columns = fit_columns(*results)
@@ -97,7 +99,7 @@ class MultipleChoiceTask:
                 )
                 continue
             logprobs = [lp for lp, _ in results]
-            normed = [lp / max(1, len(option)) for lp, option in zip(logprobs, options)]
+            normed = [lp / max(1, len(option)) for lp, option in zip(logprobs, options, strict=True)]
             pick, pick_norm = _argmax(logprobs), _argmax(normed)
             rows.append(
                 {

@@ -95,7 +95,7 @@ class CodeTask:
         ]
         results = iter(run_many(programs, bench.sandbox))
         outcomes: list[Outcome] = []
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, item in enumerate(items):
             mine = [next(results) for _ in range(n)] if runs[i] else []
             mine_outcomes = [_outcome(r, marker) for r in mine]

@@ -91,9 +91,9 @@ class GSM8KTask:
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: it["answer"])
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(STOP_SEQUENCES))
-        likelihoods = model.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items)])
-        rows = []
-        for prompt, item, output, likelihood in zip(prompts, items, outputs, likelihoods):
+        likelihoods = model.loglikelihood([(p, item["answer"]) for p, item in zip(prompts, items, strict=True)])
+        rows: list[dict[str, Any]] = []
+        for prompt, item, output, likelihood in zip(prompts, items, outputs, likelihoods, strict=True):
             reference = reference_answer(item["answer"])
             # A prompt that fits may still leave no room for the reference solution: then the
             # item is scored on its generation and left out of ``loglik`` (its note says so).

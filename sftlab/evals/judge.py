@@ -138,13 +138,13 @@ class JudgeTask:
             verdicts = judge.verdicts(
                 [
                     None if fit_of(a) == "too_long" else judge_prompt(question(it), a.strip(), it.get("reference"))
-                    for it, a in zip(items, answers)
+                    for it, a in zip(items, answers, strict=True)
                 ]
             )
         finally:
             judge.close()
-        rows = []
-        for prompt, answer, verdict in zip(prompts, answers, verdicts):
+        rows: list[dict[str, Any]] = []
+        for prompt, answer, verdict in zip(prompts, answers, verdicts, strict=True):
             rating = None if verdict is None else parse_rating(verdict)
             rows.append(
                 {

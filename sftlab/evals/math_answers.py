@@ -159,8 +159,8 @@ class MathTask:
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
         stops = [s for s in (marker, "<|im_end|>") if s]
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=stops)
-        rows = []
-        for prompt, item, output in zip(prompts, items, outputs):
+        rows: list[dict[str, Any]] = []
+        for prompt, item, output in zip(prompts, items, outputs, strict=True):
             reference = reference_answer(item)
             extracted = extract_answer(output)
             rows.append(

@@ -57,8 +57,8 @@ class ShortAnswerTask:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: references(it)[0])
         marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in ("\n", marker) if s])
-        rows = []
-        for prompt, item, output in zip(prompts, items, outputs):
+        rows: list[dict[str, Any]] = []
+        for prompt, item, output in zip(prompts, items, outputs, strict=True):
             refs = references(item)
             rows.append(
                 {

@@ -77,7 +77,7 @@ class LengthStats:
 
     def add(self, full_texts: list[str], prompt_ids: list[list[int]], full_ids: list[list[int]]) -> None:
         # Same prompt length as the perplexity code: at least one response token is scored.
-        self.prompt.extend(min(len(p), len(f) - 1) for p, f in zip(prompt_ids, full_ids))
+        self.prompt.extend(min(len(p), len(f) - 1) for p, f in zip(prompt_ids, full_ids, strict=True))
         self.full.extend(len(f) for f in full_ids)
         self.chars += sum(len(t) for t in full_texts)
         flat = np.fromiter(chain.from_iterable(full_ids), dtype=np.int64)

@@ -58,8 +58,9 @@ def score_batch(model: Any, batch: Batch, device: Any) -> list[tuple[float, int]
 
     with torch.inference_mode():
         logits = model(**batch.model_inputs(device)).logits
-        rows, positions = [], []
-        for r, (first, last) in enumerate(zip(batch.prompt_lens, batch.lengths)):
+        rows: list[int] = []
+        positions: list[int] = []
+        for r, (first, last) in enumerate(zip(batch.prompt_lens, batch.lengths, strict=True)):
             if last > first:
                 rows.extend([r] * (last - first))
                 positions.extend(range(first - 1, last - 1))
@@ -71,8 +72,8 @@ def score_batch(model: Any, batch: Batch, device: Any) -> list[tuple[float, int]
         nll = torch.nn.functional.cross_entropy(logits[row_t, pos_t].float(), targets, reduction="none")
         sums = torch.zeros(len(batch.rows), dtype=torch.float64, device=logits.device)
         sums.index_add_(0, row_t, nll.double())
-    counts = [max(0, last - first) for first, last in zip(batch.prompt_lens, batch.lengths)]
-    return list(zip(sums.cpu().tolist(), counts))
+    counts = [max(0, last - first) for first, last in zip(batch.prompt_lens, batch.lengths, strict=True)]
+    return list(zip(sums.cpu().tolist(), counts, strict=True))
 
 
 def response_nll(model: Any, items: list[Tokenized], batch_size: int, max_length: int) -> list[tuple[float, int]]:
@@ -80,7 +81,7 @@ def response_nll(model: Any, items: list[Tokenized], batch_size: int, max_length
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = [(0.0, 0)] * len(items)
     for batch in make_batches(items, batch_size, max_length):
-        for i, scored in zip(batch.rows, score_batch(model, batch, device)):
+        for i, scored in zip(batch.rows, score_batch(model, batch, device), strict=True):
             results[i] = scored
     return results
 

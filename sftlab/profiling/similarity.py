@@ -70,7 +70,7 @@ class BenchmarkOverlap:
             self._found[n] |= np.isin(grams, hashes)
             if n == self.contamination_n:
                 hit = np.isin(hashes, grams)
-                for h, r in zip(hashes[hit].tolist(), rows[hit].tolist()):
+                for h, r in zip(hashes[hit].tolist(), rows[hit].tolist(), strict=True):
                     self._first_row.setdefault(h, first_row + r)
 
     def overlaps(self) -> dict[int, float]:
@@ -80,7 +80,7 @@ class BenchmarkOverlap:
         hashes, items = self._item_grams
         out: dict[int, ContaminatedItem] = {}
         n = self.contamination_n
-        for pos, (h, item) in enumerate(zip(hashes.tolist(), items.tolist())):
+        for pos, (h, item) in enumerate(zip(hashes.tolist(), items.tolist(), strict=True)):
             if h in self._first_row and item not in out:
                 out[item] = ContaminatedItem(
                     item, self._first_row[h], _ngram_text(self.items[item], hashes, items, pos, n)

@@ -3,8 +3,10 @@ epoch curves, and the mean gain per level of every swept hyper-parameter."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +42,7 @@ def _diffs(
     for a, b in pairs:
         fa = [mean(m.gain(r) for r in a) for m in measures]
         fb = [mean(m.gain(r) for r in b) for m in measures]
-        both = [(x, y) for x, y in zip(fa, fb) if x is not None and y is not None]
+        both = [(x, y) for x, y in zip(fa, fb, strict=True) if x is not None and y is not None]
         if both:
             full.append(float(np.mean([x for x, _ in both])))
             other.append(float(np.mean([y for _, y in both])))
@@ -68,7 +70,9 @@ def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     if not methods or not any(r.tag("method") == FULL for r in done):
         section.text.append("n/a: the sweep did not train both full FT and another method.")
         return section
-    records, family_rows, metric_rows = [], [], []
+    records: list[dict[str, Any]] = []
+    family_rows: list[list[str]] = []
+    metric_rows: list[list[str]] = []
     heads = headlines(measures)
     families: dict[str, list[Measure]] = {}
     for m in heads:
@@ -117,6 +121,10 @@ def _f(values: list[float]) -> str:
     return f"{np.mean(values):+.3g}" if values else "–"
 
 
+def _param(run: TrialRow, name: str, default: str) -> str:
+    return str(run.params.get(name, default))
+
+
 def _level_key(value: str) -> tuple[int, float, str]:
     try:
         return (0, float(value), value)
@@ -145,7 +153,7 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         )
     for axis in varied:
         levels = sorted({r.params.get(axis, "") for r in done}, key=_level_key)
-        curves = _curves(done, measures, levels, lambda r, a=axis: r.params.get(a, ""))
+        curves = _curves(done, measures, levels, functools.partial(_param, name=axis, default=""))
         section.tables.append(_curve_table(curves, CURVE_AXES[axis], levels, measures, _level_label))
         section.figures.append(_curve_plot(curves, levels, heads, CURVE_AXES[axis], _level_label))
         records += [
@@ -157,8 +165,8 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         epochs = sorted({e for per in series.values() for e in per})
         curves = _curves(done, measures, [str(e) for e in epochs], None, series)
         section.text.append(
-            "Per-epoch curves: checkpoint runs (one per evaluated epoch) plus each trial's final model at its last epoch; "
-            "mean gain over trials with a t interval."
+            "Per-epoch curves: checkpoint runs (one per evaluated epoch) plus each trial's final model at its "
+            "last epoch; mean gain over trials with a t interval."
         )
         section.tables.append(_curve_table(curves, "epoch", [str(e) for e in epochs], measures, str))
         section.figures.append(_curve_plot(curves, [str(e) for e in epochs], heads, "epoch", str))
@@ -288,7 +296,7 @@ def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     factors: dict[str, Callable[[TrialRow], str]] = {"method": lambda r: r.tag("method")}
     for param in varying_params(done):
         if param not in NOT_FACTORS:
-            factors[param.removeprefix("training.")] = lambda r, p=param: r.params.get(p, "–")
+            factors[param.removeprefix("training.")] = functools.partial(_param, name=param, default="–")
     table = []
     for name, level_of in factors.items():
         for level in sorted({level_of(r) for r in done}, key=_level_key):
@@ -297,6 +305,7 @@ def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
             table.append([f"{name} = {_level_label(level)}", str(len(group)), *(str(c) if c else "–" for c in cells)])
     headers = ["factor", "trials", *(f"mean gain {m.name}" for m in measures)]
     text = [
-        "Unpaired means over all finished trials at each level (other factors vary too); the paired comparisons are above."
+        "Unpaired means over all finished trials at each level (other factors vary too); "
+        "the paired comparisons are above."
     ]
     return Section("Method and hyper-parameters", text, [Table(headers, table, in_markdown=len(measures) <= 8)])

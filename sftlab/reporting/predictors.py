@@ -122,7 +122,10 @@ def _ranked_table(result: Predictors, ranked: list[tuple[str, float]], measures:
             ]
         )
     headers = ["rank", "predictor", "group", "mean |ρ|", "significant on", "strongest"]
-    caption = "Predictors ranked by the number of benchmark metrics they significantly predict, then by mean |ρ| (all base models pooled)"
+    caption = (
+        "Predictors ranked by the number of benchmark metrics they significantly predict, "
+        "then by mean |ρ| (all base models pooled)"
+    )
     return Table(headers, rows, caption=caption, markdown_limit=MARKDOWN_RANKS)
 
 

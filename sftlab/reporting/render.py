@@ -22,6 +22,7 @@ log = logging.getLogger("sftlab")
 PAGES = ("report.html", "report.md", "trials.csv", "trials.parquet")
 EXTRA_FILES = ("predictor.json",)
 TABLES = "tables"
+DEFAULT_OPTIONS = Options()  # frozen, so one shared default is safe
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px;color:#222}"
@@ -57,7 +58,8 @@ def render_html(title: str, sections: list[Section]) -> str:
         parts += [f"<p>{html.escape(line)}</p>" for line in section.text]
         parts += [_html_table(t) for t in section.tables if t.rows]
         parts += [
-            f"<img alt='{html.escape(section.title)} figure {i + 1}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+            f"<img alt='{html.escape(section.title)} figure {i + 1}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
             for i, png in enumerate(section.figures)
         ]
         if section.data:
@@ -117,7 +119,7 @@ def write_parquet(rows: list[TrialRow], path: Path) -> None:
     params, metrics = _trial_columns(rows)
     columns: dict[str, list] = {name: [] for name in FIXED + params + metrics}
     for r in rows:
-        for name, value in zip(FIXED, _fixed(r)):
+        for name, value in zip(FIXED, _fixed(r), strict=True):
             columns[name].append(value)
         for p in params:
             columns[p].append(r.params.get(p, ""))
@@ -126,8 +128,11 @@ def write_parquet(rows: list[TrialRow], path: Path) -> None:
     pd.DataFrame(columns).to_parquet(path, index=False)
 
 
-def write_report(rows: list[TrialRow], out_dir: Path, title: str, options: Options = Options()) -> Path:
-    """report.html, report.md, trials.csv/.parquet, tables/*.csv/.parquet and extra files in ``out_dir``; the HTML path."""
+def write_report(rows: list[TrialRow], out_dir: Path, title: str, options: Options = DEFAULT_OPTIONS) -> Path:
+    """report.html, report.md, trials.csv/.parquet, tables/*.csv/.parquet and extra files in ``out_dir``.
+
+    Returns the HTML path.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     report: Report = build_sections(rows, options)
     log.info("report sections: %s", ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items()))

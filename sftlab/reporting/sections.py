@@ -1,4 +1,7 @@
-"""The report's content, computed once as sections (text, tables, PNG figures, data tables), whatever the output format."""
+"""The report's content, computed once as sections (text, tables, PNG figures, data tables).
+
+The same sections serve whatever the output format.
+"""
 
 from __future__ import annotations
 

@@ -150,13 +150,15 @@ def _group_correlations(
     ys = np.stack([y[b][mask][order] for b in cols_y], axis=1)
     bounds = np.flatnonzero(np.diff(lab)) + 1
     starts, ends = np.r_[0, bounds], np.r_[bounds, n]
-    blocks = [slice(int(s), int(e)) for s, e in zip(starts, ends) if e - s >= 2]  # singletons carry no rank information
+    blocks = [
+        slice(int(s), int(e)) for s, e in zip(starts, ends, strict=True) if e - s >= 2
+    ]  # singletons carry no rank information
     kept = np.concatenate([np.arange(b.start, b.stop) for b in blocks]) if blocks else np.zeros(0, dtype=np.int64)
     if len(kept) < min_n:
         return {pair: None for pair in group}
     xs, ys = xs[kept], ys[kept]
     sizes = [b.stop - b.start for b in blocks]
-    blocks = [slice(int(s), int(s + k)) for s, k in zip(np.r_[0, np.cumsum(sizes)[:-1]], sizes)]
+    blocks = [slice(int(s), int(s + k)) for s, k in zip(np.r_[0, np.cumsum(sizes)[:-1]], sizes, strict=True)]
     rank_x, rank_y = _centred_ranks(xs, blocks), _centred_ranks(ys, blocks)
     rho = _pearson(rank_x, rank_y)
     exact = _exact_p(rank_x, rank_y, rho) if len(blocks) == 1 and len(kept) <= EXACT_MAX_N else None
@@ -234,7 +236,7 @@ def _bootstrap(
         size = min(chunk, resamples - start)
         counts = np.empty((size, n))
         ranks = np.empty((size, n, width))
-        for block, plan in zip(blocks, plans):
+        for block, plan in zip(blocks, plans, strict=True):
             m = block.stop - block.start
             draws = rng.integers(0, m, (size, m)) + m * np.arange(size)[:, None]
             w = np.bincount(draws.ravel(), minlength=size * m).reshape(size, m).astype(float)
@@ -271,7 +273,7 @@ def adjust(corrs: dict[tuple[str, str], Corr | None]) -> dict[tuple[str, str], C
     """
     defined = [(k, c) for k, c in corrs.items() if c is not None and math.isfinite(c.p)]
     adjusted_p = holm([c.p for _, c in defined])
-    adjusted = {k: Corr(c.rho, c.p, c.n, c.low, c.high, q) for (k, c), q in zip(defined, adjusted_p)}
+    adjusted = {k: Corr(c.rho, c.p, c.n, c.low, c.high, q) for (k, c), q in zip(defined, adjusted_p, strict=True)}
     return {k: adjusted.get(k, c) for k, c in corrs.items()}
 
 

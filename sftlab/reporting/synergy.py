@@ -89,7 +89,7 @@ def synergy_cells(done: list[TrialRow], measures: list[Measure]) -> dict[Cell, C
             if (found := cell_gain(members, m)) is not None:
                 cells[model, dataset, m.name] = found
     tested = [k for k, c in cells.items() if math.isfinite(c.p)]
-    for key, q in zip(tested, bh([cells[k].p for k in tested])):
+    for key, q in zip(tested, bh([cells[k].p for k in tested]), strict=True):
         cells[key] = replace(cells[key], q=q)
     return cells
 
@@ -171,7 +171,10 @@ def _cell_text(cell: CellGain | None) -> str:
 
 
 def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str], measures: list[Measure]) -> bytes:
-    """One heatmap per base model (headline metrics); colours scaled per metric (metrics differ in range); * marks an effect."""
+    """One heatmap per base model (headline metrics).
+
+    Colours are scaled per metric (metrics differ in range); * marks an effect.
+    """
     fig, axes = subplots(len(models), width=1.8 + 0.9 * len(measures), height=1.4 + 0.42 * len(datasets))
     scale = {
         m.name: max((abs(c.ci.mean) for (_, _, me), c in cells.items() if me == m.name), default=1.0) or 1.0
@@ -211,7 +214,7 @@ def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str
         else:  # too many cells to print: one marker artist for the effects (the tables keep the values)
             marked = [(j, i) for i, j, c in found if c.sign]
             if marked:
-                ax.scatter(*zip(*marked), marker="*", s=14, color="black", linewidths=0)
+                ax.scatter(*zip(*marked, strict=True), marker="*", s=14, color="black", linewidths=0)
         ax.set_xticks(range(len(measures)), [m.name for m in measures], rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(len(datasets)), datasets, fontsize=8)
         ax.set_title(f"{model} (* = effect, q < {ALPHA})", fontsize=9)

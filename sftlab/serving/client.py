@@ -239,7 +239,7 @@ class CompletionsClient:
             LogLikelihood(float("-inf"), 0, r.fit, r.note)
             if r.choice is None
             else LogLikelihood(*_continuation_score(r.choice, len(c), len(c) + len(x)))
-            for r, (c, x) in zip(results, pairs)
+            for r, (c, x) in zip(results, pairs, strict=True)
         ]
 
     def _choices(self, prompts: list[str], params: dict[str, Any], on_progress: Progress | None) -> list[_Result]:
@@ -346,7 +346,7 @@ def _continuation_score(choice: dict[str, Any], start: int, end: int) -> tuple[f
     logprobs = choice.get("logprobs") or {}
     picked = [
         lp
-        for offset, lp in zip(logprobs.get("text_offset", []), logprobs.get("token_logprobs", []))
+        for offset, lp in zip(logprobs.get("text_offset", []), logprobs.get("token_logprobs", []), strict=True)
         if start <= offset < end
     ]
     if not picked:

@@ -11,7 +11,7 @@ own model name: the base model is downloaded and started once for all of them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +96,7 @@ def _local(
 
 def serve_locally(
     base: Callable[[Path], Path], models: Sequence[ModelToServe], evaluation: EvaluationConfig, tmp: Path
-) -> Iterator[tuple[str, Endpoint]]:
+) -> Generator[tuple[str, Endpoint], None, None]:
     """(label, endpoint) for each model, one local server at a time."""
     for model in models:
         with _local(base, model, evaluation, tmp) as endpoint:
@@ -111,7 +111,7 @@ def serve_on_kserve(
     resources: TaskResources,
     max_lora_rank: int | None = None,
     log: Callable[[str], None] = print,
-) -> Iterator[tuple[str, Endpoint]]:
+) -> Generator[tuple[str, Endpoint], None, None]:
     """(label, endpoint) per model: one InferenceService per full model, one shared by all adapters."""
     from sftlab.k8s import dns_name
     from sftlab.serving.inference_service import InferenceServiceRunner, inference_service_manifest

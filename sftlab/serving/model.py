@@ -73,7 +73,7 @@ class _StopOnText(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
         done = [any(stop in text for stop in self.stops) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class CausalLM(kserve.Model):
@@ -90,13 +90,15 @@ class CausalLM(kserve.Model):
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         if not tokenizer.is_fast:
             raise SftlabError(f"{self.model_dir}: needs a fast tokenizer (character offsets for logprobs)")
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         if self.adapter_dir:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload()
-        self.lm = model.to(self.device).eval()
-        self.tokenizer = tokenizer
+        # transformers types these as unions of every tokenizer/model class; this one is a causal LM
+        # with a fast tokenizer (checked above).
+        self.lm: Any = model.to(self.device).eval()
+        self.tokenizer: Any = tokenizer
         eos = self.lm.generation_config.eos_token_id
         self.eos_ids = sorted({tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -131,7 +133,7 @@ class CausalLM(kserve.Model):
         """The generated tokens that start inside the (possibly stop-cut) text, with their offsets."""
         decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
         offsets = [len(decode(gen.token_ids[:i])) for i in range(len(gen.token_ids))]
-        kept = [(t, o) for t, o in zip(gen.token_ids, offsets) if o < len(gen.text)]
+        kept = [(t, o) for t, o in zip(gen.token_ids, offsets, strict=True) if o < len(gen.text)]
         return [t for t, _ in kept], [o for _, o in kept]
 
     @torch.no_grad()
@@ -182,7 +184,7 @@ class CausalLM(kserve.Model):
             with self._lock:
                 logits = self.lm(input_ids=ids, attention_mask=mask).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
-            results.extend(_row_scores(row[: len(seq) - 1], seq, top_k) for row, seq in zip(logp, chunk))
+            results.extend(_row_scores(row[: len(seq) - 1], seq, top_k) for row, seq in zip(logp, chunk, strict=True))
         return results
 
     def _pad(self, rows: list[list[int]], *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +204,7 @@ def _row_scores(logp: torch.Tensor, seq: list[int], top_k: int) -> Scores:
     chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
     top_values, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
     tops = [
-        {**dict(zip(ids, values)), token: lp}
-        for ids, values, token, lp in zip(top_ids.tolist(), top_values.tolist(), seq[1:], chosen)
+        {**dict(zip(ids, values, strict=True)), token: lp}
+        for ids, values, token, lp in zip(top_ids.tolist(), top_values.tolist(), seq[1:], chosen, strict=True)
     ]
     return Scores([None, *chosen], [None, *tops])

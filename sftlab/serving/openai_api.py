@@ -169,7 +169,7 @@ class OpenAIRoutes:
         )
         choices = [
             {"index": i, "text": (p if req.echo else "") + g.text, "finish_reason": g.finish_reason, "logprobs": lp}
-            for i, (p, g, lp) in enumerate(zip(prompts, gens, logprobs))
+            for i, (p, g, lp) in enumerate(zip(prompts, gens, logprobs, strict=True))
         ]
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
@@ -182,18 +182,20 @@ class OpenAIRoutes:
 
     def _logprobs(
         self, prompts: list[str], encoded: list[Encoded], gens: list[Generation], top_k: int, echo: bool
-    ) -> list[dict[str, list[Any]]]:
+    ) -> list[dict[str, Any]]:
         """Legacy-completions logprobs; with echo they cover the prompt, offsets index the returned text."""
         sequences, starts, offsets = [], [], []
-        for prompt, enc, gen in zip(prompts, encoded, gens):
+        for prompt, enc, gen in zip(prompts, encoded, gens, strict=True):
             ids, gen_offsets = self.model.completion_tokens(gen)
             base = len(prompt) if echo else 0
             sequences.append(enc.ids + ids)
             starts.append(0 if echo else len(enc.ids))
             offsets.append((enc.offsets if echo else []) + [base + o for o in gen_offsets])
         text = self.model.token_text
-        out = []
-        for seq, start, offs, scores in zip(sequences, starts, offsets, self.model.score(sequences, top_k)):
+        out: list[dict[str, Any]] = []
+        for seq, start, offs, scores in zip(
+            sequences, starts, offsets, self.model.score(sequences, top_k), strict=True
+        ):
             tops = scores.top_logprobs[start:]
             out.append(
                 {

@@ -291,7 +291,8 @@ def store_epoch_models(
                 store.download(there[epoch], folder, keep=is_model_file)
             if folder is None:
                 raise SftlabError(
-                    f"evaluation.epochs: the checkpoint of epoch {epoch} is gone (set training.checkpoint_uri to keep it)"
+                    f"evaluation.epochs: the checkpoint of epoch {epoch} is gone "
+                    "(set training.checkpoint_uri to keep it)"
                 )
             artifact = f"checkpoints/epoch-{epoch}"
             for file in sorted(folder.iterdir()):

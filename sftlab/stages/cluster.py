@@ -28,8 +28,8 @@ def run_cluster_job(job: TrialJob) -> None:
     ctx = job.context
     if distributed.strategy in ("fsdp", "deepspeed_zero3"):
         raise SftlabError(
-            f"training.distributed: {distributed.strategy} across nodes is not supported (cluster jobs run torchrun DDP); "
-            "use strategy ddp or none with nodes > 1, or nodes: 1"
+            f"training.distributed: {distributed.strategy} across nodes is not supported "
+            "(cluster jobs run torchrun DDP); use strategy ddp or none with nodes > 1, or nodes: 1"
         )
     resources = ctx.resources.for_stage("train")
     gradient_accumulation(job.trial.training, distributed.nodes * max(resources.gpus, 1))  # fails here, not in the pods

@@ -42,7 +42,10 @@ def stored_model(
 
 def _finished_epochs(tracker: Tracker, trial_run_id: str) -> set[int]:
     """Epochs already evaluated under this trial run (a re-run must not create duplicates)."""
-    query = f"tags.`{TAG_STAGE}` = 'checkpoint' AND tags.`{TAG_PARENT}` = '{trial_run_id}' AND attributes.status = 'FINISHED'"
+    query = (
+        f"tags.`{TAG_STAGE}` = 'checkpoint' AND tags.`{TAG_PARENT}` = '{trial_run_id}' "
+        "AND attributes.status = 'FINISHED'"
+    )
     return {int(run.data.tags[TAG_EPOCH]) for run in tracker.search(query)}
 
 

@@ -104,7 +104,7 @@ def consume_chunk(
     state.lengths.add(fulls, prompt_ids, full_ids)
     contents = [content_text(r[1]) for r in rendered]
     whole = [f"{p}\n{c}" for p, c in contents]
-    for (_, example, _, _), p_ids, f_ids, text in zip(rendered, prompt_ids, full_ids, whole):
+    for (_, example, _, _), p_ids, f_ids, text in zip(rendered, prompt_ids, full_ids, whole, strict=True):
         state.ppl_sample.add(perplexity.Tokenized(f_ids, min(len(p_ids), len(f_ids) - 1)))
         state.embed_sample.add(text)
         state.turns += len(example.prompt) + 1 if isinstance(example.prompt, list) else 2
@@ -237,9 +237,11 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
             "exact_dup_rate": "share of rows whose prompt+response text equals an earlier row's",
             "near_dup_rate": f"share of rows sharing a MinHash LSH bucket (Jaccard >= {cfg.near_dup_threshold} "
             f"on {cfg.minhash_shingle}-word shingles) with an earlier row; includes exact duplicates",
-            "contamination": f"benchmark items sharing a lowercased whitespace-word {cfg.contamination_n}-gram with training text",
+            "contamination": f"benchmark items sharing a lowercased whitespace-word {cfg.contamination_n}-gram "
+            "with training text",
             "ppl_ci": f"95% percentile bootstrap over sampled rows ({cfg.bootstrap_resamples} resamples)",
-            "byte_fallback_rate": "tokens that are raw bytes: <0xNN> tokens, or byte-level BPE tokens that are not valid UTF-8 alone",
+            "byte_fallback_rate": "tokens that are raw bytes: <0xNN> tokens, "
+            "or byte-level BPE tokens that are not valid UTF-8 alone",
         },
         "metrics": metrics,
         "benchmarks": bench_detail,

@@ -13,6 +13,7 @@ logged under ``report/`` on the sweep's parent run.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,9 @@ def _rows(tracker: Tracker, planned: dict[str, str] | None) -> list[TrialRow]:
     return rows
 
 
-def build_for_sweep(tracker: Tracker, trials: list[TrialRef], ctx: RunContext, options: Options | None = None) -> Path:
+def build_for_sweep(
+    tracker: Tracker, trials: Sequence[TrialRef], ctx: RunContext, options: Options | None = None
+) -> Path:
     """The report of a sweep's planned trials, written under the root and logged on the sweep run."""
     planned: dict[str, str] = {}
     for trial in trials:  # a key planned twice counts once

@@ -40,7 +40,8 @@ def check_method(training: TrainingConfig) -> None:
         raise SftlabError("training.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use lora or full on CPU")
     if training.attn_implementation == "flash_attention_2" and not (cuda and importlib.util.find_spec("flash_attn")):
         raise SftlabError(
-            "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; use auto or sdpa"
+            "training.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+            "use auto or sdpa"
         )
     if training.use_liger_kernel and not (cuda and importlib.util.find_spec("liger_kernel")):
         raise SftlabError("training.use_liger_kernel needs a CUDA GPU and the liger-kernel package")
@@ -243,7 +244,8 @@ def run_trial(job: TrialJob) -> StageResult | None:
         trainer.save_model(str(Path(tmp) / MODEL_ARTIFACT))  # every rank: FSDP/ZeRO-3 gather the weights here
         if tracker is None:
             return None
-        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        train_dataset: Any = trainer.train_dataset  # a tokenized datasets.Dataset, built above
+        lengths = [len(ids) for ids in train_dataset["input_ids"]]
         resumed_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0  # checkpoint-<step>
         share_run = (output.global_step - resumed_step) / max(1, output.global_step)
         metrics = {

@@ -81,7 +81,8 @@ def read_result(tracker: Tracker, run_id: str) -> StageResult:
             path = tracker.download(run_id, RESULT_ARTIFACT, tmp)
         except Exception as exc:  # noqa: BLE001 - MLflow's errors vary by store
             raise SftlabError(
-                f"train: the training processes finished but run {run_id} has no {RESULT_ARTIFACT} ({type(exc).__name__})"
+                f"train: the training processes finished but run {run_id} has no {RESULT_ARTIFACT} "
+                f"({type(exc).__name__})"
             ) from None
         return StageResult.model_validate_json(path.read_text())
 

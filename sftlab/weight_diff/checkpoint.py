@@ -45,10 +45,7 @@ class Checkpoint:
         The result may be a read-only view of the memory-mapped file: never modify it in place.
         """
         handle = self._handles[name]
-        if not self.shape(name):
-            block = handle.get_tensor(name).reshape(1)
-        else:
-            block = handle.get_slice(name)[rows]
+        block = handle.get_slice(name)[rows] if self.shape(name) else handle.get_tensor(name).reshape(1)
         return block if dtype is None else block.to(dtype)
 
     def read_all(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
