@@ -6,12 +6,12 @@
 #   images/build.sh --dry-run       print the commands only
 #   REGISTRY=registry.example.com/ml images/build.sh --push
 #
-# Images (REGISTRY defaults to ghcr.io/sftlab, so REGISTRY/sftlab:VERSION is the image the
-# compiled pipelines reference, sftlab.spec.DEFAULT_IMAGE):
-#   REGISTRY/sftlab:VERSION         images/base/Dockerfile   CPU base, KFP components
-#   REGISTRY/sftlab-train:VERSION   images/train/Dockerfile  CUDA training (component image on GPU clusters)
-#   REGISTRY/sftlab-serve:VERSION   images/serve/Dockerfile  KServe evaluation server (ServingRuntime)
-#   REGISTRY/sftlab-mlflow:VERSION  mlflow/Dockerfile        MLflow tracking server (Helm chart)
+# Images, all from the one images/Dockerfile by --target (REGISTRY defaults to ghcr.io/sftlab, so
+# REGISTRY/sftlab:VERSION is the image the compiled pipelines reference, sftlab.spec.DEFAULT_IMAGE):
+#   REGISTRY/sftlab:VERSION         --target base    CPU base, KFP components
+#   REGISTRY/sftlab-train:VERSION   --target train   CUDA training (component image on GPU clusters)
+#   REGISTRY/sftlab-serve:VERSION   --target serve   KServe evaluation server (ServingRuntime)
+#   REGISTRY/sftlab-mlflow:VERSION  --target mlflow  MLflow tracking server (Helm chart)
 # Other settings: DOCKER (docker; podman/nerdctl work), PLATFORM (linux/amd64),
 # TORCH_CUDA_INDEX_URL (https://download.pytorch.org/whl/cu128), FLASH_ATTN_VERSION (empty: skip).
 set -eu
@@ -32,7 +32,7 @@ for arg in "$@"; do
     case "$arg" in
         --push) push=true ;;
         --dry-run) dry_run=true ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument '$arg'" >&2; exit 64 ;;
     esac
 done
@@ -42,17 +42,17 @@ run() {
     if [ "$dry_run" = false ]; then "$@"; fi
 }
 
-# name  dockerfile  extra build args
+# name  target  extra build args
 build() {
-    name="$1"; dockerfile="$2"; shift 2
-    run "$DOCKER" build --platform "$PLATFORM" -f "$ROOT/$dockerfile" \
+    name="$1"; target="$2"; shift 2
+    run "$DOCKER" build --platform "$PLATFORM" -f "$ROOT/images/Dockerfile" --target "$target" \
         --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" "$@" \
         -t "$REGISTRY/$name:$VERSION" "$ROOT"
     if [ "$push" = true ]; then run "$DOCKER" push "$REGISTRY/$name:$VERSION"; fi
 }
 
-build sftlab images/base/Dockerfile
-build sftlab-train images/train/Dockerfile \
+build sftlab base
+build sftlab-train train \
     --build-arg "TORCH_INDEX_URL=$TORCH_CUDA_INDEX_URL" --build-arg "FLASH_ATTN_VERSION=$FLASH_ATTN_VERSION"
-build sftlab-serve images/serve/Dockerfile --build-arg "TORCH_INDEX_URL=$TORCH_CUDA_INDEX_URL"
-build sftlab-mlflow mlflow/Dockerfile
+build sftlab-serve serve --build-arg "TORCH_INDEX_URL=$TORCH_CUDA_INDEX_URL"
+build sftlab-mlflow mlflow
