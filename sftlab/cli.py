@@ -1,6 +1,6 @@
 """The ``sftlab`` command line: plan, run, compile, submit, report, predict.
 
-Commands that need Kubeflow Pipelines import the KFP layer (``sftlab.pipelines``) lazily, so the
+Commands that need Kubeflow Pipelines import the KFP layer (``sftlab.kfp.pipelines``) lazily, so the
 core package never imports kfp. User errors print one clear line (or one per spec problem) and
 exit 2; a sweep with failed trials exits 1 after finishing everything else.
 """
@@ -91,9 +91,9 @@ def plan(
 ) -> None:
     """Validate SPEC, print its trial table and what it will cost, without running anything."""
     from sftlab.cost import Assumptions, estimate, format_cost
-    from sftlab.grid import expand
-    from sftlab.job import context_for
-    from sftlab.spec import load_spec
+    from sftlab.spec.grid import expand
+    from sftlab.spec.job import context_for
+    from sftlab.spec.loading import load_spec
 
     spec = load_spec(spec_path)
     trials = expand(spec)
@@ -165,12 +165,12 @@ def check_runs_here(spec_path: str, trials: list[Any]) -> None:
 @friendly
 def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     """Run the whole sweep of SPEC locally: each trial's pipeline through kfp.local, tracked in MLflow."""
-    from sftlab.grid import expand
-    from sftlab.job import tracking_uri_for
-    from sftlab.pipelines.launchers import LocalLauncher
+    from sftlab.kfp.pipelines.launchers import LocalTrialLauncher
     from sftlab.signals import sigterm_interrupts
-    from sftlab.spec import load_spec
-    from sftlab.sweep import run_sweep
+    from sftlab.spec.grid import expand
+    from sftlab.spec.job import tracking_uri_for
+    from sftlab.spec.loading import load_spec
+    from sftlab.sweep.runner import run_sweep
 
     spec = load_spec(spec_path)
     trials = expand(spec)
@@ -180,7 +180,7 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     root = Path(spec.tracking.root).resolve()
     try:
         with sigterm_interrupts():  # `kill` or a stopped container: the same clean stop as Ctrl-C
-            result = run_sweep(spec, LocalLauncher(root, max_parallel=parallel), echo=click.echo)
+            result = run_sweep(spec, LocalTrialLauncher(root, max_parallel=parallel), echo=click.echo)
     except KeyboardInterrupt as exc:
         click.echo(
             f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "
@@ -216,11 +216,11 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
 @friendly
 def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
     """Compile the sweep (or trial) pipeline to IR YAML for the KFP UI, with SPEC's image and resources."""
-    from sftlab.pipelines.compile import compile_pipeline
-    from sftlab.spec import load_spec
+    from sftlab.kfp.pipelines.compile import compile_pipeline
+    from sftlab.spec.loading import load_spec
 
     spec = load_spec(spec_path) if spec_path else None
-    compile_pipeline(kind, spec, Path(output))
+    compile_pipeline("sweep" if kind == "sweep" else "trial", spec, Path(output))
     click.echo(f"wrote {output}")
 
 
@@ -235,8 +235,8 @@ def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
 @friendly
 def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
     """Submit the sweep pipeline for SPEC to a Kubeflow Pipelines API."""
-    from sftlab.pipelines.compile import submit as submit_sweep
-    from sftlab.spec import load_spec
+    from sftlab.kfp.pipelines.compile import submit as submit_sweep
+    from sftlab.spec.loading import load_spec
 
     spec = load_spec(spec_path)
     host = host or spec.pipeline.kfp_host
@@ -307,10 +307,11 @@ def predict(spec_path: str, experiment: str | None, tracking_uri: str | None, re
     gain predictor of a study: its latest report's predictor.json, else one fitted from its trials.
     """
     from mlflow import MlflowClient
-    from sftlab.job import tracking_uri_for
-    from sftlab.predict import format_ranking, predictor_for, profile_candidates, rank, write_ranking_csv
-    from sftlab.spec import load_spec
-    from sftlab.tracking import Tracker
+    from sftlab.reporting.gain_model import format_ranking, predictor_for, rank, write_ranking_csv
+    from sftlab.spec.job import tracking_uri_for
+    from sftlab.spec.loading import load_spec
+    from sftlab.stages.profile import profile_candidates
+    from sftlab.tracking.runs import Tracker
 
     spec = load_spec(spec_path)
     uri = tracking_uri or tracking_uri_for(spec)

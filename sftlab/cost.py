@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.grid import Trial
-from sftlab.job import RunContext
-from sftlab.spec import BenchmarkSpec, ModelSpec, classify_uri
+from sftlab.spec.grid import Trial
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import BenchmarkSpec, ModelSpec
+from sftlab.spec.uris import classify_uri
 
 # Dense BF16 tensor FLOP/s (NVIDIA/AMD datasheets; sparsity figures are twice these).
 GPU_PEAK_FLOPS: dict[str, float] = {
@@ -147,7 +148,7 @@ class _Sizer:
     def tokenizer(self, model: ModelSpec) -> Any | None:
         if classify_uri(model.uri) == "hub":
             return None
-        from sftlab import models
+        from sftlab.sources import models
 
         return self._once(
             "tokenizer", model.uri, lambda: models.load_tokenizer(models.resolve(model, self.ctx), model.revision)
@@ -167,7 +168,7 @@ class _Sizer:
         return rows, per_row
 
     def _read_dataset(self, trial: Trial) -> tuple[Sized, Sized]:
-        from sftlab import data
+        from sftlab.sources import data
 
         ds = trial.dataset
         kind = classify_uri(ds.uri)
@@ -201,7 +202,7 @@ class _Sizer:
         return self._once("bench", f"{bench.model_dump_json()}|{model.uri}", lambda: self._read_benchmark(bench, model))
 
     def _read_benchmark(self, bench: BenchmarkSpec, model: ModelSpec) -> tuple[float, float, float]:
-        from sftlab.evaluation import benchmark_items
+        from sftlab.evals.scoring import benchmark_items
         from sftlab.profiling.similarity import benchmark_text
 
         assumed = self.assumptions
@@ -230,7 +231,7 @@ def _text_tokens(text: str, tokenizer: Any | None) -> float:
 
 def _example_tokens(example: Any, trial: Trial, tokenizer: Any | None) -> float:
     """Tokens one training example costs, formatted as training formats it and truncated as it truncates."""
-    from sftlab import data
+    from sftlab.sources import data
 
     if tokenizer is None:
         text = " ".join(str(part) for part in (example.prompt, example.completion))
@@ -244,7 +245,7 @@ def count_params(model: ModelSpec, ctx: RunContext) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from sftlab import models
+    from sftlab.sources import models
 
     config = AutoConfig.from_pretrained(models.resolve(model, ctx), revision=model.revision)
     with torch.device("meta"):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,17 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sftlab.grid import Trial, expand
-from sftlab.spec import Spec, load_spec
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.helpers import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +59,8 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sftlab.tiny import TinySpec, build_tiny
+    from sftlab.sources.tiny import build_tiny
+    from sftlab.spec.tiny_uri import TinySpec
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "model", TinySpec(seed=0))
 
@@ -82,29 +70,3 @@ def http(server: Any) -> Iterator[httpx.Client]:
     """An HTTP client of the module's own ``server`` fixture (a ``LocalModelServer``)."""
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         yield client
-
-
-def quickstart_spec(tmp_path: Path, **overrides: object) -> Spec:
-    """The quickstart spec with its tracking root moved under ``tmp_path``."""
-    spec = load_spec(EXAMPLES / "quickstart.yaml")
-    spec.tracking.root = str(tmp_path / "runs")
-    for key, value in overrides.items():
-        setattr(spec, key, value)
-    return spec
-
-
-def first_trial(spec: Spec, **axes: object) -> Trial:
-    return next(t for t in expand(spec) if all(t.axes.get(k) == v for k, v in axes.items()))
-
-
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sftlab.cli", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

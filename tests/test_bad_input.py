@@ -61,13 +61,14 @@ from typing import Any
 import pytest
 import yaml
 
-from sftlab import data, models
 from sftlab.cli import CONFIRM_ABOVE
 from sftlab.errors import SftlabError, SpecError
-from sftlab.grid import MAX_TRIALS
-from sftlab.job import RunContext
-from sftlab.spec import DatasetSpec, ResourcesConfig, parse_spec
-from tests.conftest import EXAMPLES, free_port, run_cli
+from sftlab.sources import data, models
+from sftlab.spec.grid import MAX_TRIALS
+from sftlab.spec.job import RunContext
+from sftlab.spec.loading import parse_spec
+from sftlab.spec.schema import DatasetSpec, ResourcesConfig
+from tests.support.helpers import EXAMPLES, free_port, run_cli
 from tests.test_spec import GOOD
 
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
@@ -457,7 +458,8 @@ SHORT = "How many apples does Ana have?"
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    from sftlab.tiny import TinySpec, build_tiny
+    from sftlab.sources.tiny import build_tiny
+    from sftlab.spec.tiny_uri import TinySpec
 
     folder = build_tiny(tmp_path_factory.mktemp("tiny") / "model", TinySpec(pretrain_steps=0))
     return models.load_causal_lm(str(folder)), models.load_tokenizer(str(folder))
@@ -513,8 +515,8 @@ def test_overlong_prompts_are_the_rows_trl_drops(tmp_path: Path, tiny_pair: tupl
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from sftlab.spec import TrainingConfig
-    from sftlab.stages.sft import sft_config
+    from sftlab.spec.schema import TrainingConfig
+    from sftlab.training.sft import sft_config
 
     model, tokenizer = tiny_pair
 

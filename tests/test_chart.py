@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 
 CHART = REPO / "charts" / "sftlab"
 VALUES = {p.name.removesuffix("-values.yaml"): p for p in sorted((CHART / "ci").glob("*-values.yaml"))}
@@ -398,7 +398,7 @@ def test_schema_is_strict_json_schema() -> None:
 
 def test_pipeline_tasks_read_the_charts_defaults_config_map() -> None:
     """Every compiled pipeline task takes its cluster defaults from the ConfigMap this chart renders."""
-    from sftlab.pipelines.trial import CLUSTER_DEFAULTS
+    from sftlab.kfp.pipelines.trial import CLUSTER_DEFAULTS
 
     config_map = find(manifests(values("default")), "ConfigMap", "-defaults")
     assert config_map["metadata"]["name"] == "sftlab-defaults"  # release name "sftlab", as in docs/install.md

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob, context_for
-from sftlab.spec import EvaluationConfig, StorageConfig
-from sftlab.stages.checkpoints import (
+from sftlab.spec.job import TrialJob, context_for
+from sftlab.spec.schema import EvaluationConfig, StorageConfig
+from sftlab.stages.common import run_stage
+from sftlab.tracking.runs import Tracker
+from sftlab.training.checkpoints import (
     STATE_FILE,
     CheckpointStore,
     FolderStore,
@@ -27,9 +29,7 @@ from sftlab.stages.checkpoints import (
     is_model_file,
     remote_store,
 )
-from sftlab.stages.common import run_stage
-from sftlab.tracking import Tracker
-from tests.conftest import first_trial, quickstart_spec
+from tests.support.helpers import first_trial, quickstart_spec
 
 
 def new_bucket(endpoint: str) -> str:

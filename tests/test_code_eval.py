@@ -27,7 +27,7 @@ from sftlab.evals.code import (
 )
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec import BenchmarkSpec, SandboxConfig
+from sftlab.spec.schema import BenchmarkSpec, SandboxConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MBPP_TINY = REPO / "examples" / "data" / "mbpp_tiny.jsonl"

@@ -9,11 +9,11 @@ import yaml
 
 from sftlab.cost import GPU_PEAK_FLOPS, Assumptions, estimate, evaluated_checkpoints, format_cost
 from sftlab.errors import SftlabError
-from sftlab.grid import expand
-from sftlab.job import context_for
-from sftlab.spec import Spec
-from sftlab.spec import parse_spec as parse_yaml
-from tests.conftest import quickstart_spec
+from sftlab.spec.grid import expand
+from sftlab.spec.job import context_for
+from sftlab.spec.loading import parse_spec as parse_yaml
+from sftlab.spec.schema import Spec
+from tests.support.helpers import quickstart_spec
 
 ASSUME = Assumptions(tokens_per_row=100, prompt_tokens=50)
 
@@ -97,7 +97,7 @@ def test_local_data_and_models_are_measured(tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sftlab import data, models
+    from sftlab.sources import data, models
 
     spec = quickstart_spec(tmp_path)
     trials = expand(spec)
@@ -118,7 +118,7 @@ def test_local_data_and_models_are_measured(tmp_path: Path) -> None:
 
 
 def test_plan_prints_the_study_grid_and_its_cost_offline() -> None:
-    from tests.conftest import EXAMPLES, run_cli
+    from tests.support.helpers import EXAMPLES, run_cli
 
     result = run_cli("plan", str(EXAMPLES / "study.yaml"), env={"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -8,12 +8,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from sftlab import data, models
 from sftlab.errors import SftlabError
-from sftlab.job import RunContext
-from sftlab.spec import DatasetSpec, ModelSpec, StorageConfig
-from sftlab.uris import download, read_text, upload_dir
-from tests.conftest import EXAMPLES
+from sftlab.sources import data, models
+from sftlab.sources.uris import download, read_text, upload_dir
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import DatasetSpec, ModelSpec, StorageConfig
+from tests.support.helpers import EXAMPLES
 
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
 
@@ -122,7 +122,7 @@ def test_model_folder_without_weights(tmp_path: Path) -> None:
 
 
 def test_tiny_models_are_deterministic(tmp_path: Path) -> None:
-    from sftlab.tiny import resolve_tiny
+    from sftlab.sources.tiny import resolve_tiny
 
     a = resolve_tiny("tiny:llama?hidden=32&layers=2&seed=5", tmp_path / "a")
     b = resolve_tiny("tiny:llama?hidden=32&layers=2&seed=5", tmp_path / "b")
@@ -137,8 +137,9 @@ def test_tokenizer_that_does_not_belong_to_the_weights(tmp_path: Path) -> None:
     """Bad input: a model folder whose tokenizer came from a larger-vocabulary model."""
     import shutil
 
-    from sftlab import models
-    from sftlab.tiny import TinySpec, build_tiny
+    from sftlab.sources import models
+    from sftlab.sources.tiny import build_tiny
+    from sftlab.spec.tiny_uri import TinySpec
 
     small = build_tiny(tmp_path / "small", TinySpec(vocab=512, pretrain_steps=0))
     large = build_tiny(tmp_path / "large", TinySpec(vocab=2048, pretrain_steps=0))

@@ -11,12 +11,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sftlab.job import TrialJob, context_for
-from sftlab.spec import DistributedConfig, TaskResources
+from sftlab.cluster.pods import JOB_ENV
+from sftlab.spec.job import TrialJob, context_for
+from sftlab.spec.schema import DistributedConfig, TaskResources
 from sftlab.stages.common import run_stage
-from sftlab.tracking import Tracker
-from sftlab.trainjob import JOB_ENV
-from tests.conftest import REPO, first_trial, quickstart_spec
+from sftlab.tracking.runs import Tracker
+from tests.support.helpers import REPO, first_trial, quickstart_spec
 
 STEPS = 16  # 64 rows / global batch 8 × 2 epochs, whatever the number of processes
 
@@ -59,7 +59,7 @@ def test_torchrun_two_ranks_train_and_rank0_stores_once(tmp_path: Path) -> None:
     job, tracker = trial_job(tmp_path)
     env = {**os.environ, JOB_ENV: job.to_json(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "-m", "sftlab.stages.distributed"],
+        ["torchrun", "--nnodes", "1", "--nproc-per-node", "2", "-m", "sftlab.training.distributed"],
         cwd=REPO,
         env=env,
         capture_output=True,

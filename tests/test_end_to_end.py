@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlab.tracking import TAG_ERROR, TAG_PARENT, TAG_TRIAL_KEY, Tracker
-from tests.conftest import EXAMPLES, run_cli
+from sftlab.tracking.runs import TAG_ERROR, TAG_PARENT, TAG_TRIAL_KEY, Tracker
+from tests.support.helpers import EXAMPLES, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -132,9 +132,9 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
         assert m["gain/gsm8k-tiny/score_ci_low"] <= m["gain/gsm8k-tiny/score"] <= m["gain/gsm8k-tiny/score_ci_high"]
     # The cost estimate's training tokens against what training measured (the quickstart's ratio).
     from sftlab.cost import estimate
-    from sftlab.grid import expand
-    from sftlab.job import context_for
-    from sftlab.spec import load_spec
+    from sftlab.spec.grid import expand
+    from sftlab.spec.job import context_for
+    from sftlab.spec.loading import load_spec
 
     spec = load_spec(spec_path)
     estimated = {c.key: c.train_tokens for c in estimate(expand(spec), context_for(spec)).trials}

@@ -18,13 +18,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftlab.errors import SftlabError
 from sftlab.evals import choice, judge, math_answers, qa
-from sftlab.evaluation import benchmark_items, bootstrap_ci, gain_metrics, score_benchmark
-from sftlab.job import RunContext
+from sftlab.evals.scoring import benchmark_items, bootstrap_ci, gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec import BenchmarkSpec, EvaluationConfig, JudgeConfig
-from tests.conftest import EXAMPLES
-from tests.json_http import JsonHandler
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, JudgeConfig
+from tests.support.helpers import EXAMPLES
+from tests.support.json_http import JsonHandler
 
 DATA = EXAMPLES / "data"
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
@@ -211,7 +211,8 @@ def test_paired_gain_ci_is_tighter_than_independent_cis() -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CompletionsClient, Path]]:
-    from sftlab.tiny import TinySpec, build_tiny
+    from sftlab.sources.tiny import build_tiny
+    from sftlab.spec.tiny_uri import TinySpec
 
     model_dir = build_tiny(tmp_path_factory.mktemp("evals") / "model", TinySpec(seed=3))
     with (

@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from sftlab.errors import SftlabError
-from sftlab.evaluation import score_benchmark
+from sftlab.evals.scoring import score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec import BenchmarkSpec, EvaluationConfig, StorageConfig
-from sftlab.uris import download
-from tests.conftest import EXAMPLES
+from sftlab.sources.uris import download
+from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, StorageConfig
+from tests.support.helpers import EXAMPLES
 
 BENCH = BenchmarkSpec(name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_new_tokens=16)
 ITEMS = [{"question": f"Ana has {i} apples and gets 2 more. How many?", "answer": f"#### {i + 2}"} for i in range(400)]

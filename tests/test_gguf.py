@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sftlab import models
 from sftlab.errors import SftlabError
-from sftlab.gguf import converted
-from sftlab.job import RunContext
-from sftlab.spec import ModelSpec
+from sftlab.sources import models
+from sftlab.sources.gguf import converted
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import ModelSpec
 
 
 def smollm2_gguf() -> Path:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sftlab.grid import expand, trial_key
-from sftlab.spec import load_spec, parse_spec
-from tests.conftest import EXAMPLES
+from sftlab.spec.grid import expand, trial_key
+from sftlab.spec.loading import load_spec, parse_spec
+from tests.support.helpers import EXAMPLES
 
 
 def test_quickstart_grid_is_models_by_datasets_by_methods() -> None:

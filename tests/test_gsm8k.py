@@ -15,9 +15,9 @@ from sftlab.evals.gsm8k import (
     normalize_number,
     reference_answer,
 )
-from sftlab.evaluation import benchmark_items
-from sftlab.job import RunContext
-from sftlab.spec import BenchmarkSpec
+from sftlab.evals.scoring import benchmark_items
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import BenchmarkSpec
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from sftlab import __version__
-from sftlab.components import image_for
-from sftlab.spec import DEFAULT_IMAGE
-from tests.conftest import REPO
+from sftlab.kfp.components import image_for
+from sftlab.spec.schema import DEFAULT_IMAGE
+from tests.support.helpers import REPO
 
 DOCKERFILE = REPO / "images" / "Dockerfile"
 TARGETS = {"sftlab": "base", "sftlab-train": "train", "sftlab-serve": "serve", "sftlab-mlflow": "mlflow"}
@@ -365,7 +365,7 @@ def test_chart_references_the_same_images_and_version() -> None:
 def test_components_take_the_image_from_the_one_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """SFTLAB_REGISTRY (what build.sh pushed to) names the component image; the committed pipelines
     (no spec) keep the release image whoever compiles them."""
-    from sftlab.spec import load_spec
+    from sftlab.spec.loading import load_spec
 
     spec = load_spec(REPO / "examples" / "quickstart.yaml")
     monkeypatch.delenv("SFTLAB_IMAGE", raising=False)

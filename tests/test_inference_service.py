@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from sftlab.cluster.objects import api_client, cluster_namespace
 from sftlab.errors import SftlabError
-from sftlab.k8s import api_client, cluster_namespace
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.inference_service import (
     INFERENCE_SERVICE,
@@ -28,9 +28,9 @@ from sftlab.serving.inference_service import (
     inference_service_manifest,
     openai_base_url,
 )
-from sftlab.spec import KServeConfig, TaskResources
-from tests.json_http import JsonHandler
-from tests.kube import NS, Controller, KubeServer, cond, create, delete, exists, kube_api, sigterm
+from sftlab.spec.schema import KServeConfig, TaskResources
+from tests.support.json_http import JsonHandler
+from tests.support.kube import NS, Controller, KubeServer, cond, create, delete, exists, kube_api, sigterm
 from tests.test_trainjob import GPU_RES
 
 kube = pytest.fixture(scope="module")(kube_api)

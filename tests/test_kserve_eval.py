@@ -18,14 +18,14 @@ from typing import Any
 import boto3
 import pytest
 
-from sftlab.evaluation import score_models
-from sftlab.job import RunContext
+from sftlab.evals.scoring import score_models
 from sftlab.serving.endpoints import ModelToServe, artifact_storage_uri, model_storage_uri
 from sftlab.serving.inference_service import INFERENCE_SERVICE
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec import BenchmarkSpec, EvaluationConfig, KServeConfig, ModelSpec, StorageConfig
-from tests.conftest import EXAMPLES
-from tests.kube import NS, KubeServer, custom
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, KServeConfig, ModelSpec, StorageConfig
+from tests.support.helpers import EXAMPLES
+from tests.support.kube import NS, KubeServer, custom
 
 BUCKET = "models"
 BENCH = BenchmarkSpec(

@@ -17,15 +17,10 @@ import pytest
 import yaml
 
 from sftlab.errors import SftlabError
-from sftlab.launch_config import (
-    ENTRY_POINT,
-    accelerate_config,
-    launch_command,
-    layer_classes,
-)
-from sftlab.spec import TrainingConfig
-from sftlab.stages.sft import check_method, sft_config
-from sftlab.tiny import resolve_tiny
+from sftlab.sources.tiny import resolve_tiny
+from sftlab.spec.schema import TrainingConfig
+from sftlab.training.accelerate_config import ENTRY_POINT, accelerate_config, launch_command, layer_classes
+from sftlab.training.sft import check_method, sft_config
 
 
 def launched(

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from sftlab.data import render_template
 from sftlab.evals.gsm8k import STOP_SEQUENCES
-from sftlab.evaluation import gain_metrics, score_benchmark
+from sftlab.evals.scoring import gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec import BenchmarkSpec, EvaluationConfig
-from tests.conftest import EXAMPLES
-from tests.json_http import JsonHandler
+from sftlab.sources.data import render_template
+from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig
+from tests.support.helpers import EXAMPLES
+from tests.support.json_http import JsonHandler
 
 NAME = "tiny"
 LIMIT = 512
@@ -292,7 +292,7 @@ def test_gsm8k_scores_long_items_zero_and_the_rest_as_without_them(client, http,
 def test_the_per_item_table_says_which_items_did_not_fit(client, tmp_path: Path) -> None:
     """The rows as the evaluate stage logs them: an MLflow table with ``fit`` and ``note``."""
     from sftlab.stages.baseline import log_benchmark_rows
-    from sftlab.tracking import Tracker
+    from sftlab.tracking.runs import Tracker
 
     spec = bench("qa", "nq_tiny.jsonl", max_new_tokens=8)
     items = read_items("nq_tiny.jsonl", 2)

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLES, REPO, free_port
+from tests.support.helpers import EXAMPLES, REPO, free_port
 
 ENTRYPOINT = REPO / "mlflow" / "entrypoint.sh"
 CHART = REPO / "charts" / "sftlab"

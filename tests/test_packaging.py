@@ -1,20 +1,35 @@
-"""The distribution ships every package of the source tree (explicit lists drift as modules are added)."""
+"""The distribution ships every package of the source tree, under the one import name ``sftlab``."""
 
 from __future__ import annotations
 
-import tomllib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
-from tests.conftest import REPO
+from tests.support.helpers import REPO
 
 
-def test_every_source_package_is_declared() -> None:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    declared = set(config["packages"])
-    mapping = config["package-dir"]
-    on_disk = set()
-    for package, folder in mapping.items():
-        for init in (REPO / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(REPO / folder)
-            on_disk.add(".".join([package, *relative.parts]))
-    assert on_disk <= declared, f"packages missing from pyproject.toml: {sorted(on_disk - declared)}"
-    assert {name.split(".")[0] for name in declared} == {"sftlab"}  # no other top-level import name
+def test_every_source_folder_is_a_package() -> None:
+    """setuptools finds packages by ``__init__.py``: a folder of modules without one would not ship."""
+    missing = [
+        str(folder.relative_to(REPO))
+        for folder in sorted({p.parent for p in (REPO / "sftlab").rglob("*.py")})
+        if "__pycache__" not in folder.parts and not (folder / "__init__.py").exists()
+    ]
+    assert not missing, f"folders of modules without __init__.py: {missing}"
+
+
+def test_the_wheel_holds_every_module_and_no_other_top_level_name(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+        + [str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("sftlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "sftlab").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"sftlab"}

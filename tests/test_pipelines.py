@@ -1,6 +1,6 @@
 """The KFP layer: compiled pipelines, pod settings, core purity, submission and the launchers.
 
-KFP's REST API is a real HTTP server on 127.0.0.1 (``tests/kfp_api.py``); local trials run real
+KFP's REST API is a real HTTP server on 127.0.0.1 (``tests/support/kfp_api.py``); local trials run real
 ``kfp.local`` child processes. Positive end-to-end trials (real stages) are in test_end_to_end.py.
 No ``from __future__ import annotations``: KFP reads component annotations at runtime.
 """
@@ -16,11 +16,12 @@ from kfp.dsl import Dataset, Output
 
 from sftlab import __version__
 from sftlab.errors import SftlabError, SpecError
-from sftlab.grid import Trial, expand
-from sftlab.job import RunContext, TrialJob
-from sftlab.launch import StartTrial, TrialOutcome
-from sftlab.spec import DEFAULT_IMAGE, Spec, parse_spec
-from tests.kfp_api import FakeKfp
+from sftlab.spec.grid import Trial, expand
+from sftlab.spec.job import RunContext, TrialJob
+from sftlab.spec.loading import parse_spec
+from sftlab.spec.schema import DEFAULT_IMAGE, Spec
+from sftlab.sweep.launcher import StartTrial, TrialOutcome
+from tests.support.kfp_api import FakeKfp
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_RESOURCES = {
@@ -93,17 +94,17 @@ def job_of(run: dict[str, Any]) -> TrialJob:
 
 
 def test_committed_pipelines_match_a_fresh_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sftlab.pipelines.compile import COMPILED, compile_pipeline
+    from sftlab.kfp.pipelines.compile import COMPILED, compile_pipeline
 
     monkeypatch.setenv("SFTLAB_IMAGE", "somewhere/else:dev")  # must not leak into the committed files
     for kind, committed in COMPILED.items():
         fresh = load_docs(compile_pipeline(kind, None, tmp_path / committed.name))
-        assert fresh == load_docs(committed), f"{committed.name} is stale: run python -m sftlab.pipelines.compile"
+        assert fresh == load_docs(committed), f"{committed.name} is stale: run python -m sftlab.kfp.pipelines.compile"
         assert images(fresh[0]) == {f"{DEFAULT_IMAGE}:{__version__}"}
 
 
 def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
-    from sftlab.pipelines.compile import compile_pipeline
+    from sftlab.kfp.pipelines.compile import compile_pipeline
 
     spec = make_spec(resources=GPU_RESOURCES, pipeline={"image": "registry.local/sftlab:dev"})
     ir, platform = load_docs(compile_pipeline("trial", spec, tmp_path / "trial.yaml"))
@@ -146,7 +147,7 @@ def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
 def test_stages_that_start_their_own_pods_run_in_small_tasks(tmp_path: Path) -> None:
     """A multi-node TrainJob and KServe InferenceServices get the GPUs; the KFP tasks that start
     them only orchestrate, so they must not hold GPUs while they wait."""
-    from sftlab.pipelines.compile import compile_pipeline
+    from sftlab.kfp.pipelines.compile import compile_pipeline
 
     resources = {**GPU_RESOURCES, "evaluate": {"gpus": 1, "memory": "32Gi"}}
     local = make_spec(resources=resources)
@@ -165,6 +166,7 @@ def test_core_package_never_imports_kfp() -> None:
     modules = sorted(
         ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         for path in (REPO / "sftlab").rglob("*.py")
+        if "kfp" not in path.relative_to(REPO / "sftlab").parts  # the KFP layer, sftlab.kfp
     )
     code = (
         "import importlib, sys\n"
@@ -182,7 +184,7 @@ def test_core_package_never_imports_kfp() -> None:
 
 
 def test_submit_sends_the_sweep_pipeline_with_the_spec_text(tmp_path: Path) -> None:
-    from sftlab.pipelines.compile import submit
+    from sftlab.kfp.pipelines.compile import submit
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec_data(resources=GPU_RESOURCES)), encoding="utf-8")
@@ -199,7 +201,7 @@ def test_submit_sends_the_sweep_pipeline_with_the_spec_text(tmp_path: Path) -> N
 
 
 def test_submit_refuses_what_cluster_pods_cannot_use(tmp_path: Path) -> None:
-    from sftlab.pipelines.compile import submit
+    from sftlab.kfp.pipelines.compile import submit
 
     data_file = tmp_path / "train.jsonl"
     data_file.write_text('{"instruction": "1+1", "response": "2"}\n', encoding="utf-8")
@@ -213,13 +215,13 @@ def test_submit_refuses_what_cluster_pods_cannot_use(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# KfpLauncher
+# KfpTrialLauncher
 
 
 def test_kfp_launcher_caps_runs_in_flight_and_maps_failures(tmp_path: Path) -> None:
     import kfp
 
-    from sftlab.pipelines.launchers import KfpLauncher
+    from sftlab.kfp.pipelines.launchers import KfpTrialLauncher
 
     def decide(run: dict[str, Any]) -> tuple[str, str | None]:
         return ("FAILED", "task train failed") if job_of(run).trial.index % 2 else ("SUCCEEDED", None)
@@ -228,7 +230,7 @@ def test_kfp_launcher_caps_runs_in_flight_and_maps_failures(tmp_path: Path) -> N
     trials, started, outcomes = expand(spec), [], {}
     with FakeKfp(decide, polls=2, failing_gets=2) as kfp_api:  # two 503s: tolerated, not fatal
         client = kfp.Client(host=kfp_api.url)
-        launcher = KfpLauncher(client, max_parallel=2, poll_s=0.01, experiment="sweeps", spec=spec)
+        launcher = KfpTrialLauncher(client, max_parallel=2, poll_s=0.01, experiment="sweeps", spec=spec)
         launcher.run(trials, starter(MLFLOW, tmp_path, started), lambda job, o: outcomes.update({o.key: o}))
 
     assert kfp_api.max_in_flight == 2 and len(kfp_api.runs) == 5 and started == trials
@@ -249,7 +251,7 @@ def test_kfp_launcher_caps_runs_in_flight_and_maps_failures(tmp_path: Path) -> N
 def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path) -> None:
     import kfp
 
-    from sftlab.pipelines.launchers import KfpLauncher
+    from sftlab.kfp.pipelines.launchers import KfpTrialLauncher
 
     def decide(run: dict[str, Any]) -> tuple[str, str | None]:
         return ("SUCCEEDED", None) if run["run_id"] == "run-1" else ("RUNNING", None)
@@ -262,7 +264,7 @@ def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path)
             raise KeyboardInterrupt
 
     with FakeKfp(decide) as kfp_api:
-        launcher = KfpLauncher(kfp.Client(host=kfp_api.url), max_parallel=3, poll_s=0.01)
+        launcher = KfpTrialLauncher(kfp.Client(host=kfp_api.url), max_parallel=3, poll_s=0.01)
         with pytest.raises(KeyboardInterrupt):
             launcher.run(expand(make_spec(rates=4)), starter(MLFLOW, tmp_path), finish)
     assert sorted(kfp_api.terminated) == ["run-2", "run-3"] and len(kfp_api.runs) == 3
@@ -277,8 +279,8 @@ def test_a_cancelled_launch_step_terminates_the_trial_runs_it_started(tmp_path: 
     import signal
     import time
 
-    from sftlab.components.sweep import write_plan
-    from sftlab.sweep import prepare
+    from sftlab.kfp.components.sweep import write_plan
+    from sftlab.sweep.runner import prepare
 
     with FakeKfp(lambda run: ("RUNNING", None)) as kfp_api:
         data = spec_data(
@@ -290,7 +292,7 @@ def test_a_cancelled_launch_step_terminates_the_trial_runs_it_started(tmp_path: 
         tracker, plan = prepare(parse_spec(spec_file.read_text(encoding="utf-8")))
         write_plan(plan, str(plan_file))
         script = (
-            "import sys; from pathlib import Path; from sftlab.components.sweep import run_launch; "
+            "import sys; from pathlib import Path; from sftlab.kfp.components.sweep import run_launch; "
             "run_launch(Path(sys.argv[1]).read_text(), sys.argv[2], None)"
         )
         step = subprocess.Popen(
@@ -310,13 +312,13 @@ def test_a_cancelled_launch_step_terminates_the_trial_runs_it_started(tmp_path: 
 
 
 # ---------------------------------------------------------------------------------------------
-# LocalLauncher
+# LocalTrialLauncher
 
 
 def test_local_launcher_isolates_a_failing_trial(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """Every stage opens the trial's MLflow run first, so an unusable tracking URI fails the trial
     inside a real kfp.local task, without depending on what the stages compute."""
-    from sftlab.pipelines.launchers import LocalLauncher
+    from sftlab.kfp.pipelines.launchers import LocalTrialLauncher
 
     events: list[tuple[str, Trial | TrialOutcome]] = []
     start = starter("bogus-scheme://nowhere", tmp_path)
@@ -326,7 +328,7 @@ def test_local_launcher_isolates_a_failing_trial(tmp_path: Path, capfd: pytest.C
         return start(trial)
 
     trials = expand(make_spec(rates=2))
-    launcher = LocalLauncher(tmp_path / "local", max_parallel=1)
+    launcher = LocalTrialLauncher(tmp_path / "local", max_parallel=1)
     launcher.run(trials, start_trial, lambda job, outcome: events.append(("finish", outcome)))
 
     assert [kind for kind, _ in events] == ["start", "finish", "start", "finish"]
@@ -342,7 +344,7 @@ def test_local_launcher_isolates_a_failing_trial(tmp_path: Path, capfd: pytest.C
 def test_a_task_that_died_without_an_exception_is_not_blamed_on_an_earlier_one() -> None:
     """kfp.local logs each task between "Executing task" and its status; a task the OOM killer
     ended prints no exception, and an earlier task's handled error must not be reported for it."""
-    from sftlab.pipelines.launchers import DIED_SILENTLY, last_error
+    from sftlab.kfp.pipelines.launchers import DIED_SILENTLY, last_error
 
     log = "\n".join(
         [
@@ -378,8 +380,8 @@ def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
     cannot be imported); it must still submit every pending trial and record the outcomes."""
     from kfp import dsl, local
 
-    from sftlab.components.sweep import sweep_components, write_plan
-    from sftlab.sweep import prepare
+    from sftlab.kfp.components.sweep import sweep_components, write_plan
+    from sftlab.sweep.runner import prepare
 
     def decide(run: dict[str, Any]) -> tuple[str, str | None]:
         return ("FAILED", "boom") if job_of(run).trial.index == 1 else ("SUCCEEDED", None)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from sftlab.predict import MODEL, REPORT_TAG, ridge_loo
-from sftlab.tracking import Tracker
-from tests.conftest import EXAMPLES, run_cli
+from sftlab.reporting.gain_model import MODEL, REPORT_TAG, ridge_loo
+from sftlab.tracking.runs import Tracker
+from tests.support.helpers import EXAMPLES, run_cli
 
 STUDY = "tiny-study"
 MODELS = {

@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sftlab.job import context_for
 from sftlab.profiling import embeddings, perplexity
 from sftlab.profiling.diversity import DistinctCounter, DistinctN, DuplicateFinder
 from sftlab.profiling.lengths import LengthStats, byte_fallback_mask
 from sftlab.profiling.ngrams import HashedChunk
 from sftlab.profiling.similarity import BenchmarkOverlap
 from sftlab.profiling.stream import Reservoir, RowProblems, iter_examples
-from sftlab.spec import DatasetSpec, ProfileConfig
+from sftlab.spec.job import context_for
+from sftlab.spec.schema import DatasetSpec, ProfileConfig
 from sftlab.stages.common import run_stage
 from sftlab.stages.profile import profile_key
-from sftlab.tracking import Tracker
-from tests.conftest import EXAMPLES, REPO, first_trial, quickstart_spec
+from sftlab.tracking.runs import Tracker
+from tests.support.helpers import EXAMPLES, REPO, first_trial, quickstart_spec
 
 WORDS40 = " ".join(f"w{i}" for i in range(40))
 
@@ -207,7 +207,7 @@ def test_profile_stage_end_to_end(tmp_path: Path) -> None:
     ctx = context_for(spec)
     tracker = Tracker.for_context(ctx)
     trial_run = tracker.create_trial_run(trial, None)
-    from sftlab.job import TrialJob
+    from sftlab.spec.job import TrialJob
 
     job = TrialJob(trial=trial, context=ctx.model_copy(update={"trial_run_id": trial_run}))
     m = run_stage("profile", job.to_json(), tmp_path / "out.json").metrics
@@ -248,9 +248,9 @@ MEMORY_PROBE = textwrap.dedent(
     import json, random, sys
     from pathlib import Path
     from sftlab import data, models
-    from sftlab.job import RunContext
+    from sftlab.spec.job import RunContext
     from sftlab.profiling.stream import RowProblems, iter_examples
-    from sftlab.spec import STUDY_TEMPLATE, DatasetSpec, ProfileConfig
+    from sftlab.spec.schema import STUDY_TEMPLATE, DatasetSpec, ProfileConfig
     from sftlab.stages.profile import stream_profile
 
     tmp, tokenizer_dir, rows = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])

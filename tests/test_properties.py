@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from sftlab.errors import SpecError
 from sftlab.evals import choice, gsm8k, judge, math_answers, qa
-from sftlab.spec import Spec, parse_spec
-from tests.conftest import EXAMPLES
+from sftlab.spec.loading import parse_spec
+from sftlab.spec.schema import Spec
+from tests.support.helpers import EXAMPLES
 
 QUICKSTART = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
 FIELDS = [

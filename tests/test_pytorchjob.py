@@ -12,17 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from sftlab.cluster.engines import engine_for
+from sftlab.cluster.pods import JOB_ENV, LABEL_TRIAL_KEY
+from sftlab.cluster.pytorchjob import PYTORCHJOB, PyTorchJobRunner, pytorchjob_manifest
+from sftlab.cluster.trainjob import trial_job_from_manifest
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob
-from sftlab.pytorchjob import PYTORCHJOB, PyTorchJobRunner, pytorchjob_manifest
-from sftlab.spec import DistributedConfig, TaskResources
-from sftlab.trainjob import (
-    JOB_ENV,
-    LABEL_TRIAL_KEY,
-    launcher_for,
-    trial_job_from_manifest,
-)
-from tests.kube import NS, Controller, cond, create, delete, exists, kube_api
+from sftlab.spec.job import TrialJob
+from sftlab.spec.schema import DistributedConfig, TaskResources
+from tests.support.kube import NS, Controller, cond, create, delete, exists, kube_api
 from tests.test_trainjob import GPU_RES, SECRETS, manifest_for, pod_spec, quickstart_job
 
 job = pytest.fixture(scope="module")(quickstart_job)
@@ -60,7 +57,7 @@ def test_master_and_workers_run_torchrun_on_every_gpu(job: TrialJob) -> None:
     assert container["name"] == "pytorch"
     assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456}]
     # No rendezvous flags: torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ... from the operator.
-    assert container["command"] == ["torchrun", "-m", "sftlab.stages.distributed"]
+    assert container["command"] == ["torchrun", "-m", "sftlab.training.distributed"]
     assert container["image"] == IMAGE
     assert container["resources"] == {
         "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
@@ -152,7 +149,7 @@ def run(api: Any, manifest: dict[str, Any], logs: list[str], **kw: Any) -> None:
 
 
 def test_launcher_runs_a_pytorchjob_to_success_and_deletes_it(kube: Any, job: TrialJob) -> None:
-    launcher = launcher_for(DistributedConfig(nodes=2, launcher="pytorchjob"))
+    launcher = engine_for(DistributedConfig(nodes=2, launcher="pytorchjob"))
     assert launcher.kind == "pytorchjob" and launcher.runner is PyTorchJobRunner
     m = launcher.manifest(job, GPU_RES, image=IMAGE, namespace=NS, secrets=SECRETS)
     name = m["metadata"]["name"]

@@ -1,6 +1,6 @@
 """The report on a synthetic MLflow experiment with planted effects (sqlite store, no training).
 
-``tests/synthetic_study.py`` builds gains from known parts; each test asks the report to recover
+``tests/support/synthetic_study.py`` builds gains from known parts; each test asks the report to recover
 one part and to report nothing where nothing was planted.
 """
 
@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 
 from sftlab.errors import SftlabError
-from sftlab.job import RunContext
-from sftlab.predict import REPORT_TAG, Predictor
+from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.sections import Options
 from sftlab.reporting.trials import TrialRow, measures
+from sftlab.spec.job import RunContext
 from sftlab.stages import report
-from sftlab.tracking import Tracker
-from tests import synthetic_study as study_gen
-from tests.synthetic_study import MODELS, NOISE_PREDICTORS, Planned
+from sftlab.tracking.runs import Tracker
+from tests.support import synthetic_study as study_gen
+from tests.support.synthetic_study import MODELS, NOISE_PREDICTORS, Planned
 
 EXPERIMENT = "synthetic-study"
 # Failures sit in filler cells, so no planted synergy cell loses a trial.

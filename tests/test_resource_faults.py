@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftlab.grid import expand
-from sftlab.spec import load_spec
-from sftlab.tracking import TAG_ERROR, TAG_TRIAL_KEY, Tracker
-from tests.conftest import EXAMPLES
+from sftlab.spec.grid import expand
+from sftlab.spec.loading import load_spec
+from sftlab.tracking.runs import TAG_ERROR, TAG_TRIAL_KEY, Tracker
+from tests.support.helpers import EXAMPLES
 
 pytestmark = pytest.mark.slow
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
@@ -84,7 +84,9 @@ def starve_train_stage(trial_key: str, sweep: subprocess.Popen[str], group: Path
     cgroup holds, with the train process left alone in it, so its own imports exceed the limit and
     nothing else can be chosen; the limit is lifted once it is gone.
     """
-    trial = wait_for(lambda: find_process("sftlab.pipelines.local_trial", f"{trial_key}/job.json"), sweep, "the trial")
+    trial = wait_for(
+        lambda: find_process("sftlab.kfp.pipelines.local_trial", f"{trial_key}/job.json"), sweep, "the trial"
+    )
     (group / "cgroup.procs").write_text(str(trial))
     train = wait_for(
         lambda: find_process(f'\\"key\\":\\"{trial_key}\\"', function="train"),

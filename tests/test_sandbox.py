@@ -23,9 +23,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sftlab import sandbox
-from sftlab.sandbox import SandboxResult, run_many, run_program
-from sftlab.spec import SandboxConfig
+from sftlab.evals.sandbox import runner as sandbox
+from sftlab.evals.sandbox.runner import SandboxResult, run_many, run_program
+from sftlab.spec.schema import SandboxConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = SandboxConfig(timeout_s=2.0, memory_mb=256, max_processes=8, max_output_kb=64, workers=2)

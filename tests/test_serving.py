@@ -21,8 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sftlab.errors import SftlabError
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.tiny import TinySpec, build_tiny
-from tests.json_http import JsonHandler
+from sftlab.sources.tiny import build_tiny
+from sftlab.spec.tiny_uri import TinySpec
+from tests.support.json_http import JsonHandler
 
 NAME = "tiny"
 PROMPTS = [

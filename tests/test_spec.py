@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from sftlab.errors import SftlabError, SpecError
-from sftlab.spec import classify_uri, load_spec, parse_spec
-from tests.conftest import EXAMPLES, run_cli
+from sftlab.spec.loading import load_spec, parse_spec
+from sftlab.spec.uris import classify_uri
+from tests.support.helpers import EXAMPLES, run_cli
 
 GOOD = f"""
 name: s

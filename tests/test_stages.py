@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sftlab import data, models
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob, context_for
+from sftlab.sources import data, models
+from sftlab.spec.job import TrialJob, context_for
 from sftlab.stages.common import run_stage
 from sftlab.stages.profile import profile_key
-from sftlab.tracking import TAG_ERROR, TAG_HEARTBEAT, Tracker
-from tests.conftest import first_trial, quickstart_spec
+from sftlab.tracking.runs import TAG_ERROR, TAG_HEARTBEAT, Tracker
+from tests.support.helpers import first_trial, quickstart_spec
 
 
 def make_job(tmp_path: Path, **axes: object) -> tuple[TrialJob, Tracker]:
@@ -233,7 +233,7 @@ def test_a_claim_whose_owner_died_is_taken_over_once_its_heartbeat_stops(tmp_pat
 
     db = f"sqlite:///{tmp_path / 'claims.db'}"
     owner_script = (
-        "import sys, time; from sftlab.tracking import Tracker; "
+        "import sys, time; from sftlab.tracking.runs import Tracker; "
         "t = Tracker(sys.argv[1], 'claims'); "
         "_, run_id = t.claim('profile', 'k', 'owner', {}, settle_s=0, heartbeat_s=0.2); "
         "print(run_id, flush=True); time.sleep(600)"
@@ -275,7 +275,7 @@ def test_an_interrupt_inside_claim_leaves_no_running_candidate(tmp_path: Path, p
     import time
 
     db = f"sqlite:///{tmp_path / 'claims.db'}"
-    setup = "import sys, time; from sftlab.tracking import Tracker; t = Tracker(sys.argv[1], 'claims'); "
+    setup = "import sys, time; from sftlab.tracking.runs import Tracker; t = Tracker(sys.argv[1], 'claims'); "
     if phase == "settling":
         script = setup + "t.claim('profile', 'k', 'interrupted', {}, settle_s=30)"
     else:  # widen the window between winning and returning, where the interrupt must land

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sftlab.tracking import Tracker
-from tests.conftest import free_port
+from sftlab.tracking.runs import Tracker
+from tests.support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

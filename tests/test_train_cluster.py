@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
+from sftlab.cluster.trainjob import GROUP, PLURAL, VERSION, trial_job_from_manifest
 from sftlab.errors import SftlabError
-from sftlab.job import CACHE_MOUNT, TrialJob
-from sftlab.spec import DistributedConfig, SecretEnv, TaskResources
-from sftlab.stages import cluster
+from sftlab.spec.job import CACHE_MOUNT, TrialJob
+from sftlab.spec.schema import DistributedConfig, SecretEnv, TaskResources
 from sftlab.stages.common import run_stage
-from sftlab.tracking import TAG_ERROR, Tracker
-from sftlab.trainjob import GROUP, PLURAL, VERSION, trial_job_from_manifest
-from tests.conftest import REPO, free_port
-from tests.kube import kube_api
+from sftlab.tracking.runs import TAG_ERROR, Tracker
+from sftlab.training import multinode as cluster
+from tests.support.helpers import REPO, free_port
+from tests.support.kube import kube_api
 from tests.test_distributed import STEPS, trial_job
 
 NS = "team-a"
@@ -138,7 +138,7 @@ def test_multi_node_trial_runs_as_a_trainjob_and_returns_rank0s_result(
     trainer = manifest["spec"]["trainer"]
     assert manifest["metadata"]["namespace"] == NS and manifest["spec"]["runtimeRef"] == {"name": "torch-distributed"}
     assert (trainer["image"], trainer["numNodes"], trainer["numProcPerNode"]) == (IMAGE, 2, 1)
-    assert trainer["command"] == ["torchrun", "-m", "sftlab.stages.distributed"]
+    assert trainer["command"] == ["torchrun", "-m", "sftlab.training.distributed"]
     assert trainer["resourcesPerNode"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
     env = {e["name"]: e for e in trainer["env"]}
     assert env["MLFLOW_TRACKING_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "mlflow", "key": "token"}}

@@ -16,20 +16,14 @@ from typing import Any
 
 import pytest
 
+from sftlab.cluster.engines import engine_for
+from sftlab.cluster.pods import JOB_ENV, LABEL_TRIAL_KEY, trainjob_name
+from sftlab.cluster.trainjob import TrainJobRunner, trainjob_manifest, trial_job_from_manifest
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob, context_for
-from sftlab.spec import DistributedConfig, SecretEnv, TaskResources, Toleration
-from sftlab.trainjob import (
-    JOB_ENV,
-    LABEL_TRIAL_KEY,
-    TrainJobRunner,
-    launcher_for,
-    trainjob_manifest,
-    trainjob_name,
-    trial_job_from_manifest,
-)
-from tests.conftest import first_trial, quickstart_spec
-from tests.kube import NS, Controller, KubeServer, cond, create, custom, delete, exists, kube_api, sigterm  # noqa: F401 - re-exported
+from sftlab.spec.job import TrialJob, context_for
+from sftlab.spec.schema import DistributedConfig, SecretEnv, TaskResources, Toleration
+from tests.support.helpers import first_trial, quickstart_spec
+from tests.support.kube import NS, Controller, KubeServer, cond, create, custom, delete, exists, kube_api, sigterm  # noqa: F401 - re-exported
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 SECRETS = [
@@ -180,7 +174,7 @@ def test_modules_do_not_import_kfp_or_kserve() -> None:
     import subprocess
 
     code = (
-        "import sys, sftlab.trainjob, sftlab.pytorchjob, sftlab.serving.inference_service; "
+        "import sys, sftlab.cluster.trainjob, sftlab.cluster.pytorchjob, sftlab.serving.inference_service; "
         "sys.exit('kfp' in sys.modules or 'kserve' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], check=False).returncode == 0
@@ -322,7 +316,7 @@ def test_sigterm_during_create_or_delete_waits_for_the_request(kube: Any, job: T
 
 
 def test_launcher_for_binds_nodes_and_runtime(job: TrialJob) -> None:
-    launcher = launcher_for(DistributedConfig(nodes=3, runtime="my-runtime"))
+    launcher = engine_for(DistributedConfig(nodes=3, runtime="my-runtime"))
     assert launcher.kind == "trainjob" and launcher.runner is TrainJobRunner
     m = launcher.manifest(job, GPU_RES, image="registry.example/sftlab:1.0", namespace=NS)
     assert m["kind"] == "TrainJob" and m["spec"]["runtimeRef"] == {"name": "my-runtime"}

@@ -15,7 +15,7 @@ import torch
 
 from sftlab import weight_diff
 from sftlab.errors import SftlabError
-from sftlab.spec import WeightsConfig
+from sftlab.spec.schema import WeightsConfig
 from sftlab.weight_diff import compare_checkpoints, compare_lora
 
 LAYERS = 4

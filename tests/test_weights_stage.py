@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob, context_for
-from sftlab.spec import ModelSpec, StorageConfig, WeightsConfig
-from sftlab.stages.common import StageResult, run_stage
-from sftlab.tracking import TAG_ERROR, Tracker
-from sftlab.uris import upload_dir
-from tests.conftest import first_trial, quickstart_spec
+from sftlab.sources.uris import upload_dir
+from sftlab.spec.job import StageResult, TrialJob, context_for
+from sftlab.spec.schema import ModelSpec, StorageConfig, WeightsConfig
+from sftlab.stages.common import run_stage
+from sftlab.tracking.runs import TAG_ERROR, Tracker
+from tests.support.helpers import first_trial, quickstart_spec
 from tests.test_weight_diff import (
     LAYERS,
     expected_rows,

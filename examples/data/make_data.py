@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from sftlab.tiny import arithmetic_problem, chat_problem, code_problem
+from sftlab.sources.tiny import arithmetic_problem, chat_problem, code_problem
 
 HERE = Path(__file__).parent
 

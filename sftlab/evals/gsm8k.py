@@ -14,7 +14,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, fit_of, note_of, require_str
-from sftlab.spec import BenchmarkSpec
+from sftlab.spec.schema import BenchmarkSpec
 
 STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")

@@ -21,7 +21,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, fit_of
-from sftlab.spec import BenchmarkSpec, JudgeConfig
+from sftlab.spec.schema import BenchmarkSpec, JudgeConfig
 
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")

@@ -15,7 +15,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
-from sftlab.spec import BenchmarkSpec
+from sftlab.spec.schema import BenchmarkSpec
 
 FINAL_ANSWER_RE = re.compile(
     r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope it is correct)?\.?\s*$", re.IGNORECASE | re.MULTILINE

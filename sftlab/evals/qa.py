@@ -14,7 +14,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
-from sftlab.spec import BenchmarkSpec
+from sftlab.spec.schema import BenchmarkSpec
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

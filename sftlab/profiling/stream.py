@@ -1,7 +1,7 @@
 """Training rows one at a time, so profiling a 1M-row dataset never holds the dataset in memory.
 
-Rows come from ``sftlab.data.iter_rows`` (the one source reader) and are numbered as
-``sftlab.data.load_examples`` numbers them, so a row id in the profile names the same row
+Rows come from ``sftlab.sources.data.iter_rows`` (the one source reader) and are numbered as
+``sftlab.sources.data.load_examples`` numbers them, so a row id in the profile names the same row
 everywhere. Bad rows are reported with their ids, never fatal: the profile's job is to find them.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sftlab.data import Example, iter_rows, to_example
-from sftlab.job import RunContext
-from sftlab.spec import DatasetSpec
+from sftlab.sources.data import Example, iter_rows, to_example
+from sftlab.spec.job import RunContext
+from sftlab.spec.schema import DatasetSpec
 
 T = TypeVar("T")
 MAX_LISTED = 1000  # bad rows listed by id in the profile; all are counted

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sftlab.predict import MIN_SKILL, MODEL, PREDICTOR_FILE, Predictor, fit
 from sftlab.reporting.content import MAX_PANELS, Section, Table, png, subplots
+from sftlab.reporting.gain_model import MIN_SKILL, MODEL, PREDICTOR_FILE, Predictor, fit
 from sftlab.reporting.profiles import title
 from sftlab.reporting.trials import Measure, TrialRow, headlines
 

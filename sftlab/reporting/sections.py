@@ -23,7 +23,7 @@ from sftlab.reporting.trials import Measure, TrialRow, finished
 from sftlab.reporting.trials import measures as find_measures
 
 if TYPE_CHECKING:
-    from sftlab.predict import Predictor
+    from sftlab.reporting.gain_model import Predictor
 
 TIME = re.compile(r"^time/(?P<stage>.+)_s$")
 

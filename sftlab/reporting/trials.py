@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from sftlab.tracking import TAG_ERROR, TAG_PARENT, TAG_STAGE, TAG_TRIAL_KEY, Tracker
+from sftlab.tracking.runs import TAG_ERROR, TAG_PARENT, TAG_STAGE, TAG_TRIAL_KEY, Tracker
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -26,7 +26,7 @@ NEWEST_FIRST = ["attributes.start_time DESC"]
 
 
 class TrialRef(Protocol):
-    """A planned trial as the report needs it (``sftlab.grid.Trial`` is one)."""
+    """A planned trial as the report needs it (``sftlab.spec.grid.Trial`` is one)."""
 
     @property
     def key(self) -> str: ...

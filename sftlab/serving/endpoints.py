@@ -18,7 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sftlab.errors import SftlabError
-from sftlab.spec import EvaluationConfig, KServeConfig, ModelSpec, TaskResources, classify_uri
+from sftlab.spec.schema import EvaluationConfig, KServeConfig, ModelSpec, TaskResources
+from sftlab.spec.uris import classify_uri
 
 ARTIFACTS_DESTINATION_ENV = "SFTLAB_ARTIFACTS_DESTINATION"
 SERVICE_ACCOUNT_ENV = "SFTLAB_SERVICE_ACCOUNT"
@@ -113,7 +114,7 @@ def serve_on_kserve(
     log: Callable[[str], None] = print,
 ) -> Generator[tuple[str, Endpoint], None, None]:
     """(label, endpoint) per model: one InferenceService per full model, one shared by all adapters."""
-    from sftlab.k8s import dns_name
+    from sftlab.cluster.objects import dns_name
     from sftlab.serving.inference_service import InferenceServiceRunner, inference_service_manifest
 
     config = evaluation.kserve

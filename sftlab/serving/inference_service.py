@@ -4,7 +4,7 @@
 Transformers backend, or its vLLM backend on GPUs), optionally with LoRA adapters on the same
 server. ``InferenceServiceRunner.serving`` creates it, waits for ``Ready`` (``ready_timeout_s``),
 yields the OpenAI-compatible base URL, and deletes it when the block ends, however it ends (see
-``sftlab.k8s``). A failed or late start is one error line with the predictor pods' states and the
+``sftlab.cluster.objects``). A failed or late start is one error line with the predictor pods' states and the
 latest Warning events.
 
 LoRA adapters are served by ONE base-model server through vLLM (``--enable-lora --lora-modules
@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sftlab.errors import SftlabError
-from sftlab.k8s import (
+from sftlab.cluster.objects import (
     LABEL_MANAGED_BY,
     MAX_DETAIL,
     MAX_NAME,
@@ -43,7 +42,8 @@ from sftlab.k8s import (
     pod_resources,
     shm_volume,
 )
-from sftlab.spec import KServeConfig, TaskResources
+from sftlab.errors import SftlabError
+from sftlab.spec.schema import KServeConfig, TaskResources
 
 INFERENCE_SERVICE = CustomResource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService")
 
@@ -144,7 +144,8 @@ def inference_service_manifest(
 def _check(name: str, config: KServeConfig, resources: TaskResources, served: str, adapters: dict[str, str]) -> None:
     if not is_dns_name(name):
         raise SftlabError(
-            f"inference service: {name!r} is not a DNS-1035 name of at most {MAX_NAME} chars (see sftlab.k8s.dns_name)"
+            f"inference service: {name!r} is not a DNS-1035 name of at most {MAX_NAME} chars "
+            "(see sftlab.cluster.objects.dns_name)"
         )
     if config.runtime == "vllm" and not resources.gpus:
         raise SftlabError(

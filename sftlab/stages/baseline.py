@@ -12,15 +12,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftlab import models
 from sftlab.evals.base import BenchmarkScore
-from sftlab.evaluation import ITEM_COUNTS, score_models
-from sftlab.grid import Trial, digest, identity
-from sftlab.job import TrialJob
+from sftlab.evals.scoring import ITEM_COUNTS, score_models
+from sftlab.keys import digest
 from sftlab.serving.endpoints import ModelToServe, model_storage_uri
-from sftlab.spec import BenchmarkSpec
-from sftlab.stages.common import StageResult, log, trial_stage
-from sftlab.tracking import Tracker
+from sftlab.sources import models
+from sftlab.spec.grid import Trial, identity
+from sftlab.spec.job import StageResult, TrialJob
+from sftlab.spec.schema import BenchmarkSpec
+from sftlab.stages.common import log, trial_stage
+from sftlab.tracking.runs import Tracker
 
 
 def baseline_key(trial: Trial, bench: BenchmarkSpec) -> str:

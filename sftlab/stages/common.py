@@ -15,22 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
 
 from sftlab.diagnostics import disk_full_hint, scratch_paths
-from sftlab.job import TrialJob
 from sftlab.signals import sigterm_interrupts
-from sftlab.tracking import TAG_ERROR, Tracker
+from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
+from sftlab.tracking.runs import TAG_ERROR, Tracker
 
 STAGES = ("profile", "baseline", "train", "evaluate", "weights")
-log = logging.getLogger("sftlab")
-
-
-class StageResult(BaseModel):
-    metrics: dict[str, float] = {}
-    outputs: dict[str, Any] = {}
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -51,9 +43,7 @@ def trial_stage(job: TrialJob, stage: str) -> Iterator[tuple[Tracker, str]]:
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM from a cancelled run / evicted pod
             error = f"{stage}: interrupted ({cause})"
         else:
-            from sftlab.stages.checkpoints import local_dir  # imports this module
-
-            cause += disk_full_hint([local_dir(job), *scratch_paths(ctx.root)])
+            cause += disk_full_hint([checkpoint_dir(job), *scratch_paths(ctx.root)])
             error = f"{stage}: {type(exc).__name__}: {cause}"
         tracker.release_claims(error)
         tracker.set_tags(run_id, {TAG_ERROR: error[:5000]})

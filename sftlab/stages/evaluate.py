@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.evals.base import BenchmarkScore
-from sftlab.evaluation import gain_metrics, score_models
-from sftlab.job import TrialJob
+from sftlab.evals.scoring import gain_metrics, score_models
 from sftlab.serving.endpoints import ModelToServe, artifact_storage_uri
-from sftlab.spec import KServeConfig
+from sftlab.spec.job import StageResult, TrialJob
+from sftlab.spec.schema import KServeConfig
 from sftlab.stages.baseline import base_item_scores, log_benchmark_rows
-from sftlab.stages.common import StageResult, trial_stage
-from sftlab.tracking import TAG_PARENT, TAG_STAGE, Tracker, trial_tags
+from sftlab.stages.common import trial_stage
+from sftlab.tracking.runs import TAG_PARENT, TAG_STAGE, Tracker, trial_tags
 
 TAG_EPOCH = "sftlab.epoch"
 FINAL = "final"

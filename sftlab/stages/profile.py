@@ -20,19 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab import data, models
-from sftlab.evaluation import benchmark_items
-from sftlab.grid import Trial, digest, identity
-from sftlab.job import RunContext, TrialJob
+from sftlab.evals.scoring import benchmark_items
+from sftlab.keys import digest
 from sftlab.profiling import card, embeddings, perplexity
 from sftlab.profiling.diversity import DistinctN, DuplicateFinder
 from sftlab.profiling.lengths import LengthStats, histogram, percentiles
 from sftlab.profiling.ngrams import HashedChunk
 from sftlab.profiling.similarity import BenchmarkOverlap, benchmark_text
 from sftlab.profiling.stream import Reservoir, RowProblems, iter_examples
-from sftlab.spec import ProfileConfig
-from sftlab.stages.common import StageResult, log, trial_stage
-from sftlab.tracking import Tracker
+from sftlab.sources import data, models
+from sftlab.spec.grid import Trial, expand, identity
+from sftlab.spec.job import RunContext, StageResult, TrialJob, context_for
+from sftlab.spec.schema import ProfileConfig
+from sftlab.stages.common import log, trial_stage
+from sftlab.tracking.runs import Tracker
 
 PROFILE_VERSION = 2  # bump when measures change, so cached profiles of older code are not reused
 CHUNK_ROWS = 512  # rows tokenized and hashed together: amortises per-call overhead, bounds memory
@@ -292,3 +293,24 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
         tracker.log_metrics(run_id, metrics)
         tracker.set_tags(run_id, {"sftlab.profile_run_id": profile_run})
     return StageResult(metrics=metrics, outputs={"profile_run_id": profile_run})
+
+
+def profile_candidates(
+    spec: Any, tracking_uri: str | None = None, echo: Any = print
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Profile metrics of every (base model, dataset) of the spec: cached profile runs, else profiled now.
+
+    Only the profile stage runs (no training); its results are cached in the spec's experiment like
+    a sweep's, so a later ``sftlab run`` of the same spec reuses them.
+    """
+    ctx = context_for(spec)
+    if tracking_uri:
+        ctx = ctx.model_copy(update={"tracking_uri": tracking_uri})
+    tracker = Tracker.for_context(ctx)
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for trial in expand(spec):
+        pair = (trial.base_model.name, trial.dataset.name)
+        if pair not in out:
+            echo(f"profiling {pair[0]} / {pair[1]} ...")
+            out[pair], _ = cached_or_compute(trial, ctx, tracker)
+    return out

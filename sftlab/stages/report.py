@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sftlab.errors import SftlabError
-from sftlab.predict import REPORT_TAG, Predictor
+from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.render import report_files, write_report
 from sftlab.reporting.sections import Options
 from sftlab.reporting.trials import TrialRef, TrialRow, attach_checkpoints, runs_by_key, trial_row
-from sftlab.tracking import TAG_STAGE, Tracker
+from sftlab.tracking.runs import TAG_STAGE, Tracker
 
 if TYPE_CHECKING:
-    from sftlab.job import RunContext
+    from sftlab.spec.job import RunContext
 
 ARTIFACT_DIR = "report"
 

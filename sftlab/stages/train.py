@@ -1,11 +1,11 @@
-"""Train stage: supervised fine-tuning of one trial (``sftlab.stages.sft``), here or on more devices.
+"""Train stage: supervised fine-tuning of one trial (``sftlab.training.sft``), here or on more devices.
 
 Where it runs follows ``training.distributed``:
 
-- ``nodes > 1``: a cluster training job (``sftlab.stages.cluster``) whose pods run
-  ``sftlab.stages.distributed`` under torchrun; this stage waits for it.
+- ``nodes > 1``: a cluster training job (``sftlab.training.multinode``) whose pods run
+  ``sftlab.training.distributed`` under torchrun; this stage waits for it.
 - ``strategy`` ddp/fsdp/deepspeed_zero3: this pod re-launches the trial with ``accelerate launch``,
-  one process per GPU of the train resources (``sftlab.launch_config``).
+  one process per GPU of the train resources (``sftlab.training.accelerate_config``).
 - otherwise: in this process.
 
 In every case rank 0 stores the result — full weights as safetensors, or the LoRA adapter alone —
@@ -14,7 +14,7 @@ downstream stages receive its URI, not a copy.
 
 Preemption: every epoch a resumable checkpoint (weights, optimizer, scheduler, RNG state) is saved
 under the trial key, locally and, with ``training.checkpoint_uri``, on S3 or a PVC
-(``sftlab.stages.checkpoints``); a re-run of a killed trial resumes from the newest complete one.
+(``sftlab.training.checkpoints``); a re-run of a killed trial resumes from the newest complete one.
 They are removed once the model is stored.
 """
 
@@ -26,20 +26,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftlab import models
+from sftlab.cluster.pods import JOB_ENV
 from sftlab.errors import SftlabError
-from sftlab.job import TrialJob
-from sftlab.launch_config import launch_command, layer_classes, write_accelerate_config
-from sftlab.stages.cluster import run_cluster_job
-from sftlab.stages.common import StageResult, log, trial_stage
-from sftlab.stages.sft import (
-    RESULT_ARTIFACT,
-    check_method,
-    gradient_accumulation,
-    run_trial,
-)
-from sftlab.tracking import Tracker
-from sftlab.trainjob import JOB_ENV
+from sftlab.sources import models
+from sftlab.spec.job import StageResult, TrialJob
+from sftlab.stages.common import log, trial_stage
+from sftlab.tracking.runs import Tracker
+from sftlab.training.accelerate_config import launch_command, layer_classes, write_accelerate_config
+from sftlab.training.multinode import run_cluster_job
+from sftlab.training.sft import RESULT_ARTIFACT, check_method, gradient_accumulation, run_trial
 
 
 def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:

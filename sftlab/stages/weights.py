@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftlab import models
-from sftlab.job import TrialJob
-from sftlab.stages.common import StageResult, trial_stage
+from sftlab.sources import models
+from sftlab.spec.job import StageResult, TrialJob
+from sftlab.stages.common import trial_stage
 from sftlab.stages.train import fetch_trained
-from sftlab.tracking import Tracker
+from sftlab.tracking.runs import Tracker
 from sftlab.weight_diff import WeightDiff, compare_checkpoints, compare_lora
 
 ARTIFACT_DIR = "weights"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftlab.errors import SftlabError
-from sftlab.spec import WeightsConfig
+from sftlab.spec.schema import WeightsConfig
 from sftlab.weight_diff.checkpoint import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
@@ -21,6 +21,7 @@ from sftlab.weight_diff.checkpoint import (
     matched,
     open_checkpoint,
 )
+from sftlab.weight_diff.low_rank import LowRank
 from sftlab.weight_diff.measure import check_shapes, measure_all
 from sftlab.weight_diff.names import natural_key
 from sftlab.weight_diff.results import Spectrum, TensorDiff, WeightDiff
@@ -33,26 +34,6 @@ _PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.(?P<param>weight|bias))?$"
 )
-
-
-@dataclass
-class LowRank:
-    """ΔW = B·A·scale of one adapted module, computed for a block of rows at a time."""
-
-    a: torch.Tensor  # (r, in) — or (r, num_embeddings) for embeddings
-    b: torch.Tensor  # (out, r)
-    scale: float
-    transposed: bool  # embeddings and fan_in_fan_out layers store ΔW transposed
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.a.shape[1], self.b.shape[0]) if self.transposed else (self.b.shape[0], self.a.shape[1])
-
-    def rows(self, rows: slice) -> torch.Tensor:
-        """ΔW rows ``rows`` (float64, as the factors are read)."""
-        if self.transposed:
-            return (self.a[:, rows].T @ self.b.T) * self.scale
-        return (self.b[rows] @ self.a) * self.scale
 
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.spec import WeightsConfig
+from sftlab.spec.schema import WeightsConfig
 from sftlab.weight_diff.checkpoint import Checkpoint, TunedRows, matched, open_checkpoint, rows_of
 from sftlab.weight_diff.names import natural_key
 from sftlab.weight_diff.results import TensorDiff, WeightDiff

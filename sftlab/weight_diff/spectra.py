@@ -8,14 +8,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from sftlab.spec import WeightsConfig
+from sftlab.spec.schema import WeightsConfig
 from sftlab.weight_diff.checkpoint import Checkpoint, TunedRows
 from sftlab.weight_diff.results import Spectrum, TensorDiff, WeightDiff
 
 if TYPE_CHECKING:
     import torch
 
-    from sftlab.weight_diff.lora import LowRank
+    from sftlab.weight_diff.low_rank import LowRank
 
 # ΔW with a side at most this long gets an exact SVD (cheap); larger ones a randomized SVD
 # (Halko et al. 2011) of rank top_k + SVD_OVERSAMPLE with SVD_NITER power iterations.

@@ -1,0 +1,124 @@
+"""kmock: a stateful Kubernetes API on 127.0.0.1 that lifecycle tests drive with the real client,
+playing the controllers (Trainer, Training Operator, KServe) by patching status over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any, Self
+
+from sftlab.cluster.objects import CustomResource
+from sftlab.cluster.pytorchjob import PYTORCHJOB
+from sftlab.cluster.trainjob import TRAINJOB
+from sftlab.serving.inference_service import INFERENCE_SERVICE
+
+NS = "sweeps"
+
+
+class KubeServer:
+    """kmock's Kubernetes emulator on 127.0.0.1, in its own thread and event loop.
+
+    It serves every kind sftlab creates, plus pods and events (read for diagnostics). It applies no
+    label or field selectors: clients must filter what they list themselves.
+    """
+
+    RESOURCES = (TRAINJOB, PYTORCHJOB, INFERENCE_SERVICE)
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.url = ""
+
+    async def _main(self) -> None:
+        import kmock
+
+        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
+            for r in self.RESOURCES:
+                handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
+            handler.resources["v1/pods"] = {}
+            handler.resources["v1/events"] = {}
+            self.handler = handler
+            self.url = str(server.url).rstrip("/")
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(15), "kmock did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def kube_api() -> Iterator[Any]:
+    """A ``kubernetes`` ApiClient talking to kmock over HTTP (other test modules reuse it)."""
+    from kubernetes import client
+
+    with KubeServer() as server:
+        api = client.ApiClient(client.Configuration(host=server.url))
+        yield api
+        api.close()
+
+
+def custom(api: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api)
+
+
+def exists(api: Any, name: str, resource: CustomResource = TRAINJOB) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    r = resource
+    try:
+        custom(api).get_namespaced_custom_object(r.group, r.version, NS, r.plural, name)
+        return True
+    except ApiException as exc:
+        assert exc.status == 404
+        return False
+
+
+def create(api: Any, manifest: dict[str, Any], resource: CustomResource = TRAINJOB) -> None:
+    """Someone else's object, created behind the runner's back."""
+    custom(api).create_namespaced_custom_object(resource.group, resource.version, NS, resource.plural, manifest)
+
+
+def delete(api: Any, name: str, resource: CustomResource = TRAINJOB) -> None:
+    custom(api).delete_namespaced_custom_object(resource.group, resource.version, NS, resource.plural, name)
+
+
+class Controller:
+    """Plays the operator: on each poll, patches the next status over HTTP."""
+
+    def __init__(self, api: Any, name: str, steps: list[list[dict[str, Any]]], resource: CustomResource = TRAINJOB):
+        self.api, self.name, self.steps, self.resource = api, name, list(steps), resource
+        self.seen_during_run: list[dict[str, Any]] = []
+
+    def sleep(self, _: float) -> None:
+        r = self.resource
+        obj = custom(self.api).get_namespaced_custom_object(r.group, r.version, NS, r.plural, self.name)
+        self.seen_during_run.append(obj)
+        if self.steps:
+            self.patch({"conditions": self.steps.pop(0)})
+
+    def patch(self, status: dict[str, Any]) -> None:
+        r = self.resource
+        custom(self.api).patch_namespaced_custom_object_status(
+            r.group, r.version, NS, r.plural, self.name, {"status": status}
+        )
+
+
+def cond(type_: str, status: str = "True", reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def sigterm(_: float) -> None:
+    """What the kubelet does to a pipeline pod whose KFP run is cancelled."""
+    os.kill(os.getpid(), signal.SIGTERM)
