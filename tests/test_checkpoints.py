@@ -142,6 +142,7 @@ def test_checkpoint_uri_kinds(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ preemption
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: str) -> None:
     """SIGKILL after two epochs are on S3, wipe the local disk (a new pod), re-run: it resumes from S3."""
     bucket = new_bucket(s3_env)
@@ -203,6 +204,7 @@ def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: st
     assert not (Path(job.context.root) / "checkpoints" / job.trial.key).exists()
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_unreachable_store_fails_at_start_but_a_failed_upload_does_not_stop_training(
     tmp_path: Path, s3_env: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -241,6 +243,7 @@ def test_unreachable_store_fails_at_start_but_a_failed_upload_does_not_stop_trai
 # ------------------------------------------------------------------------------ epoch models
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_every_epochs_model_is_stored_for_evaluation(tmp_path: Path) -> None:
     """evaluation.epochs all: epoch 1's model is exactly what a 1-epoch run of the same trial ends with."""
     pvc = tmp_path / "pvc"

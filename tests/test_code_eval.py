@@ -288,6 +288,7 @@ def test_real_items_pass_check_item() -> None:
 # End to end: a real model server over HTTP, completions, sandbox, pass@k
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_humaneval_through_a_served_tiny_model(tiny_model: Path) -> None:
     problems = PROBLEMS[:3]
     spec = bench("humaneval", max_new_tokens=16)

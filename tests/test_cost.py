@@ -92,6 +92,7 @@ def test_unknown_sizes_are_named_not_guessed(tmp_path: Path) -> None:
         _ = Assumptions(gpu="Z80").peak
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_local_data_and_models_are_measured(tmp_path: Path) -> None:
     """Rows, tokens per row and parameters come from the quickstart's files and tiny models."""
     import torch

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sftlab.cluster.pods import JOB_ENV
 from sftlab.spec.job import TrialJob, context_for
 from sftlab.spec.schema import DistributedConfig, TaskResources
@@ -55,6 +57,7 @@ def assert_trained_once(job: TrialJob, tracker: Tracker, world_size: int) -> Non
     assert not (Path(job.context.root) / "checkpoints" / job.trial.key).exists()
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_torchrun_two_ranks_train_and_rank0_stores_once(tmp_path: Path) -> None:
     job, tracker = trial_job(tmp_path)
     env = {**os.environ, JOB_ENV: job.to_json(), "OMP_NUM_THREADS": "1"}
@@ -72,6 +75,7 @@ def test_torchrun_two_ranks_train_and_rank0_stores_once(tmp_path: Path) -> None:
     assert_trained_once(job, tracker, world_size=2)
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_ddp_strategy_relaunches_the_stage_through_accelerate(tmp_path: Path) -> None:
     """strategy ddp with 2 devices in the train resources: the stage runs 2 processes and returns rank 0's result."""
     job, tracker = trial_job(
@@ -92,6 +96,7 @@ def test_ddp_strategy_relaunches_the_stage_through_accelerate(tmp_path: Path) ->
     assert "time/train_s" in tracker.client.get_run(run_id).data.metrics  # the launching stage owns the run
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_explicit_attention_and_system_metrics(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     job, tracker = trial_job(tmp_path, attn_implementation="eager", gradient_checkpointing=True)

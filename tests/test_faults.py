@@ -126,6 +126,7 @@ def test_transient_s3_errors_are_retried(model_on_s3: str, s3_env: str, tmp_path
         assert (folder / name).read_bytes() == (tiny_model / name).read_bytes()
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_persistent_s3_errors_fail_clearly_and_leave_no_complete_copy(
     model_on_s3: str, s3_env: str, tmp_path: Path
 ) -> None:

@@ -133,6 +133,7 @@ def evaluation(backend: str) -> EvaluationConfig:
     )
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_kserve_backend_scores_equal_the_local_backend_and_services_are_deleted(
     cluster: FakeKServe, tiny_model: Path, tmp_path: Path, s3_env: str
 ) -> None:

@@ -393,7 +393,7 @@ def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
         plan_file = tmp_path / "plan.json"
         write_plan(plan, str(plan_file))
         launch = sweep_components("unused-locally").launch
-        writer = dsl.component(write_text, install_kfp_package=False)
+        writer = dsl.component(write_text, base_image="python:3.11", install_kfp_package=False)
 
         @dsl.pipeline
         def launch_only(spec: str, plan: str) -> int:

@@ -247,7 +247,7 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import json, random, sys
     from pathlib import Path
-    from sftlab import data, models
+    from sftlab.sources import data, models
     from sftlab.spec.job import RunContext
     from sftlab.profiling.stream import RowProblems, iter_examples
     from sftlab.spec.schema import STUDY_TEMPLATE, DatasetSpec, ProfileConfig

@@ -72,6 +72,7 @@ def test_profile_matches_direct_computation_and_is_cached(tmp_path: Path) -> Non
     assert len(profiles) == 1
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_train_logs_loss_and_stores_model_in_mlflow(tmp_path: Path, method: str) -> None:
     job, tracker = make_job(tmp_path, dataset="math", **{"training.method": method})
@@ -301,6 +302,7 @@ def test_an_interrupt_inside_claim_leaves_no_running_candidate(tmp_path: Path, p
     tracker.finish(run_id)
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: Path) -> None:
     """A cancelled KFP run or an evicted pod gets SIGTERM: the stage still closes the profile run
     it claimed (else other trials would wait on it) and says why on the trial run."""
@@ -355,6 +357,7 @@ def test_a_stage_stopped_before_it_owns_its_claim_still_releases_it(tmp_path: Pa
     assert cached is None and run_id not in (None, claimed)
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     """SIGKILL the train stage after its first epoch checkpoint; the re-run continues from it."""
     import os

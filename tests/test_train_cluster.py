@@ -116,6 +116,7 @@ class Controller(threading.Thread):
         )
 
 
+@pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_multi_node_trial_runs_as_a_trainjob_and_returns_rank0s_result(
     tmp_path: Path, kube: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
