@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from sftlab.errors import SftlabError, SpecError
 from sftlab.spec.loading import load_spec, parse_spec
+from sftlab.spec.schema import TaskResources
 from sftlab.spec.uris import classify_uri
 from tests.support.helpers import EXAMPLES, run_cli
 
@@ -137,3 +139,19 @@ def test_evaluated_epochs_must_exist_and_be_checkpointed() -> None:
     assert parse_spec(
         GOOD + "evaluation: {epochs: [1, 12]}\nsweep: {training.epochs: [10, 12]}\n"
     ).evaluation.epochs == [1, 12]
+
+
+@pytest.mark.parametrize("value", ["2", "500m", "0.5", ".5", "16Gi", "512Mi", "1e9", "1E3", "8G", "4Ti", "1Ei", "1E"])
+def test_resource_quantities_the_api_server_takes_are_taken(value: str) -> None:
+    assert TaskResources(cpu=value, memory=value, shm_size=value).memory == value
+
+
+@pytest.mark.parametrize(
+    # Zero, negative, signed; and what Decimal (inside kubernetes' parse_quantity) would read but the
+    # API server refuses: spaces, "_", non-finite, non-ASCII digits, "K", an exponent with a suffix, "mi".
+    "value",
+    ["0", "0Gi", "0e5", "-4Gi", "+1", "16GB", "16 Gi", " 16Gi", "1_000", "inf", "nan", "١", "1K", "2e1Gi", "1mi", ""],
+)
+def test_resource_quantities_the_api_server_refuses_are_refused(value: str) -> None:
+    with pytest.raises(ValidationError, match="expected a positive Kubernetes quantity such as 16Gi or 512Mi"):
+        TaskResources(memory=value)

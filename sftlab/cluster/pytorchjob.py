@@ -1,12 +1,13 @@
 """Multi-node training of one trial through a Kubeflow Training Operator v1 ``PyTorchJob``.
 
 The alternative to the TrainJob (``training.distributed.launcher: pytorchjob``) for clusters that
-run the v1 training operator (``kubeflow.org/v1``; field names checked against the
-``kubeflow-training`` 1.9 SDK models). Same inputs and the same pods as ``trainjob_manifest``: one
-Master and ``nodes - 1`` Workers, each a ``pytorch`` container running ``torchrun``. The operator
-sets MASTER_ADDR/PORT, WORLD_SIZE and RANK, and for torchrun PET_MASTER_ADDR, PET_MASTER_PORT,
-PET_NNODES, PET_NPROC_PER_NODE (from ``spec.nprocPerNode``) and PET_NODE_RANK, which torchrun reads
-as its ``--master-addr``, ``--nnodes``, ... defaults, so the command needs no flags.
+run the v1 training operator (``kubeflow.org/v1``; built from the ``kubeflow-training`` 1.9 SDK
+models and the ``kubernetes`` client's V1 pod models). Same inputs and the same pods as
+``trainjob_manifest``: one Master and ``nodes - 1`` Workers, each a ``pytorch`` container running
+``torchrun``. The operator sets MASTER_ADDR/PORT, WORLD_SIZE and RANK, and for torchrun
+PET_MASTER_ADDR, PET_MASTER_PORT, PET_NNODES, PET_NPROC_PER_NODE (from ``spec.nprocPerNode``) and
+PET_NODE_RANK, which torchrun reads as its ``--master-addr``, ``--nnodes``, ... defaults, so the
+command needs no flags.
 
 ``PyTorchJobRunner`` runs it like the TrainJob: poll ``status.conditions`` until Succeeded or
 Failed, then delete it whatever happened.
@@ -14,7 +15,6 @@ Failed, then delete it whatever happened.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,45 +47,59 @@ def pytorchjob_manifest(
 ) -> dict[str, Any]:
     """A PyTorchJob running one trial on ``nodes`` nodes (1 Master + ``nodes - 1`` Workers) with
     ``resources`` per node."""
+    from kubeflow.training import models as m
+    from kubernetes.client import ApiClient, V1ObjectMeta
+
     pod = trial_pod(job, resources, engine="pytorchjob", image=image, nodes=nodes, secrets=secrets, cache_pvc=cache_pvc)
-    master = _master(image, command, args, pod)
-    replicas = {"Master": master}
+    replicas = {"Master": _replica(1, image, command, args, pod)}
     if nodes > 1:
-        # A copy, not the same dicts: YAML dumps of shared dicts come out as anchors and aliases.
-        replicas["Worker"] = {**copy.deepcopy(master), "replicas": nodes - 1}
-    return {
-        "apiVersion": PYTORCHJOB.api_version,
-        "kind": PYTORCHJOB.kind,
-        "metadata": {"name": pod.name, "namespace": namespace, "labels": pod.labels},
-        # runPolicy is required by the v1 API; its defaults suit (the runner deletes the job itself).
-        "spec": {"nprocPerNode": str(pod.procs_per_node), "runPolicy": {}, "pytorchReplicaSpecs": replicas},
-    }
+        replicas["Worker"] = _replica(nodes - 1, image, command, args, pod)
+    pytorch_job = m.KubeflowOrgV1PyTorchJob(
+        api_version=PYTORCHJOB.api_version,
+        kind=PYTORCHJOB.kind,
+        metadata=V1ObjectMeta(name=pod.name, namespace=namespace, labels=pod.labels),
+        spec=m.KubeflowOrgV1PyTorchJobSpec(
+            nproc_per_node=str(pod.procs_per_node),
+            # runPolicy is required by the v1 API; its defaults suit (the runner deletes the job itself).
+            run_policy=m.KubeflowOrgV1RunPolicy(),
+            pytorch_replica_specs=replicas,
+        ),
+    )
+    # Serialised as the API server receives it: camelCase keys, unset fields left out, every
+    # dict and list a fresh copy (YAML dumps of shared ones come out as anchors and aliases).
+    manifest: dict[str, Any] = ApiClient().sanitize_for_serialization(pytorch_job)
+    return manifest
 
 
-def _master(image: str, command: Sequence[str], args: Sequence[str], pod: TrialPod) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": image,
-        "command": list(command),
-        "env": pod.env,
-        "ports": [{"name": PORT_NAME, "containerPort": PORT}],
-    }
-    if args:
-        container["args"] = list(args)
-    if pod.resources:
-        container["resources"] = pod.resources
-    if pod.mounts:
-        container["volumeMounts"] = pod.mounts
-    spec: dict[str, Any] = {"containers": [container], **pod.placement}
-    if pod.volumes:
-        spec["volumes"] = pod.volumes
-    return {
-        "replicas": 1,
+def _replica(count: int, image: str, command: Sequence[str], args: Sequence[str], pod: TrialPod) -> Any:
+    """``count`` replicas of the one ``pytorch`` container; env, volumes and resources are the API
+    JSON ``sftlab.cluster.pods`` makes, serialised as they are."""
+    from kubeflow.training import models as m
+    from kubernetes.client import V1Container, V1ContainerPort, V1ObjectMeta, V1PodSpec, V1PodTemplateSpec
+
+    container = V1Container(
+        name=CONTAINER,
+        image=image,
+        command=list(command),
+        args=list(args) or None,
+        env=pod.env,
+        ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
+        resources=pod.resources or None,
+        volume_mounts=pod.mounts or None,
+    )
+    spec = V1PodSpec(
+        containers=[container],
+        node_selector=pod.placement.get("nodeSelector"),
+        tolerations=pod.placement.get("tolerations"),
+        volumes=pod.volumes or None,
+    )
+    return m.KubeflowOrgV1ReplicaSpec(
+        replicas=count,
         # Static torchrun rendezvous cannot take one restarted node back into a running group, so a
         # failed pod fails the job (a clear error now); the pipeline's retry reruns the trial.
-        "restartPolicy": "Never",
-        "template": {"metadata": {"labels": dict(pod.labels)}, "spec": spec},
-    }
+        restart_policy="Never",
+        template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=pod.labels), spec=spec),
+    )
 
 
 class PyTorchJobRunner(JobRunner):

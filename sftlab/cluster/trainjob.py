@@ -1,16 +1,16 @@
 """Multi-node training of one trial through a Kubeflow Trainer ``TrainJob``.
 
 ``trainjob_manifest`` turns a trial and its train-stage resources into a TrainJob (Kubeflow
-Trainer v2 API, ``trainer.kubeflow.org/v1alpha1``, field names checked against the
-``kubeflow-trainer-api`` 2.3.0 models: pod-level settings go in ``spec.runtimePatches``, which
-replaced the earlier ``podTemplateOverrides``). ``TrainJobRunner`` creates it, polls its
+Trainer v2 API, ``trainer.kubeflow.org/v1alpha1``, built from the ``kubeflow-trainer-api`` 2.3.0
+models: pod-level settings go in ``spec.runtimePatches``, which replaced the earlier
+``podTemplateOverrides``). ``TrainJobRunner`` creates it, polls its
 ``status.conditions`` until it completes, fails or times out, logs every condition change, and
 deletes it afterwards whatever happened (see ``sftlab.cluster.objects``).
 
 ``trial_pod`` is what every node gets whichever engine runs the trial; ``engine_for`` picks the
 engine ``training.distributed.launcher`` names (this TrainJob, or ``sftlab.cluster.pytorchjob``).
 
-This module is importable without kfp; it needs only the ``kubernetes`` client at run time.
+This module is importable without kfp; the Trainer's models load when a manifest is built.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sftlab.cluster.objects import (
     CustomResource,
     JobRunner,
 )
-from sftlab.cluster.pods import JOB_ENV, trial_pod
+from sftlab.cluster.pods import JOB_ENV, TrialPod, trial_pod
 from sftlab.errors import SftlabError
 from sftlab.spec.job import TrialJob
 from sftlab.spec.schema import SecretEnv, TaskResources
@@ -77,38 +77,66 @@ def trainjob_manifest(
     command: Sequence[str] = DEFAULT_COMMAND,
     args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """A TrainJob running one trial on ``nodes`` nodes with ``resources`` per node."""
+    """A TrainJob running one trial on ``nodes`` nodes with ``resources`` per node.
+
+    Built from the ``kubeflow-trainer-api`` models and serialised with their camelCase aliases;
+    the pod pieces (env, volumes, resources) are the API JSON ``sftlab.cluster.pods`` makes, read
+    into the models' own types. The models load here, not at import (they take seconds).
+    """
+    from kubeflow_trainer_api import models as m
+
     pod = trial_pod(job, resources, engine="trainjob", image=image, nodes=nodes, secrets=secrets, cache_pvc=cache_pvc)
-    trainer: dict[str, Any] = {
-        "image": image,
-        "command": list(command),
-        "env": pod.env,
-        "numNodes": nodes,
-        "numProcPerNode": pod.procs_per_node,
-    }
-    if args:
-        trainer["args"] = list(args)
-    if pod.resources:
-        trainer["resourcesPerNode"] = pod.resources
+    trainer = m.TrainerV1alpha1Trainer(
+        image=image,
+        command=list(command),
+        args=list(args) or None,
+        env=[m.IoK8sApiCoreV1EnvVar.from_dict(var) for var in pod.env],
+        num_nodes=nodes,
+        num_proc_per_node=pod.procs_per_node,
+        resources_per_node=m.IoK8sApiCoreV1ResourceRequirements.from_dict(pod.resources) if pod.resources else None,
+    )
+    spec = m.TrainerV1alpha1TrainJobSpec(
+        runtime_ref=m.TrainerV1alpha1RuntimeRef(name=runtime), trainer=trainer, runtime_patches=_runtime_patches(pod)
+    )
+    train_job = m.TrainerV1alpha1TrainJob(
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=pod.name, namespace=namespace, labels=pod.labels),
+        spec=spec,
+    )
+    return train_job.to_dict()
 
-    pod_spec = dict(pod.placement)
+
+def _runtime_patches(pod: TrialPod) -> list[Any] | None:
+    """The pod settings the trainer has no field for (placement, volumes), as a runtime patch of
+    the ``node`` replicated job; None when there are none."""
+    from kubeflow_trainer_api import models as m
+
+    if not (pod.placement or pod.volumes):
+        return None
+    containers = None
     if pod.volumes:
-        pod_spec["volumes"] = pod.volumes
-        pod_spec["containers"] = [{"name": NODE, "volumeMounts": pod.mounts}]
-
-    spec: dict[str, Any] = {"runtimeRef": {"name": runtime}, "trainer": trainer}
-    if pod_spec:
-        template = {"metadata": {"labels": pod.labels}, "spec": pod_spec}
-        replicated = {"name": NODE, "template": {"spec": {"template": template}}}
-        spec["runtimePatches"] = [
-            {"manager": "sftlab", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}}}
-        ]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": pod.name, "namespace": namespace, "labels": pod.labels},
-        "spec": spec,
-    }
+        mounts = [m.IoK8sApiCoreV1VolumeMount.from_dict(mount) for mount in pod.mounts]
+        containers = [m.TrainerV1alpha1ContainerPatch(name=NODE, volume_mounts=mounts)]
+    tolerations = pod.placement.get("tolerations")
+    pod_spec = m.TrainerV1alpha1PodSpecPatch(
+        node_selector=pod.placement.get("nodeSelector"),
+        tolerations=[m.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations] if tolerations else None,
+        volumes=[m.IoK8sApiCoreV1Volume.from_dict(volume) for volume in pod.volumes] or None,
+        containers=containers,
+    )
+    template = m.TrainerV1alpha1PodTemplatePatch(
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.labels), spec=pod_spec
+    )
+    replicated = m.TrainerV1alpha1ReplicatedJobPatch(
+        name=NODE, template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(template=template))
+    )
+    jobset = m.TrainerV1alpha1JobSetTemplatePatch(spec=m.TrainerV1alpha1JobSetSpecPatch(replicated_jobs=[replicated]))
+    return [
+        m.TrainerV1alpha1RuntimePatch(
+            manager="sftlab", training_runtime_spec=m.TrainerV1alpha1TrainingRuntimeSpecPatch(template=jobset)
+        )
+    ]
 
 
 def trial_job_from_manifest(manifest: dict[str, Any]) -> TrialJob:

@@ -23,7 +23,6 @@ the client cannot cut on a token boundary. Results are ``str`` and ``tuple`` as 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import suppress
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from sftlab.errors import SftlabError
 
@@ -112,15 +112,18 @@ class OpenAIHttp:
     def post(self, route: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` to ``base_url + route``; transient failures are retried, others fail at once."""
         url = self.base_url + route
-        attempt = 0
-        while True:
-            try:
-                return self._post_once(url, payload)
-            except _Transient as exc:
-                if attempt == self.retries:
-                    raise SftlabError(f"{url}: {exc} (gave up after {attempt + 1} attempts)") from None
-            time.sleep(self.backoff * 2**attempt)
-            attempt += 1
+        # Waits of backoff, 2 x backoff, 4 x backoff, ... between the 1 + ``retries`` attempts.
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff),
+            retry=retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            return retrying(self._post_once, url, payload)
+        except _Transient as exc:
+            attempts = retrying.statistics["attempt_number"]
+            raise SftlabError(f"{url}: {exc} (gave up after {attempts} attempts)") from None
 
     def get(self, route: str) -> dict[str, Any] | None:
         """GET ``base_url + route`` once; None on any failure (for optional information)."""

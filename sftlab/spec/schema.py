@@ -331,11 +331,33 @@ class Toleration(Strict):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
 
 
-# A Kubernetes resource quantity, unsigned: 2, 500m, 0.5, 16Gi, 512Mi, 1e9, 8G.
-_QUANTITY = re.compile(r"^(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
-
-
 _QUANTITY_EXAMPLES = {"cpu": "2 or 500m", "memory": "16Gi or 512Mi", "shm_size": "16Gi"}
+
+
+# A Kubernetes quantity is a number (2, 0.5, 1e9) and one of these suffixes.
+_QUANTITY_SUFFIXES = frozenset(["", "n", "u", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"])
+
+
+def _positive_quantity(value: str) -> bool:
+    """Whether ``value`` is a Kubernetes quantity above zero: 2, 500m, 0.5, 16Gi, 512Mi, 1e9, 8G.
+
+    ``kubernetes.utils.parse_quantity`` reads it. That parser takes the number with ``Decimal``,
+    which also reads what the API server refuses, so the suffix and the characters are checked first.
+    """
+    from kubernetes.utils import parse_quantity  # here, not at import: kubernetes takes ~0.7 s to load
+
+    number = value.rstrip("numkKMGTPEi")
+    suffix = value[len(number) :]
+    if suffix not in _QUANTITY_SUFFIXES or (suffix and "e" in number.lower()):
+        return False  # "1K", "1mi", "2e3Gi" (an exponent is a suffix of its own: 1e9)
+    # Unsigned (a sign only ever makes a size negative) and plain ASCII: not " 16", "1_000" or "inf".
+    if not number or number[0] not in "0123456789." or not set(number) <= set("0123456789.eE+-"):
+        return False
+    try:
+        quantity = parse_quantity(value)
+    except ValueError:
+        return False
+    return quantity.is_finite() and quantity > 0
 
 
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -366,8 +388,7 @@ class TaskResources(Strict):
     @field_validator("cpu", "memory", "shm_size")
     @classmethod
     def _quantity(cls, value: str | None, info: ValidationInfo) -> str | None:
-        match = _QUANTITY.match(value) if value is not None else None
-        if value is not None and (match is None or float(match.group(1)) == 0):
+        if value is not None and not _positive_quantity(value):
             example = _QUANTITY_EXAMPLES[info.field_name or ""]
             raise ValueError(f"expected a positive Kubernetes quantity such as {example}")
         return value
