@@ -91,6 +91,15 @@ def entrypoint_env(extra: dict[str, str]) -> dict[str, str]:
     return {**base, "PATH": os.environ["PATH"], **extra}
 
 
+def run_entrypoint(
+    command: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``mlflow/entrypoint.sh COMMAND`` as the chart's container runs it."""
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_entrypoint_builds_the_server_command_from_parts() -> None:
     """The bundled-database path: the DSN is assembled with the password URL-encoded, and the
     printed command masks it."""
@@ -244,23 +253,9 @@ def test_quickstart_against_chart_configured_server(tmp_path: Path, postgres: st
     )
     assert migrate_env["MLFLOW_DB_HOST"] == "sftlab-postgresql" and "MLFLOW_BACKEND_STORE_URI" not in migrate_env
     migrate_env.update(MLFLOW_DB_HOST="127.0.0.1", MLFLOW_DB_PORT=db_port)
-    migrated = subprocess.run(
-        ["sh", str(ENTRYPOINT), "migrate"],
-        env=entrypoint_env(migrate_env),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    migrated = run_entrypoint("migrate", entrypoint_env(migrate_env), tmp_path, timeout=180)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    bucket = subprocess.run(
-        ["sh", str(ENTRYPOINT), "ensure-bucket"],
-        env=entrypoint_env(server_env),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bucket = run_entrypoint("ensure-bucket", entrypoint_env(server_env), tmp_path)
     assert bucket.returncode == 0 and f"bucket {BUCKET} created" in bucket.stdout, bucket.stderr
 
     log = tmp_path / "mlflow-server.log"
