@@ -6,6 +6,7 @@ allows it) and, where the Python-level guard claims to defend, under "python-gua
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
 import os
@@ -459,3 +460,23 @@ def test_run_many_keeps_order_reports_progress_and_runs_workers_at_once(isolatio
     assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
     assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert 2.0 <= elapsed < 3.9  # two at a time: two rounds of 1 s, not one round, not four
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher: the code that runs on the child's side
+
+
+def test_the_launcher_imports_the_standard_library_only() -> None:
+    """``launcher.py`` runs as ``python -I -S`` and sets up the chroot the program runs in: neither
+    sftlab nor site-packages is importable there, so one such import would break every program."""
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(sandbox.LAUNCHER.read_text(encoding="utf-8"))):  # also imports inside functions
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"relative import from {node.module!r}: the launcher is not run as a package"
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Name):
+            assert node.id != "__import__", "dynamic imports escape this check"
+    assert {"ctypes", "os", "resource"} <= imported  # the walk saw the launcher's imports
+    assert sorted(name for name in imported if name.split(".")[0] not in sys.stdlib_module_names) == []

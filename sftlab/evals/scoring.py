@@ -27,7 +27,7 @@ from sftlab.sources.data import read_rows
 from sftlab.spec.job import RunContext
 from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, ModelSpec
 
-log = logging.getLogger("sftlab")
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_SEED = 0
 # Per-benchmark metrics that have no gain (the item counts are the same for a model and its base).

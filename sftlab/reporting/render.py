@@ -18,7 +18,7 @@ from sftlab.reporting.content import Section, Table
 from sftlab.reporting.sections import Options, Report, build_sections
 from sftlab.reporting.trials import TrialRow
 
-log = logging.getLogger("sftlab")
+log = logging.getLogger(__name__)
 PAGES = ("report.html", "report.md", "trials.csv", "trials.parquet")
 EXTRA_FILES = ("predictor.json",)
 TABLES = "tables"

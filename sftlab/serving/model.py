@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 from sftlab.errors import SftlabError
 
-log = logging.getLogger("sftlab.serving")
+log = logging.getLogger(__name__)
 
 # Upper bound on logits held at once while scoring (batch x length x vocab floats, ~512 MB).
 _SCORE_BUDGET = 2**27

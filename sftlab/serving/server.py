@@ -25,7 +25,7 @@ from kserve.protocol.rest.server import RESTServer
 from sftlab.serving.model import CausalLM
 from sftlab.serving.openai_api import OpenAIRoutes
 
-log = logging.getLogger("sftlab.serving")
+log = logging.getLogger(__name__)
 
 
 class OpenAIRESTServer(RESTServer):

@@ -8,6 +8,7 @@ evaluation (the study's evaluation cost ~30x its training; re-scoring base model
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ from sftlab.sources import models
 from sftlab.spec.grid import Trial, identity
 from sftlab.spec.job import StageResult, TrialJob
 from sftlab.spec.schema import BenchmarkSpec
-from sftlab.stages.common import log, trial_stage
+from sftlab.stages.common import trial_stage
 from sftlab.tracking.runs import Tracker
+
+log = logging.getLogger(__name__)
 
 
 def baseline_key(trial: Trial, bench: BenchmarkSpec) -> str:

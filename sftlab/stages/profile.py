@@ -12,6 +12,7 @@ The measures themselves live in ``sftlab.profiling``; this module only wires and
 from __future__ import annotations
 
 import json
+import logging
 import random
 import tempfile
 from array import array
@@ -32,8 +33,10 @@ from sftlab.sources import data, models
 from sftlab.spec.grid import Trial, expand, identity
 from sftlab.spec.job import RunContext, StageResult, TrialJob, context_for
 from sftlab.spec.schema import ProfileConfig
-from sftlab.stages.common import log, trial_stage
+from sftlab.stages.common import trial_stage
 from sftlab.tracking.runs import Tracker
+
+log = logging.getLogger(__name__)
 
 PROFILE_VERSION = 2  # bump when measures change, so cached profiles of older code are not reused
 CHUNK_ROWS = 512  # rows tokenized and hashed together: amortises per-call overhead, bounds memory

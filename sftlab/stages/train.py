@@ -20,6 +20,7 @@ They are removed once the model is stored.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -30,11 +31,13 @@ from sftlab.cluster.pods import JOB_ENV
 from sftlab.errors import SftlabError
 from sftlab.sources import models
 from sftlab.spec.job import StageResult, TrialJob
-from sftlab.stages.common import log, trial_stage
+from sftlab.stages.common import trial_stage
 from sftlab.tracking.runs import Tracker
 from sftlab.training.accelerate_config import launch_command, layer_classes, write_accelerate_config
 from sftlab.training.multinode import run_cluster_job
 from sftlab.training.sft import RESULT_ARTIFACT, check_method, gradient_accumulation, run_trial
+
+log = logging.getLogger(__name__)
 
 
 def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:

@@ -3,19 +3,21 @@
 Run layout: one experiment per spec; the sweep is a parent run (``sftlab.stage=sweep``); each
 trial a nested child (``stage=trial``, tagged with its ``sftlab.trial_key``); data profiles and
 base-model evaluations are runs of their own (``stage=profile`` / ``baseline``) found again by
-``sftlab.cache_key`` and linked from trials by tags. Any tracking URI works unchanged.
+``sftlab.cache_key`` and linked from trials by tags; parallel trials compute each of those once
+through the lease protocol in ``sftlab.tracking.claims``. Any tracking URI works unchanged.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftlab.errors import SftlabError
+from sftlab.tracking.claims import Claims
+from sftlab.tracking.tags import TAG_CACHE_KEY, TAG_ERROR, TAG_PARENT, TAG_STAGE, TAG_SWEEP_KEY, TAG_TRIAL_KEY
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -23,16 +25,6 @@ if TYPE_CHECKING:
     from sftlab.spec.grid import Trial
     from sftlab.spec.job import RunContext
 
-TAG_STAGE = "sftlab.stage"
-TAG_TRIAL_KEY = "sftlab.trial_key"
-TAG_CACHE_KEY = "sftlab.cache_key"
-TAG_SWEEP_KEY = "sftlab.sweep_key"
-TAG_ERROR = "sftlab.error"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_HEARTBEAT = "sftlab.heartbeat"
-# A claim's owner beats every HEARTBEAT_S; waiters take over a claim whose beat has not changed
-# for STALE_AFTER_S (its process was SIGKILLed, OOM-killed, or its pod vanished).
-HEARTBEAT_S, STALE_AFTER_S = 10.0, 60.0
 # MLflow's log_batch limits (per call).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_LEN = 1000, 100, 100, 6000
 
@@ -83,7 +75,7 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
-        self._heartbeats: dict[str, threading.Event] = {}
+        self.claims = Claims(self)  # the cache runs this tracker claims: see sftlab.tracking.claims
         self.experiment_id = self._experiment_id(experiment, artifact_root)
 
     @classmethod
@@ -133,9 +125,7 @@ class Tracker:
         return self.create_run("sweep", name, {TAG_SWEEP_KEY: sweep_key}, params)
 
     def finish(self, run_id: str, ok: bool = True, error: str | None = None) -> None:
-        beating = self._heartbeats.pop(run_id, None)
-        if beating is not None:
-            beating.set()
+        self.claims.stop_heartbeat(run_id)
         if error:
             self.set_tags(run_id, {TAG_ERROR: error[:5000]})
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
@@ -206,119 +196,13 @@ class Tracker:
         )
 
     def claim(
-        self,
-        stage: str,
-        cache_key: str,
-        name: str,
-        tags: Mapping[str, str],
-        wait_s: float = 6 * 3600,
-        poll_s: float = 2.0,
-        settle_s: float = 1.0,
-        stale_after_s: float = STALE_AFTER_S,
-        heartbeat_s: float = HEARTBEAT_S,
+        self, stage: str, cache_key: str, name: str, tags: Mapping[str, str], **options: float
     ) -> tuple[Run | None, str | None]:
         """Reuse a cached result, or own the computation of it: ``(finished_run, None)`` or ``(None, run_id)``.
 
-        Parallel trials that need the same profile/baseline must not all compute it. Each
-        candidate creates a RUNNING run with the key; the earliest one (start time, then run id)
-        owns the work and the others delete theirs and wait for it. Each candidate looks only after
-        ``settle_s`` (longer than a create takes to commit), so concurrent candidates all see each
-        other and agree on the owner, while later ones see an earlier claim; the owner looks once
-        more before it works, in case a slow create committed late. The owner's run carries a
-        heartbeat tag, renewed every ``heartbeat_s`` until ``finish``; if the owner fails, its
-        heartbeat stops for ``stale_after_s`` (its process or pod died), or it stays RUNNING past
-        ``wait_s``, the waiters compete again. The owner must ``finish`` its run, also on failure.
+        ``Claims.claim`` (``options``: its waits and limits); the owner must ``finish`` its run.
         """
-        while True:
-            done = self.cached(stage, cache_key)
-            if done is not None:
-                return done, None
-            mine = self.create_run(stage, name, {TAG_CACHE_KEY: cache_key, **tags})
-            try:
-                done, owner = self._contend(stage, cache_key, mine, settle_s)
-                if owner == mine:
-                    self._start_heartbeat(mine, heartbeat_s)
-                    return None, mine
-            except BaseException:
-                # Interrupted (Ctrl-C, SIGTERM) before the caller holds the claim: a candidate left
-                # RUNNING would hold up every later claimant until it counted as stale.
-                self._heartbeats.pop(mine, threading.Event()).set()
-                with suppress(Exception):
-                    self.client.delete_run(mine)
-                raise
-            if done is not None:
-                return done, None
-            why = self._wait_for(owner, wait_s, poll_s, stale_after_s)
-            if why is not None:
-                self.finish(owner, ok=False, error=f"abandoned: {why}")
-
-    def _contend(self, stage: str, cache_key: str, mine: str, settle_s: float) -> tuple[Run | None, str]:
-        """Settle the candidate ``mine``: ``(finished_run, "")``, or ``(None, owner)`` of the work.
-
-        ``mine`` is deleted unless it is the owner.
-        """
-        time.sleep(settle_s)
-        done = self.cached(stage, cache_key)  # an owner may have finished while we settled
-        owner = ""
-        if done is None:
-            owner = self._earliest_claim(stage, cache_key)
-            if owner == mine:
-                # A create that committed late can carry an earlier start time: look once more
-                # before working, and yield to such a claim rather than compute twice.
-                time.sleep(settle_s)
-                owner = self._earliest_claim(stage, cache_key)
-                if owner == mine:
-                    return None, mine
-        self.client.delete_run(mine)
-        return done, owner
-
-    def _start_heartbeat(self, run_id: str, every_s: float) -> None:
-        """Renew the claim's heartbeat tag from a daemon thread until ``finish(run_id)``.
-
-        A beat is a counter, not a timestamp, so waiters on other machines need no common clock.
-        """
-        stop = threading.Event()
-        self._heartbeats[run_id] = stop
-
-        def beat() -> None:
-            count = 0
-            while True:
-                with suppress(Exception):  # a missed beat (tracking outage) is retried next time
-                    self.client.set_tag(run_id, TAG_HEARTBEAT, str(count))
-                count += 1
-                if stop.wait(every_s):
-                    return
-
-        threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True).start()
-
-    def _wait_for(self, owner: str, wait_s: float, poll_s: float, stale_after_s: float) -> str | None:
-        """Wait while ``owner`` holds its claim: None once released, else why it counts as abandoned."""
-        deadline = time.monotonic() + wait_s
-        last_beat: str | None = None
-        last_change = time.monotonic()
-        while True:
-            asked = time.monotonic()
-            run = self.client.get_run(owner)
-            # A candidate that yielded deleted its run, which stays RUNNING: it holds nothing.
-            if run.info.status != "RUNNING" or run.info.lifecycle_stage == "deleted":
-                return None
-            now = time.monotonic()
-            beat = run.data.tags.get(TAG_HEARTBEAT)
-            # A slow answer (tracking server down and retried) says nothing about the owner.
-            if beat != last_beat or now - asked > stale_after_s / 3:
-                last_beat, last_change = beat, now
-            if now - last_change > stale_after_s:
-                return f"no heartbeat for {stale_after_s:g} s (its process or pod is gone)"
-            if now > deadline:
-                return f"still running after the {wait_s:g} s wait limit"
-            time.sleep(poll_s)
-
-    def _earliest_claim(self, stage: str, cache_key: str) -> str:
-        active = self.search(
-            f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CACHE_KEY}` = '{cache_key}' "
-            "AND attributes.status = 'RUNNING'"
-        )
-        return min(active, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        return self.claims.claim(stage, cache_key, name, tags, **options)
 
     @contextmanager
     def owning(self, run_ids: Iterable[str]) -> Iterator[None]:
@@ -338,12 +222,8 @@ class Tracker:
             self.finish(run_id)
 
     def release_claims(self, error: str) -> None:
-        """Close as FAILED every claim this tracker still holds.
-
-        For a stage that fails or is interrupted between taking a claim and entering ``owning``.
-        """
-        for run_id in list(self._heartbeats):
-            self.finish(run_id, ok=False, error=error)
+        """Close as FAILED every claim this tracker still holds (``Claims.release``)."""
+        self.claims.release(error)
 
     def finished_trials(self) -> dict[str, Run]:
         """Newest FINISHED run per trial key: what a re-run skips and what the report counts."""

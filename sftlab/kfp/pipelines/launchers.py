@@ -34,7 +34,7 @@ from sftlab.sweep.launcher import FinishTrial, StartTrial, TrialOutcome
 if TYPE_CHECKING:
     import kfp
 
-log = logging.getLogger("sftlab")
+log = logging.getLogger(__name__)
 Handle = TypeVar("Handle")
 Ended = tuple[bool, str | None]  # (ok, error)
 
