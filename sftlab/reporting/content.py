@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sftlab.reporting.stats import Corr, MeanCI
+from sftlab.stats import Corr, MeanCI
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,6 +72,12 @@ def ci_fields(ci: MeanCI | None) -> dict[str, float]:
     if ci is None:
         return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     return {"mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n}
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
 def short(corr: Corr | None, mark: bool = True) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sftlab.reporting.content import Section, Table
-from sftlab.reporting.stats import fmt
+from sftlab.reporting.content import Section, Table, fmt
 from sftlab.reporting.trials import HEADLINE, Measure, TrialRow
 
 KEY_PARAMS = ("training.learning_rate", "training.epochs")

@@ -14,8 +14,8 @@ import re
 import numpy as np
 
 from sftlab.reporting.content import MAX_PANELS, Section, Table, corr_fields, png, short, subplots
-from sftlab.reporting.stats import ALPHA, Corr, adjust, quiet, rank_correlations, strongest
 from sftlab.reporting.trials import Measure, TrialRow, column, headlines
+from sftlab.stats import Corr, adjust, alpha, quiet, rank_correlations, strongest
 from sftlab.weight_diff import DEPTHS, depth_bucket
 
 LAYER = re.compile(r"^weights/layer_(\d+)/rel_change$")
@@ -61,7 +61,9 @@ def _weights(rows: list[TrialRow], counts: dict[str, int], per_layer: bool) -> d
     return x
 
 
-def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int, seed: int) -> Section:
+def layer_section(
+    done: list[TrialRow], measures: list[Measure], resamples: int, seed: int, confidence: float
+) -> Section:
     import pandas as pd
 
     rows = [r for r in done if any(LAYER.match(k) for k in r.metrics)]
@@ -69,7 +71,8 @@ def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int,
     section.text.append(
         "Relative weight change ||ΔW||/||W|| per layer and per depth third against the gain, one point per trial. "
         "Spearman ρ stratified by base model × method (ranks within each group, then pooled), percentile-bootstrap "
-        f"CI ({resamples} resamples within groups); p_adj = Holm-adjusted p over each table; * = p_adj < {ALPHA}."
+        f"CI ({resamples} resamples within groups); p_adj = Holm-adjusted p over each table; "
+        f"* = p_adj < {alpha(confidence):g}."
     )
     if len(rows) < 4:
         section.text.append("n/a (too few trials): fewer than 4 finished trials logged per-layer weight change.")
@@ -86,7 +89,9 @@ def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int,
         x = _weights(members, counts, per_layer=scope != POOLED or same_depth)
         y = {m.name: m.gains(members) for m in measures}
         strata = np.array(["|".join(r.tag(t) for t in strata_tags) for r in members])
-        results[scope] = adjust(rank_correlations(x, y, strata=strata, resamples=resamples, seed=seed))
+        results[scope] = adjust(
+            rank_correlations(x, y, strata=strata, confidence=confidence, resamples=resamples, seed=seed)
+        )
         labels[scope] = list(x)
     for m in measures:
         section.text.append(_verdict(results[POOLED], m))

@@ -12,8 +12,8 @@ import numpy as np
 
 from sftlab.reporting.content import MAX_PANELS, Section, Table, ci_fields, png, subplots
 from sftlab.reporting.gains import varying_params
-from sftlab.reporting.stats import ALPHA, MeanCI, mean, mean_ci
 from sftlab.reporting.trials import Measure, TrialRow, headlines
+from sftlab.stats import MeanCI, mean, mean_ci
 
 FULL = "full"
 KIND_TAG = "benchmark_kind.{}"  # optional trial tag sftlab.benchmark_kind.<benchmark>: the task family
@@ -56,16 +56,16 @@ def _verdict(ci: MeanCI | None, other: str) -> str:
     return f"{FULL} better" if ci.sign > 0 else f"{other} better" if ci.sign < 0 else "no significant difference"
 
 
-def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
+def method_section(done: list[TrialRow], measures: list[Measure], confidence: float) -> Section:
     import pandas as pd
 
     methods = sorted({r.tag("method") for r in done} - {"", FULL})
     section = Section("Full fine-tuning vs LoRA")
     section.text.append(
         "Paired by (base model, dataset): each pair's mean gain with full FT minus its mean gain with the other "
-        f"method, then the mean difference over pairs with a {1 - ALPHA:.0%} t interval. Task family = the benchmark's "
-        "kind when trials record it (tag sftlab.benchmark_kind.<benchmark>), else the benchmark; a family's "
-        "difference averages its benchmarks' headline metrics within each pair."
+        f"method, then the mean difference over pairs with a {confidence:.0%} t interval. Task family = the "
+        "benchmark's kind when trials record it (tag sftlab.benchmark_kind.<benchmark>), else the benchmark; a "
+        "family's difference averages its benchmarks' headline metrics within each pair."
     )
     if not methods or not any(r.tag("method") == FULL for r in done):
         section.text.append("n/a: the sweep did not train both full FT and another method.")
@@ -82,7 +82,7 @@ def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         groups = [("family", name, ms) for name, ms in families.items()] + [("metric", m.name, [m]) for m in measures]
         for level, name, ms in groups:
             full, oth, diff = _diffs(pairs, ms)
-            ci = mean_ci(diff)
+            ci = mean_ci(diff, confidence)
             row = [name, other, str(len(diff)), _f(full), _f(oth), str(ci) if ci else "–", _verdict(ci, other)]
             (family_rows if level == "family" else metric_rows).append(row)
             records.append(
@@ -136,7 +136,7 @@ def _level_label(value: str) -> str:
     return "all" if value in ("None", "") else value
 
 
-def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
+def curve_section(done: list[TrialRow], measures: list[Measure], confidence: float) -> Section:
     """Gain against the swept data size and epochs, and per-epoch curves from checkpoint runs."""
     import pandas as pd
 
@@ -153,7 +153,7 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         )
     for axis in varied:
         levels = sorted({r.params.get(axis, "") for r in done}, key=_level_key)
-        curves = _curves(done, measures, levels, functools.partial(_param, name=axis, default=""))
+        curves = _curves(done, measures, levels, functools.partial(_param, name=axis, default=""), confidence)
         section.tables.append(_curve_table(curves, CURVE_AXES[axis], levels, measures, _level_label))
         section.figures.append(_curve_plot(curves, levels, heads, CURVE_AXES[axis], _level_label))
         records += [
@@ -163,14 +163,14 @@ def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     series = _epoch_series(done)
     if series:
         epochs = sorted({e for per in series.values() for e in per})
-        curves = _curves(done, measures, [str(e) for e in epochs], None, series)
+        curves = _curves(done, measures, [str(e) for e in epochs], None, confidence, series)
         section.text.append(
             "Per-epoch curves: checkpoint runs (one per evaluated epoch) plus each trial's final model at its "
             "last epoch; mean gain over trials with a t interval."
         )
         section.tables.append(_curve_table(curves, "epoch", [str(e) for e in epochs], measures, str))
         section.figures.append(_curve_plot(curves, [str(e) for e in epochs], heads, "epoch", str))
-        section.text += [_convergence(done, series, m) for m in heads]
+        section.text += [_convergence(done, series, m, confidence) for m in heads]
         records += [
             {"axis": "checkpoint_epoch", "level": lv, "method": me, "measure": mm, **ci_fields(ci)}
             for (lv, me, mm), ci in curves.items()
@@ -203,6 +203,7 @@ def _curves(
     measures: list[Measure],
     levels: list[str],
     level_of: Callable[[TrialRow], str] | None,
+    confidence: float,
     series: dict[str, dict[int, dict[str, float]]] | None = None,
 ) -> dict[tuple[str, str, str], MeanCI]:
     """(level, method, measure) -> mean gain [CI]; levels from a param, or epochs of ``series``."""
@@ -220,7 +221,7 @@ def _curves(
                         for r in rows
                         if r.key in series and int(level) in series[r.key]
                     ]
-                if (ci := mean_ci(values)) is not None:
+                if (ci := mean_ci(values, confidence)) is not None:
                     out[level, method, m.name] = ci
     return out
 
@@ -274,7 +275,9 @@ def _curve_plot(
     return png(fig)
 
 
-def _convergence(done: list[TrialRow], series: dict[str, dict[int, dict[str, float]]], m: Measure) -> str:
+def _convergence(
+    done: list[TrialRow], series: dict[str, dict[int, dict[str, float]]], m: Measure, confidence: float
+) -> str:
     """The change of gain between each trial's last two evaluated epochs: a plateau when its CI covers 0."""
     changes = []
     for row in done:
@@ -284,14 +287,14 @@ def _convergence(done: list[TrialRow], series: dict[str, dict[int, dict[str, flo
             a, b = per[last].get(m.key("gain")), per[before].get(m.key("gain"))
             if a is not None and b is not None:
                 changes.append(a - b)
-    ci = mean_ci(changes)
+    ci = mean_ci(changes, confidence)
     if ci is None or not math.isfinite(ci.low):
         return f"{m.name}: too few trials with two evaluated epochs to judge convergence."
     state = "still rising" if ci.sign > 0 else "falling" if ci.sign < 0 else "no significant change (converged)"
     return f"{m.name}: gain change over the last evaluated epoch {ci} over {ci.n} trials: {state}."
 
 
-def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
+def factors_section(done: list[TrialRow], measures: list[Measure], confidence: float) -> Section:
     """Mean gain per level of the method and of every swept hyper-parameter."""
     factors: dict[str, Callable[[TrialRow], str]] = {"method": lambda r: r.tag("method")}
     for param in varying_params(done):
@@ -301,7 +304,7 @@ def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     for name, level_of in factors.items():
         for level in sorted({level_of(r) for r in done}, key=_level_key):
             group = [r for r in done if level_of(r) == level]
-            cells = [mean_ci(m.gain(r) for r in group) for m in measures]
+            cells = [mean_ci((m.gain(r) for r in group), confidence) for m in measures]
             table.append([f"{name} = {_level_label(level)}", str(len(group)), *(str(c) if c else "–" for c in cells)])
     headers = ["factor", "trials", *(f"mean gain {m.name}" for m in measures)]
     text = [

@@ -13,8 +13,8 @@ import numpy as np
 
 from sftlab.reporting.content import MAX_PANELS, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.profiles import Unit, group_of, metric_for, predictors, title, unit_matrix, units
-from sftlab.reporting.stats import ALPHA, EXACT_MAX_N, Corr, adjust, rank_correlations
 from sftlab.reporting.trials import Measure, TrialRow, headlines
+from sftlab.stats import EXACT_MAX_N, Corr, adjust, alpha, rank_correlations
 
 POOLED = "all base models"
 PPL = "profile/ppl"
@@ -40,7 +40,7 @@ class Predictors:
 
 
 def correlate(
-    all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int
+    all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int, confidence: float
 ) -> Predictors:
     """Pooled and per-model tables; each table is one family for the Holm adjustment (all its predictors × measures)."""
     models = sorted({u.base_model for u in all_units})
@@ -51,12 +51,15 @@ def correlate(
     for scope, group in scopes.items():
         x, y = unit_matrix(group, names, measures)
         wanted = {(name, m.name): (metric_for(name, m.benchmark), m.name) for name in names for m in measures}
-        found = adjust(rank_correlations(x, y, list(dict.fromkeys(wanted.values())), resamples=resamples, seed=seed))
+        pairs = list(dict.fromkeys(wanted.values()))
+        found = adjust(rank_correlations(x, y, pairs, confidence=confidence, resamples=resamples, seed=seed))
         out[scope] = {key: found[pair] for key, pair in wanted.items()}
     return Predictors(names, out)
 
 
-def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: int, seed: int) -> Section:
+def predictor_section(
+    done: list[TrialRow], measures: list[Measure], resamples: int, seed: int, confidence: float
+) -> Section:
     import pandas as pd
 
     all_units, names = units(done), predictors(done)
@@ -67,13 +70,13 @@ def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: 
         "the same data point several times. Spearman ρ with a percentile-bootstrap CI over units "
         f"({resamples} resamples); p from the t approximation (exact permutation p up to {EXACT_MAX_N} units); "
         f"p_adj = Holm-adjusted p over all predictors × benchmark metrics of one table (family-wise error). "
-        f"* / significant: p_adj < {ALPHA}. Benchmark-similarity "
+        f"* / significant: p_adj < {alpha(confidence):g}. Benchmark-similarity "
         "predictors are read for the benchmark whose gain they predict."
     )
     if not names or len(all_units) < 4:
         section.text.append("n/a (too few trials): fewer than 4 profiled units or no profile/* metrics logged.")
         return section
-    result = correlate(all_units, names, measures, resamples, seed)
+    result = correlate(all_units, names, measures, resamples, seed, confidence)
     ranked = result.ranked(POOLED, measures)
     section.tables.append(_ranked_table(result, ranked, measures))
     for m in measures:

@@ -17,10 +17,10 @@ from sftlab.reporting.layers import layer_section
 from sftlab.reporting.methods import curve_section, factors_section, method_section
 from sftlab.reporting.prediction import prediction_section
 from sftlab.reporting.predictors import predictor_section
-from sftlab.reporting.stats import BOOTSTRAP
 from sftlab.reporting.synergy import synergy_section
 from sftlab.reporting.trials import Measure, TrialRow, finished
 from sftlab.reporting.trials import measures as find_measures
+from sftlab.stats import BOOTSTRAP, DEFAULT_CONFIDENCE
 
 if TYPE_CHECKING:
     from sftlab.reporting.gain_model import Predictor
@@ -35,6 +35,7 @@ class Options:
     resamples: int = BOOTSTRAP  # bootstrap resamples per correlation CI
     seed: int = 0
     experiment: str = ""
+    confidence: float = DEFAULT_CONFIDENCE  # every CI's coverage, 1 - every test's α: the spec's evaluation.confidence
 
 
 @dataclass
@@ -101,12 +102,12 @@ def build_sections(rows: list[TrialRow], options: Options = Options()) -> Report
     builders: list[tuple[str, Callable[[], Section]]] = [
         ("best", lambda: best_section(done, measures)),
         ("gains", lambda: gain_section(done, measures)),
-        ("predictors", lambda: predictor_section(done, measures, options.resamples, options.seed)),
-        ("layers", lambda: layer_section(done, measures, options.resamples, options.seed)),
-        ("synergy", lambda: synergy_section(done, measures)),
-        ("methods", lambda: method_section(done, measures)),
-        ("curves", lambda: curve_section(done, measures)),
-        ("factors", lambda: factors_section(done, measures)),
+        ("predictors", lambda: predictor_section(done, measures, options.resamples, options.seed, options.confidence)),
+        ("layers", lambda: layer_section(done, measures, options.resamples, options.seed, options.confidence)),
+        ("synergy", lambda: synergy_section(done, measures, options.confidence)),
+        ("methods", lambda: method_section(done, measures, options.confidence)),
+        ("curves", lambda: curve_section(done, measures, options.confidence)),
+        ("factors", lambda: factors_section(done, measures, options.confidence)),
         ("prediction", prediction),
         ("compute", lambda: compute_section(rows)),
     ]
