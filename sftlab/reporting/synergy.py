@@ -8,18 +8,25 @@ trained on d: *universal* when every one has the same significant sign (two mode
 *model-specific* when some have a significant effect and others none or the opposite one, *no
 effect* when none has. Without the FDR control, a 12-model × 10-dataset × 10-benchmark study
 would flag some sixty null cells by chance, each one a false "model-specific" synergy.
+
+``analyse`` computes the cells, their q-values and the classes (``Synergy``, ``.frame`` and
+``.class_frame`` as DataFrames); ``render`` words, tabulates and draws them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, ci_fields, png, subplots
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, ci_fields, png, subplots
 from sftlab.reporting.trials import Measure, TrialRow, headlines
 from sftlab.stats import MeanCI, alpha, bh, mean_ci, t_test_p
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 UNIVERSAL_UP, UNIVERSAL_DOWN = "universal +", "universal −"
 SPECIFIC, NONE, ONE_MODEL = "model-specific", "no effect", "one base model"
@@ -107,13 +114,49 @@ def classes(cells: dict[Cell, CellGain]) -> dict[tuple[str, str], tuple[str, dic
     return {key: (classify(list(per.values())), per) for key, per in signs.items()}
 
 
-def synergy_section(done: list[TrialRow], measures: list[Measure], confidence: float) -> Section:
-    import pandas as pd
+@dataclass
+class Synergy:
+    """Every cell's mean gain and test, and each (dataset, measure)'s class (see the module rule)."""
 
-    cells = synergy_cells(done, measures, confidence)
+    measures: list[Measure]
+    confidence: float
+    cells: dict[Cell, CellGain]
+    verdicts: dict[tuple[str, str], tuple[str, dict[str, int]]]  # (dataset, measure) -> (class, sign per model)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per (base model, dataset, measure) cell (tables/synergy)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(
+            [
+                {"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
+                for (mo, d, me), c in sorted(self.cells.items())
+            ]
+        )
+
+    @property
+    def class_frame(self) -> pd.DataFrame:
+        """One row per (dataset, measure): its class and each base model's effect (tables/synergy_classes)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(
+            [
+                {"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
+                for (d, me), (cls, per) in sorted(self.verdicts.items())
+            ]
+        )
+
+
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> Synergy:
+    cells = synergy_cells(done, measures, options.confidence)
+    return Synergy(measures, options.confidence, cells, classes(cells))
+
+
+def render(result: Synergy) -> Section:
+    cells, verdicts, measures, confidence = result.cells, result.verdicts, result.measures, result.confidence
     models = sorted({c[0] for c in cells})
     datasets = sorted({c[1] for c in cells})
-    verdicts = classes(cells)
     section = Section("Task synergy: dataset × benchmark", [rule(confidence)])
     counts = {name: sum(v[0] == name for v in verdicts.values()) for name in CLASSES}
     section.text.append(
@@ -146,18 +189,8 @@ def synergy_section(done: list[TrialRow], measures: list[Measure], confidence: f
     if models and datasets:
         section.figures.append(_heatmaps(cells, models[:MAX_PANELS], datasets, shown, confidence))
         section.figures.append(_class_map(verdicts, datasets, shown))
-    section.data["synergy"] = pd.DataFrame.from_records(
-        [
-            {"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
-            for (mo, d, me), c in sorted(cells.items())
-        ]
-    )
-    section.data["synergy_classes"] = pd.DataFrame.from_records(
-        [
-            {"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
-            for (d, me), (cls, per) in sorted(verdicts.items())
-        ]
-    )
+    section.data["synergy"] = result.frame
+    section.data["synergy_classes"] = result.class_frame
     return section
 
 
