@@ -263,9 +263,22 @@ def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
     show_default=True,
     help="Bootstrap resamples per correlation CI.",
 )
+@click.option(
+    "--confidence",
+    type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True),
+    default=None,
+    help="Coverage of every CI (1 - it: every test's level); use the spec's evaluation.confidence. Default: 0.95.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the report's path, not its Markdown summary.")
 @friendly
-def report(experiment: str, tracking_uri: str | None, output_dir: str | None, resamples: int, quiet: bool) -> None:
+def report(
+    experiment: str,
+    tracking_uri: str | None,
+    output_dir: str | None,
+    resamples: int,
+    confidence: float | None,
+    quiet: bool,
+) -> None:
     """Build the report of an experiment from MLflow (also for sweeps run earlier or elsewhere).
 
     Writes report.html (self-contained), report.md, trials.csv/.parquet, tables/*.csv/.parquet and
@@ -273,11 +286,13 @@ def report(experiment: str, tracking_uri: str | None, output_dir: str | None, re
     """
     from sftlab.reporting.sections import Options
     from sftlab.stages.report import build_for_experiment
+    from sftlab.stats import DEFAULT_CONFIDENCE
 
     root = Path("sftlab-runs").resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     out = Path(output_dir) if output_dir else root / "reports" / experiment
-    path = build_for_experiment(uri, experiment, out, Options(resamples=resamples, experiment=experiment))
+    options = Options(resamples, experiment=experiment, confidence=confidence or DEFAULT_CONFIDENCE)
+    path = build_for_experiment(uri, experiment, out, options)
     if not quiet:
         click.echo(path.with_name("report.md").read_text(encoding="utf-8"))
     click.echo(f"report: {path}")

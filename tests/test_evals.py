@@ -18,11 +18,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftlab.errors import SftlabError
 from sftlab.evals import choice, judge, math_answers, qa
-from sftlab.evals.scoring import benchmark_items, bootstrap_ci, gain_metrics, score_benchmark
+from sftlab.evals.scoring import benchmark_items, gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec.job import RunContext
 from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, JudgeConfig
+from sftlab.stats import bootstrap_ci
 from tests.support.helpers import EXAMPLES
 from tests.support.json_http import JsonHandler
 

@@ -21,6 +21,7 @@ from sftlab.spec.job import context_for
 from sftlab.spec.schema import DatasetSpec, ProfileConfig
 from sftlab.stages.common import run_stage
 from sftlab.stages.profile import profile_key
+from sftlab.stats import DEFAULT_CONFIDENCE as LEVEL
 from sftlab.tracking.runs import Tracker
 from tests.support.helpers import EXAMPLES, REPO, first_trial, quickstart_spec
 
@@ -121,12 +122,12 @@ def test_tokenizer_fit_on_hand_checked_cases(tiny_model: Path) -> None:
 
 
 def test_perplexity_bootstrap_interval() -> None:
-    constant = perplexity.summarize([(2.0, 2)] * 50, resamples=200, seed=0)  # every row ppl e^1
+    constant = perplexity.summarize([(2.0, 2)] * 50, resamples=200, seed=0, confidence=LEVEL)  # every row ppl e^1
     assert constant.token_weighted == pytest.approx(np.e) and constant.ci_token_weighted == pytest.approx((np.e, np.e))
     rng = np.random.default_rng(0)
     rows = [(float(rng.uniform(1, 3) * n), int(n)) for n in rng.integers(5, 50, size=400)]
-    small = perplexity.summarize(rows[:50], resamples=500, seed=0)
-    large = perplexity.summarize(rows, resamples=500, seed=0)
+    small = perplexity.summarize(rows[:50], resamples=500, seed=0, confidence=LEVEL)
+    large = perplexity.summarize(rows, resamples=500, seed=0, confidence=LEVEL)
     for s in (small, large):
         assert s.ci_token_weighted[0] < s.token_weighted < s.ci_token_weighted[1]
         assert s.ci_mean_example[0] < s.mean_example < s.ci_mean_example[1]
@@ -135,7 +136,7 @@ def test_perplexity_bootstrap_interval() -> None:
         return s.ci_token_weighted[1] - s.ci_token_weighted[0]
 
     assert width(large) < 0.7 * width(small)  # ~1/sqrt(n): 8x the rows, ~2.8x narrower
-    assert perplexity.summarize([(1.0, 0)], 10, 0).rows == 0  # nothing scored: NaN, not a crash
+    assert perplexity.summarize([(1.0, 0)], 10, 0, LEVEL).rows == 0  # nothing scored: NaN, not a crash
 
 
 def test_embedding_measures_on_hand_made_vectors() -> None:

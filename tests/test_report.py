@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 
 from sftlab.errors import SftlabError
+from sftlab.reporting import gains, layers, methods, prediction, predictors, synergy
+from sftlab.reporting.content import Options as AnalysisOptions
 from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.sections import Options
-from sftlab.reporting.trials import TrialRow, measures
+from sftlab.reporting.trials import TrialRow, attach_checkpoints, finished, measures, runs_by_key, trial_row
 from sftlab.spec.job import RunContext
 from sftlab.stages import report
 from sftlab.tracking.runs import Tracker
@@ -249,6 +251,114 @@ def test_experiment_report_and_too_few_trials(study, tmp_path):
     assert own is not None and REPORT_TAG in own.data.tags
     with pytest.raises(SftlabError, match="no experiment named 'absent'"):
         report.build_for_experiment(ctx.tracking_uri, "absent", tmp_path / "absent")
+
+
+@pytest.fixture(scope="module")
+def done(study) -> list[TrialRow]:
+    """The sweep's finished trials, read back as the report reads them."""
+    tracker, planned, _ = study
+    finished_runs, failed = runs_by_key(tracker)
+    rows = [trial_row(t.key, t.label, finished_runs, failed) for t in planned]
+    attach_checkpoints(tracker, rows)
+    return finished(rows)
+
+
+OPTIONS = AnalysisOptions(resamples=200)
+
+
+def test_analyses_recover_the_planted_numbers(done, built):
+    """Each section's numbers straight from its analyse step, and they are what the report's tables hold."""
+    found = measures(done)
+    names = [m.name for m in found]
+    frames = {
+        "gains": gains.analyse(done, found, OPTIONS).frame,
+        "synergy": synergy.analyse(done, found, OPTIONS).frame,
+        "methods": methods.analyse(done, found, OPTIONS).frame,
+        "curves": methods.analyse_curves(done, found, OPTIONS).frame,
+        "predictor_cv": prediction.cv_frame(prediction.analyse(done, found, OPTIONS)),
+    }
+    for name, frame in frames.items():  # the bootstrap-free tables match the rendered report exactly
+        written = table(built, name)
+        keep = [c for c in written.columns if c != "run_id"]
+        pd.testing.assert_frame_equal(frame[keep].reset_index(drop=True), written[keep], check_dtype=False)
+
+    assert len(frames["gains"]) == 81 * len(names)
+    ppl = predictors.analyse(done, found, OPTIONS)
+    assert ppl.result is not None and len(ppl.units) == 21
+    corr = ppl.result.corrs[predictors.POOLED]["profile/ppl", "boolq/score"]
+    assert corr is not None and corr.rho < -0.7 and corr.high < 0 and corr.significant
+    assert ppl.result.ranked(predictors.POOLED, found)[0][0].startswith("profile/ppl")
+
+    depth = layers.analyse(done, found, OPTIONS)
+    pooled = depth.results[layers.POOLED]
+    by_depth = {d: pooled[f"depth: {layers.DEPTH_TITLES[d]}", "boolq/score"] for d in layers.DEPTHS}
+    assert max(by_depth, key=lambda d: abs(by_depth[d].rho)) == "middle"  # type: ignore[union-attr]
+    assert depth.counts == dict.fromkeys(MODELS, 6)
+
+    cells = synergy.analyse(done, found, OPTIONS)
+    assert cells.verdicts["codealpaca", "humaneval/score"][0] == synergy.UNIVERSAL_UP
+    assert cells.verdicts["mathinstruct", "gsm8k/score"][0] == synergy.UNIVERSAL_DOWN
+    assert cells.cells["llama-tiny", "codealpaca", "gsm8k/score"].sign == 1
+
+    compared = methods.analyse(done, found, OPTIONS).frame.set_index(["level", "name"])
+    assert compared.loc[("metric", "gsm8k/score"), "diff_ci_low"] > 0  # full better
+    assert compared.loc[("metric", "boolq/score"), "diff_ci_high"] < 0  # lora better
+    curves = methods.analyse_curves(done, found, OPTIONS)
+    assert [c.axis for c in curves.swept] == ["training.max_rows"]
+    assert curves.epochs is not None and curves.epochs.levels == ["1", "2", "3"]
+    converged = curves.convergence["boolq/score"]
+    assert converged is not None and converged.sign == 0
+    factors = methods.analyse_factors(done, found, OPTIONS)
+    assert sum(f.trials for f in factors.levels if f.factor == "method") == 81
+
+    fitted = prediction.analyse(done, found, OPTIONS)
+    assert fitted.targets["boolq/score"].cv.beats_baseline
+    assert not fitted.targets["noise-bench/score"].cv.beats_baseline
+
+
+def test_one_confidence_level_reaches_every_analysis(done):
+    """A lower level narrows every CI and loosens every test: the spec's evaluation.confidence is the one knob."""
+    found = measures(done)
+    wide, narrow = OPTIONS, AnalysisOptions(resamples=200, confidence=0.8)
+
+    def width(frame: pd.DataFrame) -> float:
+        return float((frame["ci_high"] - frame["ci_low"]).median())
+
+    assert width(layers.analyse(done, found, narrow).frame) < width(layers.analyse(done, found, wide).frame)
+    assert width(predictors.analyse(done, found, narrow).frame) < width(predictors.analyse(done, found, wide).frame)
+    assert width(methods.analyse_curves(done, found, narrow).frame) < width(
+        methods.analyse_curves(done, found, wide).frame
+    )
+    at_80 = synergy.analyse(done, found, narrow)
+    assert all(c.confidence == 0.8 for c in at_80.cells.values())
+    assert "q < 0.2." in synergy.render(at_80).text[0] and "unadjusted 80% CI" in synergy.render(at_80).text[0]
+
+
+def test_analyse_needs_no_matplotlib(study):
+    """The analyse steps are numbers only: a process that runs them all never imports matplotlib."""
+    import subprocess
+    import sys
+
+    from tests.support.helpers import REPO
+
+    _, planned, ctx = study
+    keys = {t.key: t.label for t in planned}
+    script = f"""
+import sys
+from sftlab.reporting.sections import ANALYSES
+from sftlab.reporting.content import Options
+from sftlab.reporting.trials import finished, measures, runs_by_key, trial_row
+from sftlab.tracking.runs import Tracker
+tracker = Tracker({ctx.tracking_uri!r}, {EXPERIMENT!r})
+finished_runs, failed = runs_by_key(tracker)
+done = finished([trial_row(k, label, finished_runs, failed) for k, label in {keys!r}.items()])
+for analyse, _ in ANALYSES.values():
+    analyse(done, measures(done), Options(resamples=50))
+print("matplotlib" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
 
 
 def _row(

@@ -26,6 +26,7 @@ from sftlab.serving.endpoints import Endpoint, ModelToServe
 from sftlab.sources.data import read_rows
 from sftlab.spec.job import RunContext
 from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, ModelSpec
+from sftlab.stats import bootstrap_ci, paired_bootstrap_ci
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,6 @@ def benchmark_items(bench: BenchmarkSpec, ctx: RunContext) -> list[dict[str, Any
     return items
 
 
-def bootstrap_ci(
-    values: Sequence[float], resamples: int, confidence: float, seed: int = BOOTSTRAP_SEED
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values``."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        raise SftlabError("bootstrap of no values")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
-
-
 def score_benchmark(
     model: Generator,
     bench: BenchmarkSpec,
@@ -81,7 +68,7 @@ def score_benchmark(
         row.setdefault("fit", "ok")  # every row has the columns: the MLflow table takes row 0's
         row.setdefault("note", "")
     scores = result.item_scores
-    low, high = bootstrap_ci(scores, evaluation.bootstrap_resamples, evaluation.confidence)
+    low, high = bootstrap_ci(scores, evaluation.bootstrap_resamples, evaluation.confidence, BOOTSTRAP_SEED)
     too_long = sum(r["fit"] == "too_long" for r in result.rows)
     clamped = sum(r["fit"] == "clamped" for r in result.rows)
     if too_long or clamped:
@@ -129,8 +116,9 @@ def gain_metrics(
                 f"benchmark {bench}: the baseline scored {len(base_item_scores)} items, this model {len(item_scores)}; "
                 "were the benchmark's items changed in place? Give the changed file a new name or uri"
             )
-        diffs = np.asarray(item_scores, dtype=float) - np.asarray(base_item_scores, dtype=float)
-        low, high = bootstrap_ci(diffs, evaluation.bootstrap_resamples, evaluation.confidence)
+        low, high = paired_bootstrap_ci(
+            item_scores, base_item_scores, evaluation.bootstrap_resamples, evaluation.confidence, BOOTSTRAP_SEED
+        )
         metrics[f"gain/{bench}/score_ci_low"], metrics[f"gain/{bench}/score_ci_high"] = low, high
     return metrics
 

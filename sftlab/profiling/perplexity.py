@@ -1,4 +1,4 @@
-"""Perplexity of responses given their prompts under the base model, with a bootstrap CI.
+"""Perplexity of responses given their prompts under the base model, with bootstrap CIs (``sftlab.stats``).
 
 The study's best predictor of SFT gains. Rows are sorted by length so each batch pads little;
 only response positions are scored (cross-entropy on the selected logits, not a full-vocabulary
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from sftlab.stats import percentile_ci
 
 
 @dataclass
@@ -96,11 +98,13 @@ class PerplexitySummary:
     rows: int
 
 
-def summarize(nll: list[tuple[float, int]], resamples: int, seed: int) -> PerplexitySummary:
-    """Point estimates and 95 % percentile-bootstrap CIs (rows resampled with replacement).
+def summarize(nll: list[tuple[float, int]], resamples: int, seed: int, confidence: float) -> PerplexitySummary:
+    """Point estimates and percentile-bootstrap CIs at ``confidence`` (rows resampled with replacement).
 
     The CI describes how much the estimate would move with another sample of rows of the same
     data — the uncertainty the seeded subsample adds when the dataset is larger than the sample.
+    Both CIs draw the same resamples (one seed); the token-weighted one resamples each row's NLL sum
+    and token count together.
     """
     scored = [(s, n) for s, n in nll if n > 0]
     if not scored:
@@ -109,19 +113,19 @@ def summarize(nll: list[tuple[float, int]], resamples: int, seed: int) -> Perple
     sums = np.array([s for s, _ in scored])
     counts = np.array([n for _, n in scored], dtype=np.float64)
     per_example = np.exp(sums / counts)
-    idx = np.random.default_rng(seed).integers(0, len(scored), size=(resamples, len(scored)))
-    boot_tw = np.exp(sums[idx].sum(1) / counts[idx].sum(1))
-    boot_mean = per_example[idx].mean(1)
     return PerplexitySummary(
         token_weighted=math.exp(sums.sum() / counts.sum()),
         mean_example=float(per_example.mean()),
-        ci_token_weighted=_interval(boot_tw),
-        ci_mean_example=_interval(boot_mean),
+        ci_token_weighted=percentile_ci([sums, counts], _token_weighted, resamples, confidence, seed, paired=True),
+        ci_mean_example=percentile_ci([per_example], _mean_example, resamples, confidence, seed),
         per_example=per_example,
         rows=len(scored),
     )
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
+def _token_weighted(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.exp(sums.sum(axis=axis) / counts.sum(axis=axis))
+
+
+def _mean_example(per_example: np.ndarray, axis: int = -1) -> np.ndarray:
+    return per_example.mean(axis=axis)

@@ -1,7 +1,9 @@
-"""What every analysis returns: a section of text, display tables, PNG figures and data tables.
+"""What every section is made of, and the options every analysis reads.
 
-Display tables are strings (the HTML and Markdown pages); data tables are DataFrames with
-full-precision numbers, written as CSV and Parquet next to the report.
+Each section module has an ``analyse`` step (numbers: dataclasses and DataFrames, no matplotlib)
+and a ``render`` step that turns its result into a ``Section``: text, display tables, PNG figures
+and data tables. Display tables are strings (the HTML and Markdown pages); data tables are
+DataFrames with full-precision numbers, written as CSV and Parquet next to the report.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sftlab.reporting.stats import Corr, MeanCI
+from sftlab.stats import BOOTSTRAP, DEFAULT_CONFIDENCE, Corr, MeanCI
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 MAX_PANELS = 12  # figure panels per plot: more become unreadable; the tables keep everything
+
+
+@dataclass(frozen=True)
+class Options:
+    resamples: int = BOOTSTRAP  # bootstrap resamples per correlation CI
+    seed: int = 0
+    experiment: str = ""
+    confidence: float = DEFAULT_CONFIDENCE  # every CI's coverage, 1 - every test's α: the spec's evaluation.confidence
 
 
 @dataclass
@@ -72,6 +82,12 @@ def ci_fields(ci: MeanCI | None) -> dict[str, float]:
     if ci is None:
         return {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     return {"mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n}
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
 def short(corr: Corr | None, mark: bool = True) -> str:

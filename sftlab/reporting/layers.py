@@ -4,19 +4,27 @@ Unit: the trial (each has its own weights). LoRA and full fine-tuning move weigh
 different amounts, and so do base models, so ρ is stratified: ranks are taken within each
 (base model, method) group before pooling. Otherwise "LoRA changes little and gains little"
 alone would read as a layer effect.
+
+``analyse`` computes the correlations (``LayerAnalysis``, ``.frame`` as a DataFrame); ``render``
+words, tabulates and plots them.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, corr_fields, png, short, subplots
-from sftlab.reporting.stats import ALPHA, Corr, adjust, quiet, rank_correlations, strongest
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.trials import Measure, TrialRow, column, headlines
+from sftlab.stats import Corr, adjust, alpha, quiet, rank_correlations, strongest
 from sftlab.weight_diff import DEPTHS, depth_bucket
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAYER = re.compile(r"^weights/layer_(\d+)/rel_change$")
 DEPTH_TITLES = {"bottom": "early (bottom third)", "middle": "middle third", "top": "late (top third)"}
@@ -61,33 +69,77 @@ def _weights(rows: list[TrialRow], counts: dict[str, int], per_layer: bool) -> d
     return x
 
 
-def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int, seed: int) -> Section:
-    import pandas as pd
+@dataclass
+class LayerAnalysis:
+    """Stratified ρ of each weight-change measure with each gain, per scope (pooled, then per base model)."""
 
+    measures: list[Measure]
+    resamples: int
+    confidence: float
+    trials: int  # trials that logged per-layer weight change
+    counts: dict[str, int] = field(default_factory=dict)  # layers per base model
+    results: dict[str, dict[tuple[str, str], Corr | None]] = field(default_factory=dict)  # scope -> (weights, measure)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # scope -> weight measures, in table order
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per scope × weight measure × gain measure (tables/layers)."""
+        import pandas as pd
+
+        records = []
+        for scope, corrs in self.results.items():
+            for (weights, m_name), c in corrs.items():
+                layer = int(weights.split()[1]) if weights.startswith("layer ") else math.nan
+                records.append(
+                    {
+                        "scope": scope,
+                        "weights": weights,
+                        "layer": layer,
+                        "measure": m_name,
+                        **corr_fields(c),
+                        "significant": bool(c and c.significant),
+                    }
+                )
+        return pd.DataFrame.from_records(records)
+
+
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> LayerAnalysis:
     rows = [r for r in done if any(LAYER.match(k) for k in r.metrics)]
-    section = Section("Layer change vs gain")
-    section.text.append(
-        "Relative weight change ||ΔW||/||W|| per layer and per depth third against the gain, one point per trial. "
-        "Spearman ρ stratified by base model × method (ranks within each group, then pooled), percentile-bootstrap "
-        f"CI ({resamples} resamples within groups); p_adj = Holm-adjusted p over each table; * = p_adj < {ALPHA}."
-    )
+    analysis = LayerAnalysis(measures, options.resamples, options.confidence, len(rows))
     if len(rows) < 4:
-        section.text.append("n/a (too few trials): fewer than 4 finished trials logged per-layer weight change.")
-        return section
+        return analysis
     models = sorted({r.tag("base_model") for r in rows})
     counts = {m: _layer_count([r for r in rows if r.tag("base_model") == m]) for m in models}
     same_depth = len(set(counts.values())) == 1  # per-layer pooling only when layer i means the same depth
     scopes: dict[str, tuple[list[TrialRow], list[str]]] = {POOLED: (rows, ["base_model", "method"])}
     if len(models) > 1:
         scopes.update({m: ([r for r in rows if r.tag("base_model") == m], ["method"]) for m in models})
-    results: dict[str, dict[tuple[str, str], Corr | None]] = {}
-    labels: dict[str, list[str]] = {}
+    analysis.counts = counts
     for scope, (members, strata_tags) in scopes.items():
         x = _weights(members, counts, per_layer=scope != POOLED or same_depth)
         y = {m.name: m.gains(members) for m in measures}
         strata = np.array(["|".join(r.tag(t) for t in strata_tags) for r in members])
-        results[scope] = adjust(rank_correlations(x, y, strata=strata, resamples=resamples, seed=seed))
-        labels[scope] = list(x)
+        analysis.results[scope] = adjust(
+            rank_correlations(
+                x, y, strata=strata, confidence=options.confidence, resamples=options.resamples, seed=options.seed
+            )
+        )
+        analysis.labels[scope] = list(x)
+    return analysis
+
+
+def render(analysis: LayerAnalysis) -> Section:
+    measures, results, labels = analysis.measures, analysis.results, analysis.labels
+    section = Section("Layer change vs gain")
+    section.text.append(
+        "Relative weight change ||ΔW||/||W|| per layer and per depth third against the gain, one point per trial. "
+        "Spearman ρ stratified by base model × method (ranks within each group, then pooled), percentile-bootstrap "
+        f"CI ({analysis.resamples} resamples within groups); p_adj = Holm-adjusted p over each table; "
+        f"* = p_adj < {alpha(analysis.confidence):g}."
+    )
+    if analysis.trials < 4:
+        section.text.append("n/a (too few trials): fewer than 4 finished trials logged per-layer weight change.")
+        return section
     for m in measures:
         section.text.append(_verdict(results[POOLED], m))
     section.tables.append(_table(results[POOLED], labels[POOLED], measures, "all base models (stratified)"))
@@ -99,22 +151,8 @@ def layer_section(done: list[TrialRow], measures: list[Measure], resamples: int,
     per_model = {s: results[s] for s in results if s != POOLED} or {POOLED: results[POOLED]}
     shown = headlines(measures)[:MAX_PANELS]
     if any(k[0].startswith("layer ") for r in per_model.values() for k in r):
-        section.figures.append(_profile_plot(per_model, counts, shown))
-    records = []
-    for scope, corrs in results.items():
-        for (weights, m_name), c in corrs.items():
-            layer = int(weights.split()[1]) if weights.startswith("layer ") else math.nan
-            records.append(
-                {
-                    "scope": scope,
-                    "weights": weights,
-                    "layer": layer,
-                    "measure": m_name,
-                    **corr_fields(c),
-                    "significant": bool(c and c.significant),
-                }
-            )
-    section.data["layers"] = pd.DataFrame.from_records(records)
+        section.figures.append(_profile_plot(per_model, analysis.counts, shown))
+    section.data["layers"] = analysis.frame
     return section
 
 

@@ -1,22 +1,31 @@
 """Method and training factors (the study's finding 4): full FT vs LoRA per task family, data-size and
-epoch curves, and the mean gain per level of every swept hyper-parameter."""
+epoch curves, and the mean gain per level of every swept hyper-parameter.
+
+Each section has an ``analyse`` step (numbers: ``MethodComparison``, ``Curves``, ``Factors``) and a
+``render`` step (``render``, ``render_curves``, ``render_factors``) that words, tabulates and plots them.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, ci_fields, png, subplots
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, ci_fields, png, subplots
 from sftlab.reporting.gains import varying_params
-from sftlab.reporting.stats import ALPHA, MeanCI, mean, mean_ci
 from sftlab.reporting.trials import Measure, TrialRow, headlines
+from sftlab.stats import MeanCI, mean, mean_ci
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FULL = "full"
 KIND_TAG = "benchmark_kind.{}"  # optional trial tag sftlab.benchmark_kind.<benchmark>: the task family
+EPOCH_AXIS = "checkpoint_epoch"
 CURVE_AXES = {"training.max_rows": "training rows (max_rows)", "training.epochs": "epochs"}
 NOT_FACTORS = {"training.seed"}  # seeds vary by design; a mean gain per seed says nothing
 
@@ -56,35 +65,36 @@ def _verdict(ci: MeanCI | None, other: str) -> str:
     return f"{FULL} better" if ci.sign > 0 else f"{other} better" if ci.sign < 0 else "no significant difference"
 
 
-def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
-    import pandas as pd
+@dataclass
+class MethodComparison:
+    """Full FT − another method, paired by (base model, dataset): one record per method × family or metric."""
 
+    confidence: float
+    records: list[dict[str, Any]]
+    applicable: bool = True  # False: the sweep did not train both full FT and another method
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """tables/methods: level (family or metric), name, method, pairs, mean gains, diff CI, verdict."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.records)
+
+
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> MethodComparison:
     methods = sorted({r.tag("method") for r in done} - {"", FULL})
-    section = Section("Full fine-tuning vs LoRA")
-    section.text.append(
-        "Paired by (base model, dataset): each pair's mean gain with full FT minus its mean gain with the other "
-        f"method, then the mean difference over pairs with a {1 - ALPHA:.0%} t interval. Task family = the benchmark's "
-        "kind when trials record it (tag sftlab.benchmark_kind.<benchmark>), else the benchmark; a family's "
-        "difference averages its benchmarks' headline metrics within each pair."
-    )
     if not methods or not any(r.tag("method") == FULL for r in done):
-        section.text.append("n/a: the sweep did not train both full FT and another method.")
-        return section
+        return MethodComparison(options.confidence, [], applicable=False)
     records: list[dict[str, Any]] = []
-    family_rows: list[list[str]] = []
-    metric_rows: list[list[str]] = []
-    heads = headlines(measures)
     families: dict[str, list[Measure]] = {}
-    for m in heads:
+    for m in headlines(measures):
         families.setdefault(family(done, m.benchmark), []).append(m)
     for other in methods:
         pairs = _pairs(done, other)
         groups = [("family", name, ms) for name, ms in families.items()] + [("metric", m.name, [m]) for m in measures]
         for level, name, ms in groups:
             full, oth, diff = _diffs(pairs, ms)
-            ci = mean_ci(diff)
-            row = [name, other, str(len(diff)), _f(full), _f(oth), str(ci) if ci else "–", _verdict(ci, other)]
-            (family_rows if level == "family" else metric_rows).append(row)
+            ci = mean_ci(diff, options.confidence)
             records.append(
                 {
                     "level": level,
@@ -97,28 +107,63 @@ def method_section(done: list[TrialRow], measures: list[Measure]) -> Section:
                     "verdict": _verdict(ci, other),
                 }
             )
+    return MethodComparison(options.confidence, records)
+
+
+def render(result: MethodComparison) -> Section:
+    section = Section("Full fine-tuning vs LoRA")
+    section.text.append(
+        "Paired by (base model, dataset): each pair's mean gain with full FT minus its mean gain with the other "
+        f"method, then the mean difference over pairs with a {result.confidence:.0%} t interval. Task family = the "
+        "benchmark's kind when trials record it (tag sftlab.benchmark_kind.<benchmark>), else the benchmark; a "
+        "family's difference averages its benchmarks' headline metrics within each pair."
+    )
+    if not result.applicable:
+        section.text.append("n/a: the sweep did not train both full FT and another method.")
+        return section
+    rows: dict[str, list[list[str]]] = {"family": [], "metric": []}
+    for r in result.records:
+        ci = _diff_ci(r)
+        rows[r["level"]].append(
+            [
+                r["name"],
+                r["method"],
+                str(r["pairs"]),
+                _f(r["mean_gain_full"]),
+                _f(r["mean_gain_other"]),
+                str(ci) if ci else "–",
+                r["verdict"],
+            ]
+        )
     headers = ["{}", "vs", "pairs", "mean gain full", "mean gain other", "full − other [CI]", "verdict"]
     section.tables.append(
-        Table([headers[0].format("task family"), *headers[1:]], family_rows, caption="Per task family")
+        Table([headers[0].format("task family"), *headers[1:]], rows["family"], caption="Per task family")
     )
     section.tables.append(
         Table(
             [headers[0].format("benchmark metric"), *headers[1:]],
-            metric_rows,
+            rows["metric"],
             caption="Per benchmark metric",
-            in_markdown=len(metric_rows) <= 20,
+            in_markdown=len(rows["metric"]) <= 20,
         )
     )
-    section.data["methods"] = pd.DataFrame.from_records(records)
+    section.data["methods"] = result.frame
     return section
+
+
+def _diff_ci(record: dict[str, Any]) -> MeanCI | None:
+    """A record's difference CI back from its columns (``ci_fields`` of None has n = 0)."""
+    if not record["diff_n"]:
+        return None
+    return MeanCI(record["diff_mean"], record["diff_ci_low"], record["diff_ci_high"], record["diff_n"])
 
 
 def _m(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def _f(values: list[float]) -> str:
-    return f"{np.mean(values):+.3g}" if values else "–"
+def _f(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:+.3g}"
 
 
 def _param(run: TrialRow, name: str, default: str) -> str:
@@ -136,51 +181,83 @@ def _level_label(value: str) -> str:
     return "all" if value in ("None", "") else value
 
 
-def curve_section(done: list[TrialRow], measures: list[Measure]) -> Section:
-    """Gain against the swept data size and epochs, and per-epoch curves from checkpoint runs."""
-    import pandas as pd
+@dataclass
+class Curve:
+    """Mean gain [CI] per (level, method, measure) along one axis: a swept param, or checkpoint epochs."""
 
+    axis: str  # the param's name, or EPOCH_AXIS
+    levels: list[str]
+    cis: dict[tuple[str, str, str], MeanCI]
+
+    def label(self, level: str) -> str:
+        return level if self.axis == EPOCH_AXIS else _level_label(level)
+
+
+@dataclass
+class Curves:
+    measures: list[Measure]
+    swept: list[Curve]  # one per swept axis of CURVE_AXES
+    epochs: Curve | None  # from checkpoint runs, when logged
+    convergence: dict[str, MeanCI | None]  # headline measure -> change of gain over the last evaluated epoch
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """tables/curves: axis, level, method, measure and the mean gain with its CI."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(
+            [
+                {"axis": c.axis, "level": c.label(lv), "method": me, "measure": mm, **ci_fields(ci)}
+                for c in [*self.swept, *([self.epochs] if self.epochs else [])]
+                for (lv, me, mm), ci in c.cis.items()
+            ]
+        )
+
+
+def analyse_curves(done: list[TrialRow], measures: list[Measure], options: Options) -> Curves:
+    """Gain against the swept data size and epochs, and per-epoch curves from checkpoint runs."""
+    swept = []
+    for axis in (axis for axis in CURVE_AXES if axis in varying_params(done)):
+        levels = sorted({r.params.get(axis, "") for r in done}, key=_level_key)
+        level_of = functools.partial(_param, name=axis, default="")
+        swept.append(Curve(axis, levels, _curves(done, measures, levels, level_of, options.confidence)))
+    series = _epoch_series(done)
+    epochs, convergence = None, {}
+    if series:
+        levels = [str(e) for e in sorted({e for per in series.values() for e in per})]
+        epochs = Curve(EPOCH_AXIS, levels, _curves(done, measures, levels, None, options.confidence, series))
+        convergence = {m.name: _convergence(done, series, m, options.confidence) for m in headlines(measures)}
+    return Curves(measures, swept, epochs, convergence)
+
+
+def render_curves(result: Curves) -> Section:
+    measures = result.measures
     section = Section("Data size and epochs")
-    varied = [axis for axis in CURVE_AXES if axis in varying_params(done)]
     heads = headlines(measures)[:MAX_PANELS]
-    records = []
-    if varied:
+    if result.swept:
         section.text.append(
             "Swept "
-            + " and ".join(CURVE_AXES[a] for a in varied)
+            + " and ".join(CURVE_AXES[c.axis] for c in result.swept)
             + ": mean final gain per level and method with a t interval "
             "(other factors vary within each level)."
         )
-    for axis in varied:
-        levels = sorted({r.params.get(axis, "") for r in done}, key=_level_key)
-        curves = _curves(done, measures, levels, functools.partial(_param, name=axis, default=""))
-        section.tables.append(_curve_table(curves, CURVE_AXES[axis], levels, measures, _level_label))
-        section.figures.append(_curve_plot(curves, levels, heads, CURVE_AXES[axis], _level_label))
-        records += [
-            {"axis": axis, "level": _level_label(lv), "method": me, "measure": mm, **ci_fields(ci)}
-            for (lv, me, mm), ci in curves.items()
-        ]
-    series = _epoch_series(done)
-    if series:
-        epochs = sorted({e for per in series.values() for e in per})
-        curves = _curves(done, measures, [str(e) for e in epochs], None, series)
+    for c in result.swept:
+        section.tables.append(_curve_table(c.cis, CURVE_AXES[c.axis], c.levels, measures, c.label))
+        section.figures.append(_curve_plot(c.cis, c.levels, heads, CURVE_AXES[c.axis], c.label))
+    if (epochs := result.epochs) is not None:
         section.text.append(
             "Per-epoch curves: checkpoint runs (one per evaluated epoch) plus each trial's final model at its "
             "last epoch; mean gain over trials with a t interval."
         )
-        section.tables.append(_curve_table(curves, "epoch", [str(e) for e in epochs], measures, str))
-        section.figures.append(_curve_plot(curves, [str(e) for e in epochs], heads, "epoch", str))
-        section.text += [_convergence(done, series, m) for m in heads]
-        records += [
-            {"axis": "checkpoint_epoch", "level": lv, "method": me, "measure": mm, **ci_fields(ci)}
-            for (lv, me, mm), ci in curves.items()
-        ]
-    if not varied and not series:
+        section.tables.append(_curve_table(epochs.cis, "epoch", epochs.levels, measures, epochs.label))
+        section.figures.append(_curve_plot(epochs.cis, epochs.levels, heads, "epoch", epochs.label))
+        section.text += [_convergence_text(name, ci) for name, ci in result.convergence.items()]
+    if not result.swept and result.epochs is None:
         section.text.append(
             "The sweep varied neither training.max_rows nor training.epochs, and no checkpoint runs were logged."
         )
-    if records:
-        section.data["curves"] = pd.DataFrame.from_records(records)
+    if len(frame := result.frame):
+        section.data["curves"] = frame
     return section
 
 
@@ -203,6 +280,7 @@ def _curves(
     measures: list[Measure],
     levels: list[str],
     level_of: Callable[[TrialRow], str] | None,
+    confidence: float,
     series: dict[str, dict[int, dict[str, float]]] | None = None,
 ) -> dict[tuple[str, str, str], MeanCI]:
     """(level, method, measure) -> mean gain [CI]; levels from a param, or epochs of ``series``."""
@@ -220,7 +298,7 @@ def _curves(
                         for r in rows
                         if r.key in series and int(level) in series[r.key]
                     ]
-                if (ci := mean_ci(values)) is not None:
+                if (ci := mean_ci(values, confidence)) is not None:
                     out[level, method, m.name] = ci
     return out
 
@@ -274,8 +352,10 @@ def _curve_plot(
     return png(fig)
 
 
-def _convergence(done: list[TrialRow], series: dict[str, dict[int, dict[str, float]]], m: Measure) -> str:
-    """The change of gain between each trial's last two evaluated epochs: a plateau when its CI covers 0."""
+def _convergence(
+    done: list[TrialRow], series: dict[str, dict[int, dict[str, float]]], m: Measure, confidence: float
+) -> MeanCI | None:
+    """The change of gain between each trial's last two evaluated epochs, its mean and CI over trials."""
     changes = []
     for row in done:
         per = series.get(row.key, {})
@@ -284,28 +364,54 @@ def _convergence(done: list[TrialRow], series: dict[str, dict[int, dict[str, flo
             a, b = per[last].get(m.key("gain")), per[before].get(m.key("gain"))
             if a is not None and b is not None:
                 changes.append(a - b)
-    ci = mean_ci(changes)
+    return mean_ci(changes, confidence)
+
+
+def _convergence_text(name: str, ci: MeanCI | None) -> str:
+    """A plateau when the CI of the last epoch's change covers 0."""
     if ci is None or not math.isfinite(ci.low):
-        return f"{m.name}: too few trials with two evaluated epochs to judge convergence."
+        return f"{name}: too few trials with two evaluated epochs to judge convergence."
     state = "still rising" if ci.sign > 0 else "falling" if ci.sign < 0 else "no significant change (converged)"
-    return f"{m.name}: gain change over the last evaluated epoch {ci} over {ci.n} trials: {state}."
+    return f"{name}: gain change over the last evaluated epoch {ci} over {ci.n} trials: {state}."
 
 
-def factors_section(done: list[TrialRow], measures: list[Measure]) -> Section:
+@dataclass
+class FactorLevel:
+    factor: str  # "method" or a swept training param without its "training." prefix
+    level: str
+    trials: int
+    cis: list[MeanCI | None]  # mean gain [CI] per measure, in ``Factors.measures`` order
+
+
+@dataclass
+class Factors:
+    measures: list[Measure]
+    levels: list[FactorLevel]
+
+
+def analyse_factors(done: list[TrialRow], measures: list[Measure], options: Options) -> Factors:
     """Mean gain per level of the method and of every swept hyper-parameter."""
     factors: dict[str, Callable[[TrialRow], str]] = {"method": lambda r: r.tag("method")}
     for param in varying_params(done):
         if param not in NOT_FACTORS:
             factors[param.removeprefix("training.")] = functools.partial(_param, name=param, default="–")
-    table = []
+    levels = []
     for name, level_of in factors.items():
         for level in sorted({level_of(r) for r in done}, key=_level_key):
             group = [r for r in done if level_of(r) == level]
-            cells = [mean_ci(m.gain(r) for r in group) for m in measures]
-            table.append([f"{name} = {_level_label(level)}", str(len(group)), *(str(c) if c else "–" for c in cells)])
-    headers = ["factor", "trials", *(f"mean gain {m.name}" for m in measures)]
+            cis = [mean_ci((m.gain(r) for r in group), options.confidence) for m in measures]
+            levels.append(FactorLevel(name, level, len(group), cis))
+    return Factors(measures, levels)
+
+
+def render_factors(result: Factors) -> Section:
+    table = [
+        [f"{f.factor} = {_level_label(f.level)}", str(f.trials), *(str(c) if c else "–" for c in f.cis)]
+        for f in result.levels
+    ]
+    headers = ["factor", "trials", *(f"mean gain {m.name}" for m in result.measures)]
     text = [
         "Unpaired means over all finished trials at each level (other factors vary too); "
         "the paired comparisons are above."
     ]
-    return Section("Method and hyper-parameters", text, [Table(headers, table, in_markdown=len(measures) <= 8)])
+    return Section("Method and hyper-parameters", text, [Table(headers, table, in_markdown=len(result.measures) <= 8)])

@@ -1,21 +1,57 @@
-"""The report's "predict before training" section: the fitted gain predictor and its honest error."""
+"""The report's "predict before training" section: the fitted gain predictor and its honest error.
+
+``analyse`` fits the predictor (``gain_model.Predictor``; ``cv_frame`` its errors as a DataFrame);
+``render`` words, tabulates and plots it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, png, subplots
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, png, subplots
 from sftlab.reporting.gain_model import MIN_SKILL, MODEL, PREDICTOR_FILE, Predictor, fit
 from sftlab.reporting.profiles import title
 from sftlab.reporting.trials import Measure, TrialRow, headlines
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 TOP_COEFFICIENTS = 4
 
 
-def prediction_section(done: list[TrialRow], measures: list[Measure], experiment: str) -> tuple[Section, Predictor]:
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> Predictor:
+    """The fitted gain predictor (one ridge per headline metric) with its cross-validated error."""
+    return fit(done, options.experiment, headlines(measures))
+
+
+def cv_frame(predictor: Predictor) -> pd.DataFrame:
+    """tables/predictor_cv: per target, units, features, ridge α and the CV errors against the baselines."""
     import pandas as pd
 
-    predictor = fit(done, experiment, headlines(measures))
+    return pd.DataFrame.from_records(
+        [
+            {
+                "measure": name,
+                "units": target.units,
+                "features": len(target.features),
+                "alpha": target.alpha,
+                "cv_scheme": target.cv.scheme,
+                "cv_mae": target.cv.mae,
+                "baseline_mae": target.cv.baseline_mae,
+                "mean_mae": target.cv.mean_mae,
+                "cv_rmse": target.cv.rmse,
+                "baseline_rmse": target.cv.baseline_rmse,
+                "skill": target.cv.skill,
+                "beats_baseline": target.cv.beats_baseline,
+            }
+            for name, target in predictor.targets.items()
+        ]
+    )
+
+
+def render(predictor: Predictor) -> Section:
     section = Section("Predicting gain before training")
     section.text.append(
         "One ridge regression per benchmark (headline metric) of a (base model, dataset) pair's mean gain on its "
@@ -27,7 +63,7 @@ def prediction_section(done: list[TrialRow], measures: list[Measure], experiment
         f"Fitted coefficients: {PREDICTOR_FILE} (JSON); "
         "`sftlab predict SPEC` ranks a spec's candidate datasets with it."
     )
-    rows, records = [], []
+    rows = []
     for name, target in predictor.targets.items():
         cv = target.cv
         verdict = "beats the baseline" if cv.beats_baseline else "does NOT beat the baseline: do not rank data with it"
@@ -51,22 +87,6 @@ def prediction_section(done: list[TrialRow], measures: list[Measure], experiment
             f"the predictor {verdict}. "
             f"Largest standardised coefficients: {_top(target.features, target.coef)}."
         )
-        records.append(
-            {
-                "measure": name,
-                "units": target.units,
-                "features": len(target.features),
-                "alpha": target.alpha,
-                "cv_scheme": cv.scheme,
-                "cv_mae": cv.mae,
-                "baseline_mae": cv.baseline_mae,
-                "mean_mae": cv.mean_mae,
-                "cv_rmse": cv.rmse,
-                "baseline_rmse": cv.baseline_rmse,
-                "skill": cv.skill,
-                "beats_baseline": cv.beats_baseline,
-            }
-        )
     for name, why in predictor.skipped.items():
         section.text.append(f"{name}: no predictor ({why}).")
     headers = [
@@ -86,9 +106,9 @@ def prediction_section(done: list[TrialRow], measures: list[Measure], experiment
     shown = [t for t in predictor.targets.values()][:MAX_PANELS]
     if shown:
         section.figures.append(_cv_plot(shown))
-    if records:
-        section.data["predictor_cv"] = pd.DataFrame.from_records(records)
-    return section, predictor
+    if predictor.targets:
+        section.data["predictor_cv"] = cv_frame(predictor)
+    return section
 
 
 def _top(names: list[str], coef: list[float]) -> str:

@@ -1,5 +1,8 @@
 """Predictors of gain: Spearman ρ of every data-profile measure with the gains, pooled and per base model.
 
+``analyse`` computes the correlations (``PredictorAnalysis``, ``.frame`` as a DataFrame); ``render``
+ranks, words and plots them.
+
 The study's finding 1 (arXiv 2506.14681): lower perplexity of the training data under the base
 model predicts larger gains, better than length, similarity to the benchmark or tokenizer fit.
 """
@@ -8,13 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, corr_fields, png, short, subplots
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.profiles import Unit, group_of, metric_for, predictors, title, unit_matrix, units
-from sftlab.reporting.stats import ALPHA, EXACT_MAX_N, Corr, adjust, rank_correlations
 from sftlab.reporting.trials import Measure, TrialRow, headlines
+from sftlab.stats import EXACT_MAX_N, Corr, adjust, alpha, rank_correlations
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 POOLED = "all base models"
 PPL = "profile/ppl"
@@ -40,7 +47,7 @@ class Predictors:
 
 
 def correlate(
-    all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int
+    all_units: list[Unit], names: list[str], measures: list[Measure], resamples: int, seed: int, confidence: float
 ) -> Predictors:
     """Pooled and per-model tables; each table is one family for the Holm adjustment (all its predictors × measures)."""
     models = sorted({u.base_model for u in all_units})
@@ -51,29 +58,70 @@ def correlate(
     for scope, group in scopes.items():
         x, y = unit_matrix(group, names, measures)
         wanted = {(name, m.name): (metric_for(name, m.benchmark), m.name) for name in names for m in measures}
-        found = adjust(rank_correlations(x, y, list(dict.fromkeys(wanted.values())), resamples=resamples, seed=seed))
+        pairs = list(dict.fromkeys(wanted.values()))
+        found = adjust(rank_correlations(x, y, pairs, confidence=confidence, resamples=resamples, seed=seed))
         out[scope] = {key: found[pair] for key, pair in wanted.items()}
     return Predictors(names, out)
 
 
-def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: int, seed: int) -> Section:
-    import pandas as pd
+@dataclass
+class PredictorAnalysis:
+    """The units, the predictors found and (with enough of both) their correlations with the gains."""
 
+    units: list[Unit]
+    names: list[str]
+    measures: list[Measure]
+    resamples: int
+    confidence: float
+    result: Predictors | None  # None: fewer than 4 units or no predictor logged
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per scope × predictor × measure: ρ, its CI, p, p_adj (tables/predictors)."""
+        import pandas as pd
+
+        corrs = self.result.corrs if self.result else {}
+        return pd.DataFrame.from_records(
+            [
+                {
+                    "scope": scope,
+                    "predictor": name,
+                    "title": title(name),
+                    "group": group_of(name),
+                    "measure": m_name,
+                    **corr_fields(c),
+                    "significant": bool(c and c.significant),
+                }
+                for scope, found in corrs.items()
+                for (name, m_name), c in found.items()
+            ]
+        )
+
+
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> PredictorAnalysis:
     all_units, names = units(done), predictors(done)
+    enough = bool(names) and len(all_units) >= 4
+    result = (
+        correlate(all_units, names, measures, options.resamples, options.seed, options.confidence) if enough else None
+    )
+    return PredictorAnalysis(all_units, names, measures, options.resamples, options.confidence, result)
+
+
+def render(analysis: PredictorAnalysis) -> Section:
+    measures, result = analysis.measures, analysis.result
     section = Section("Predictors of gain (data profile)")
     section.text.append(
         f"Unit: one profiled (base model, dataset) pair and its mean gain over its finished trials "
-        f"({len(all_units)} units): a profile is measured once per pair, so counting every trial would count "
+        f"({len(analysis.units)} units): a profile is measured once per pair, so counting every trial would count "
         "the same data point several times. Spearman ρ with a percentile-bootstrap CI over units "
-        f"({resamples} resamples); p from the t approximation (exact permutation p up to {EXACT_MAX_N} units); "
-        f"p_adj = Holm-adjusted p over all predictors × benchmark metrics of one table (family-wise error). "
-        f"* / significant: p_adj < {ALPHA}. Benchmark-similarity "
+        f"({analysis.resamples} resamples); p from the t approximation (exact permutation p up to {EXACT_MAX_N} "
+        "units); p_adj = Holm-adjusted p over all predictors × benchmark metrics of one table (family-wise error). "
+        f"* / significant: p_adj < {alpha(analysis.confidence):g}. Benchmark-similarity "
         "predictors are read for the benchmark whose gain they predict."
     )
-    if not names or len(all_units) < 4:
+    if result is None:
         section.text.append("n/a (too few trials): fewer than 4 profiled units or no profile/* metrics logged.")
         return section
-    result = correlate(all_units, names, measures, resamples, seed)
     ranked = result.ranked(POOLED, measures)
     section.tables.append(_ranked_table(result, ranked, measures))
     for m in measures:
@@ -85,23 +133,10 @@ def predictor_section(done: list[TrialRow], measures: list[Measure], resamples: 
         if scope != POOLED:
             section.tables.append(_detail_table(result, scope, measures, f"base model {scope} only", collapsed=True))
     top = [name for name, _ in ranked[:1]]
-    plotted = ([PPL] if PPL in names else []) + [n for n in top if n != PPL]
+    plotted = ([PPL] if PPL in result.names else []) + [n for n in top if n != PPL]
     for name in plotted:
-        section.figures.append(_scatter(all_units, name, headlines(measures)[:MAX_PANELS], result))
-    records = [
-        {
-            "scope": scope,
-            "predictor": name,
-            "title": title(name),
-            "group": group_of(name),
-            "measure": m_name,
-            **corr_fields(c),
-            "significant": bool(c and c.significant),
-        }
-        for scope, corrs in result.corrs.items()
-        for (name, m_name), c in corrs.items()
-    ]
-    section.data["predictors"] = pd.DataFrame.from_records(records)
+        section.figures.append(_scatter(analysis.units, name, headlines(measures)[:MAX_PANELS], result))
+    section.data["predictors"] = analysis.frame
     return section
 
 

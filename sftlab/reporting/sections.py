@@ -1,6 +1,8 @@
 """The report's content, computed once as sections (text, tables, PNG figures, data tables).
 
-The same sections serve whatever the output format.
+Each cross-trial section is a pair from its module: ``analyse(done, measures, options)`` computes
+the numbers (dataclasses and DataFrames, without matplotlib), ``render(result)`` turns them into a
+``Section``. The same sections serve whatever the output format.
 """
 
 from __future__ import annotations
@@ -9,38 +11,38 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-from sftlab.reporting.content import Section, Table
-from sftlab.reporting.gains import best_section, gain_section
-from sftlab.reporting.layers import layer_section
-from sftlab.reporting.methods import curve_section, factors_section, method_section
-from sftlab.reporting.prediction import prediction_section
-from sftlab.reporting.predictors import predictor_section
-from sftlab.reporting.stats import BOOTSTRAP
-from sftlab.reporting.synergy import synergy_section
+from sftlab.reporting import gains, layers, methods, prediction, predictors, synergy
+from sftlab.reporting.content import Options, Section, Table
 from sftlab.reporting.trials import Measure, TrialRow, finished
 from sftlab.reporting.trials import measures as find_measures
 
-if TYPE_CHECKING:
-    from sftlab.reporting.gain_model import Predictor
+Analyse = Callable[[list[TrialRow], list[Measure], Options], Any]
+# The cross-trial sections in report order: name -> (analyse, render).
+ANALYSES: dict[str, tuple[Analyse, Callable[[Any], Section]]] = {
+    "best": (gains.analyse_best, gains.render_best),
+    "gains": (gains.analyse, gains.render),
+    "predictors": (predictors.analyse, predictors.render),
+    "layers": (layers.analyse, layers.render),
+    "synergy": (synergy.analyse, synergy.render),
+    "methods": (methods.analyse, methods.render),
+    "curves": (methods.analyse_curves, methods.render_curves),
+    "factors": (methods.analyse_factors, methods.render_factors),
+    "prediction": (prediction.analyse, prediction.render),
+}
+DEFAULT_OPTIONS = Options()  # frozen, so one shared default is safe
 
 TIME = re.compile(r"^time/(?P<stage>.+)_s$")
 
 __all__ = ["Options", "Report", "Section", "Table", "build_sections"]
 
 
-@dataclass(frozen=True)
-class Options:
-    resamples: int = BOOTSTRAP  # bootstrap resamples per correlation CI
-    seed: int = 0
-    experiment: str = ""
-
-
 @dataclass
 class Report:
     sections: list[Section]
     files: dict[str, str] = field(default_factory=dict)  # extra files written next to the pages (predictor.json)
+    results: dict[str, Any] = field(default_factory=dict)  # each analysis's result, by ANALYSES name
     seconds: dict[str, float] = field(default_factory=dict)  # time spent per section (the scale benchmark prints it)
 
 
@@ -82,38 +84,24 @@ def compute_section(rows: list[TrialRow]) -> Section:
     return Section("Compute by stage", text, [Table(["stage", "seconds", "share"], table)])
 
 
-def build_sections(rows: list[TrialRow], options: Options = Options()) -> Report:
+def build_sections(rows: list[TrialRow], options: Options = DEFAULT_OPTIONS) -> Report:
     """Every section; the cross-trial analyses only once some finished trial has logged a gain."""
     done = finished(rows)
     measures = find_measures(done)
     summary = summary_section(rows, measures)
     if not measures:
         summary.text.append("No finished trial has logged benchmark gains (gain/*) yet: nothing to analyse.")
-        return Report([summary, gain_section(done, measures), compute_section(rows)])
+        return Report([summary, gains.render(gains.analyse(done, measures, options)), compute_section(rows)])
     report = Report([summary])
-    predictor: list[Predictor] = []
-
-    def prediction() -> Section:
-        section, fitted = prediction_section(done, measures, options.experiment)
-        predictor.append(fitted)
-        return section
-
-    builders: list[tuple[str, Callable[[], Section]]] = [
-        ("best", lambda: best_section(done, measures)),
-        ("gains", lambda: gain_section(done, measures)),
-        ("predictors", lambda: predictor_section(done, measures, options.resamples, options.seed)),
-        ("layers", lambda: layer_section(done, measures, options.resamples, options.seed)),
-        ("synergy", lambda: synergy_section(done, measures)),
-        ("methods", lambda: method_section(done, measures)),
-        ("curves", lambda: curve_section(done, measures)),
-        ("factors", lambda: factors_section(done, measures)),
-        ("prediction", prediction),
-        ("compute", lambda: compute_section(rows)),
-    ]
-    for name, build in builders:
+    for name, (analyse, render) in ANALYSES.items():
         started = time.perf_counter()
-        report.sections.append(build())
+        report.results[name] = analyse(done, measures, options)
+        report.sections.append(render(report.results[name]))
         report.seconds[name] = time.perf_counter() - started
-    if predictor and predictor[0].targets:
-        report.files["predictor.json"] = predictor[0].to_json()
+    started = time.perf_counter()
+    report.sections.append(compute_section(rows))
+    report.seconds["compute"] = time.perf_counter() - started
+    predictor = report.results["prediction"]
+    if predictor.targets:
+        report.files["predictor.json"] = predictor.to_json()
     return report

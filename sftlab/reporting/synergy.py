@@ -8,32 +8,43 @@ trained on d: *universal* when every one has the same significant sign (two mode
 *model-specific* when some have a significant effect and others none or the opposite one, *no
 effect* when none has. Without the FDR control, a 12-model × 10-dataset × 10-benchmark study
 would flag some sixty null cells by chance, each one a false "model-specific" synergy.
+
+``analyse`` computes the cells, their q-values and the classes (``Synergy``, ``.frame`` and
+``.class_frame`` as DataFrames); ``render`` words, tabulates and draws them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sftlab.reporting.content import MAX_PANELS, Section, Table, ci_fields, png, subplots
-from sftlab.reporting.stats import ALPHA, MeanCI, bh, mean_ci, t_test_p
+from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, ci_fields, png, subplots
 from sftlab.reporting.trials import Measure, TrialRow, headlines
+from sftlab.stats import MeanCI, alpha, bh, mean_ci, t_test_p
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 UNIVERSAL_UP, UNIVERSAL_DOWN = "universal +", "universal −"
 SPECIFIC, NONE, ONE_MODEL = "model-specific", "no effect", "one base model"
 CLASSES = (UNIVERSAL_UP, UNIVERSAL_DOWN, SPECIFIC, NONE, ONE_MODEL)
-RULE = (
-    "Rule: the effect of dataset d on benchmark metric b for base model m is the sign of the mean gain of "
-    "(m, d)'s trials on b when it differs from 0: a t test over the cell's trials (with a single trial, the "
-    "normal test implied by its paired-bootstrap CI over items; no CI, no effect), then Benjamini–Hochberg over "
-    f"all cells of the matrix, q < {ALPHA}. Universal: every base model that trained on d (at least two) has the "
-    "same significant sign. Model-specific: some have a significant effect and others none or the opposite sign. "
-    f"No effect: none has. Brackets show each cell's unadjusted {1 - ALPHA:.0%} CI."
-)
 Cell = tuple[str, str, str]  # base model, dataset, measure name
 ANNOTATE_ALL = 120  # heatmap cells per panel up to which every value is printed; above, effects get a marker
+
+
+def rule(confidence: float) -> str:
+    """The rule as the report states it, at the report's confidence level."""
+    return (
+        "Rule: the effect of dataset d on benchmark metric b for base model m is the sign of the mean gain of "
+        "(m, d)'s trials on b when it differs from 0: a t test over the cell's trials (with a single trial, the "
+        "normal test implied by its paired-bootstrap CI over items; no CI, no effect), then Benjamini–Hochberg over "
+        f"all cells of the matrix, q < {alpha(confidence):g}. Universal: every base model that trained on d (at least "
+        "two) has the same significant sign. Model-specific: some have a significant effect and others none or the "
+        f"opposite sign. No effect: none has. Brackets show each cell's unadjusted {confidence:.0%} CI."
+    )
 
 
 @dataclass(frozen=True)
@@ -42,14 +53,15 @@ class CellGain:
 
     ci: MeanCI
     p: float
+    confidence: float  # the CI's coverage; 1 - it is the level q is tested at
     q: float = math.nan
 
     @property
     def sign(self) -> int:
-        return (1 if self.ci.mean > 0 else -1) if self.q < ALPHA else 0
+        return (1 if self.ci.mean > 0 else -1) if self.q < alpha(self.confidence) else 0
 
 
-def cell_gain(rows: list[TrialRow], measure: Measure) -> CellGain | None:
+def cell_gain(rows: list[TrialRow], measure: Measure, confidence: float) -> CellGain | None:
     """Mean gain of a cell's trials, its CI and the p-value of "mean gain = 0" (see the module rule)."""
     from scipy.stats import norm
 
@@ -58,13 +70,13 @@ def cell_gain(rows: list[TrialRow], measure: Measure) -> CellGain | None:
         row = next(r for r in rows if measure.gain(r) is not None)
         bounds = measure.ci(row)
         if bounds is None or not bounds[1] > bounds[0]:
-            return CellGain(MeanCI(gains[0], math.nan, math.nan, 1), math.nan)
-        se = (bounds[1] - bounds[0]) / (2 * norm.ppf(1 - ALPHA / 2))
-        return CellGain(MeanCI(gains[0], *bounds, 1), float(2 * norm.sf(abs(gains[0]) / se)))
-    ci = mean_ci(gains)
+            return CellGain(MeanCI(gains[0], math.nan, math.nan, 1), math.nan, confidence)
+        se = (bounds[1] - bounds[0]) / (2 * norm.ppf(1 - alpha(confidence) / 2))
+        return CellGain(MeanCI(gains[0], *bounds, 1), float(2 * norm.sf(abs(gains[0]) / se)), confidence)
+    ci = mean_ci(gains, confidence)
     if ci is None:
         return None
-    return CellGain(ci, t_test_p(gains))
+    return CellGain(ci, t_test_p(gains), confidence)
 
 
 def classify(signs: list[int]) -> str:
@@ -78,7 +90,7 @@ def classify(signs: list[int]) -> str:
     return SPECIFIC if any(signs) else NONE
 
 
-def synergy_cells(done: list[TrialRow], measures: list[Measure]) -> dict[Cell, CellGain]:
+def synergy_cells(done: list[TrialRow], measures: list[Measure], confidence: float) -> dict[Cell, CellGain]:
     """Every (base model, dataset, measure) cell with its BH q-value over the whole matrix."""
     groups: dict[tuple[str, str], list[TrialRow]] = {}
     for row in done:
@@ -86,7 +98,7 @@ def synergy_cells(done: list[TrialRow], measures: list[Measure]) -> dict[Cell, C
     cells = {}
     for (model, dataset), members in groups.items():
         for m in measures:
-            if (found := cell_gain(members, m)) is not None:
+            if (found := cell_gain(members, m, confidence)) is not None:
                 cells[model, dataset, m.name] = found
     tested = [k for k, c in cells.items() if math.isfinite(c.p)]
     for key, q in zip(tested, bh([cells[k].p for k in tested]), strict=True):
@@ -102,14 +114,50 @@ def classes(cells: dict[Cell, CellGain]) -> dict[tuple[str, str], tuple[str, dic
     return {key: (classify(list(per.values())), per) for key, per in signs.items()}
 
 
-def synergy_section(done: list[TrialRow], measures: list[Measure]) -> Section:
-    import pandas as pd
+@dataclass
+class Synergy:
+    """Every cell's mean gain and test, and each (dataset, measure)'s class (see the module rule)."""
 
-    cells = synergy_cells(done, measures)
+    measures: list[Measure]
+    confidence: float
+    cells: dict[Cell, CellGain]
+    verdicts: dict[tuple[str, str], tuple[str, dict[str, int]]]  # (dataset, measure) -> (class, sign per model)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per (base model, dataset, measure) cell (tables/synergy)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(
+            [
+                {"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
+                for (mo, d, me), c in sorted(self.cells.items())
+            ]
+        )
+
+    @property
+    def class_frame(self) -> pd.DataFrame:
+        """One row per (dataset, measure): its class and each base model's effect (tables/synergy_classes)."""
+        import pandas as pd
+
+        return pd.DataFrame.from_records(
+            [
+                {"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
+                for (d, me), (cls, per) in sorted(self.verdicts.items())
+            ]
+        )
+
+
+def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> Synergy:
+    cells = synergy_cells(done, measures, options.confidence)
+    return Synergy(measures, options.confidence, cells, classes(cells))
+
+
+def render(result: Synergy) -> Section:
+    cells, verdicts, measures, confidence = result.cells, result.verdicts, result.measures, result.confidence
     models = sorted({c[0] for c in cells})
     datasets = sorted({c[1] for c in cells})
-    verdicts = classes(cells)
-    section = Section("Task synergy: dataset × benchmark", [RULE])
+    section = Section("Task synergy: dataset × benchmark", [rule(confidence)])
     counts = {name: sum(v[0] == name for v in verdicts.values()) for name in CLASSES}
     section.text.append(
         "Classes over all dataset × benchmark-metric cells: "
@@ -139,20 +187,10 @@ def synergy_section(done: list[TrialRow], measures: list[Measure]) -> Section:
         )
     shown = headlines(measures)[: MAX_PANELS * 2]
     if models and datasets:
-        section.figures.append(_heatmaps(cells, models[:MAX_PANELS], datasets, shown))
+        section.figures.append(_heatmaps(cells, models[:MAX_PANELS], datasets, shown, confidence))
         section.figures.append(_class_map(verdicts, datasets, shown))
-    section.data["synergy"] = pd.DataFrame.from_records(
-        [
-            {"base_model": mo, "dataset": d, "measure": me, **ci_fields(c.ci), "p": c.p, "q": c.q, "effect": c.sign}
-            for (mo, d, me), c in sorted(cells.items())
-        ]
-    )
-    section.data["synergy_classes"] = pd.DataFrame.from_records(
-        [
-            {"dataset": d, "measure": me, "class": cls, **{f"effect[{mo}]": s for mo, s in per.items()}}
-            for (d, me), (cls, per) in sorted(verdicts.items())
-        ]
-    )
+    section.data["synergy"] = result.frame
+    section.data["synergy_classes"] = result.class_frame
     return section
 
 
@@ -170,7 +208,9 @@ def _cell_text(cell: CellGain | None) -> str:
     return f"{cell.ci}{q}{' +' if cell.sign > 0 else ' −' if cell.sign < 0 else ''}"
 
 
-def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str], measures: list[Measure]) -> bytes:
+def _heatmaps(
+    cells: dict[Cell, CellGain], models: list[str], datasets: list[str], measures: list[Measure], confidence: float
+) -> bytes:
     """One heatmap per base model (headline metrics).
 
     Colours are scaled per metric (metrics differ in range); * marks an effect.
@@ -217,7 +257,7 @@ def _heatmaps(cells: dict[Cell, CellGain], models: list[str], datasets: list[str
                 ax.scatter(*zip(*marked, strict=True), marker="*", s=14, color="black", linewidths=0)
         ax.set_xticks(range(len(measures)), [m.name for m in measures], rotation=40, ha="right", fontsize=7)
         ax.set_yticks(range(len(datasets)), datasets, fontsize=8)
-        ax.set_title(f"{model} (* = effect, q < {ALPHA})", fontsize=9)
+        ax.set_title(f"{model} (* = effect, q < {alpha(confidence):g})", fontsize=9)
     return png(fig)
 
 

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from sftlab.stats import DEFAULT_CONFIDENCE
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -197,7 +199,9 @@ class ProfileConfig(Strict):
     perplexity and embedding measures run on seeded samples whose sizes are set here."""
 
     max_rows: int = Field(
-        2000, ge=1, description="Rows sampled (seeded) for perplexity; a 95% bootstrap CI is reported."
+        2000,
+        ge=1,
+        description="Rows sampled (seeded) for perplexity; a bootstrap CI at evaluation.confidence is reported.",
     )
     batch_size: int = Field(
         8, ge=1, description="Perplexity batch size (rows are length-sorted, so padding stays small)."
@@ -259,7 +263,13 @@ class EvaluationConfig(Strict):
     request_timeout_s: float = Field(120.0, gt=0)
     ready_timeout_s: float = Field(180.0, gt=0, description="How long a local model server may take to become ready.")
     bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for score and gain CIs.")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    confidence: float = Field(
+        DEFAULT_CONFIDENCE,
+        gt=0.5,
+        lt=1.0,
+        description="The one confidence level of the study: score, gain and perplexity CIs and the report's CIs; "
+        "1 - confidence is the report's significance level.",
+    )
     backend: Literal["local", "kserve"] = Field(
         "local", description="local: a kserve.ModelServer process on 127.0.0.1; kserve: an InferenceService per model."
     )

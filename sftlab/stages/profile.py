@@ -51,6 +51,7 @@ def profile_key(trial: Trial) -> str:
             "template": trial.dataset_template,
             "max_length": trial.training.max_length,
             "profile": trial.profile.model_dump(),
+            "confidence": trial.evaluation.confidence,  # the perplexity CIs' level
             "benchmarks": sorted(json.dumps(identity(b), sort_keys=True) for b in trial.benchmarks),
         }
     )
@@ -183,7 +184,7 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
     model = models.load_causal_lm(source, trial.base_model.revision)
     models.check_pair(model, tokenizer, trial.base_model.name)
     nll = perplexity.response_nll(model, state.ppl_sample.items, cfg.batch_size, max_length)
-    ppl = perplexity.summarize(nll, cfg.bootstrap_resamples, cfg.seed)
+    ppl = perplexity.summarize(nll, cfg.bootstrap_resamples, cfg.seed, trial.evaluation.confidence)
     del model
     embed_overall, embed_bench = _embedding_measures(cfg, state.embed_sample.items, bench_items, notes)
 

@@ -22,6 +22,8 @@ from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.render import report_files, write_report
 from sftlab.reporting.sections import Options
 from sftlab.reporting.trials import TrialRef, TrialRow, attach_checkpoints, runs_by_key, trial_row
+from sftlab.spec.grid import Trial
+from sftlab.stats import DEFAULT_CONFIDENCE
 from sftlab.tracking.runs import TAG_STAGE, Tracker
 
 if TYPE_CHECKING:
@@ -58,6 +60,11 @@ def _rows(tracker: Tracker, planned: dict[str, str] | None) -> list[TrialRow]:
     return rows
 
 
+def sweep_confidence(trials: Sequence[TrialRef]) -> float:
+    """The spec's ``evaluation.confidence``, which every trial of a sweep carries: the report's one level."""
+    return next((t.evaluation.confidence for t in trials if isinstance(t, Trial)), DEFAULT_CONFIDENCE)
+
+
 def build_for_sweep(
     tracker: Tracker, trials: Sequence[TrialRef], ctx: RunContext, options: Options | None = None
 ) -> Path:
@@ -67,9 +74,8 @@ def build_for_sweep(
         planned.setdefault(trial.key, trial.label)
     rows = _rows(tracker, planned)
     out_dir = Path(ctx.root) / "reports" / ctx.experiment
-    path = write_report(
-        rows, out_dir, f"sftlab report: {ctx.experiment}", options or Options(experiment=ctx.experiment)
-    )
+    options = options or Options(experiment=ctx.experiment, confidence=sweep_confidence(trials))
+    path = write_report(rows, out_dir, f"sftlab report: {ctx.experiment}", options)
     if ctx.sweep_run_id:
         _publish(tracker, ctx.sweep_run_id, rows, out_dir)
     return path

@@ -1,7 +1,14 @@
-"""The report's statistics: rank correlations with bootstrap CIs, multiple-testing control, mean CIs.
+"""sftlab's statistics, in one place: bootstrap CIs, rank correlations, mean CIs, multiple-testing control.
 
-Everything is vectorised over bootstrap resamples (in chunks, so memory stays near 100 MB even at
-a thousand trials × 80 layers), because a sweep report computes thousands of correlations.
+Scores, gains, perplexities and every number in the report get their intervals and tests here, at one
+confidence level: the spec's ``evaluation.confidence`` (default ``DEFAULT_CONFIDENCE``), passed in by the
+caller. The plain cases are scipy's (``scipy.stats.bootstrap`` percentile intervals, paired where the
+data are, ``ttest_1samp`` for t intervals and tests, ``false_discovery_control`` for Benjamini–Hochberg),
+so they are the textbook procedures and not our copies of them; scipy has no Holm, so Holm is a short
+step-down below. The stratified Spearman bootstrap stays hand-written: a sweep report computes
+thousands of correlations, and it is vectorised over resamples (in chunks, so memory stays near
+100 MB even at a thousand trials × 80 layers) where ``scipy.stats.bootstrap`` would call
+``spearmanr`` once per resample.
 """
 
 from __future__ import annotations
@@ -10,18 +17,80 @@ import itertools
 import math
 import statistics
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
-NA = "n/a (too few trials)"
-ALPHA = 0.05  # significance level of every test and 1 - coverage of every CI in the report
+DEFAULT_CONFIDENCE = 0.95  # the spec's evaluation.confidence default: CI coverage; 1 - it is every test's α
 BOOTSTRAP = 1000  # resamples per CI: percentile CIs need ~1,000 (Efron & Tibshirani 1993, ch. 13)
 EXACT_MAX_N = 8  # up to here p is exact (all n! permutations); the t approximation is anti-conservative for tiny n
 _CHUNK_CELLS = 4_000_000  # resample × row × column values held at once (float64: ~32 MB per array)
+
+
+def alpha(confidence: float) -> float:
+    """The significance level that goes with a confidence level: a test rejects where the CI excludes 0."""
+    return round(1.0 - confidence, 12)  # 0.05 for 0.95, not 0.050000000000000044
+
+
+def percentile_ci(
+    data: Sequence[np.ndarray],
+    statistic: Callable[..., np.ndarray],
+    resamples: int,
+    confidence: float,
+    seed: int,
+    paired: bool = False,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of ``statistic(*data, axis=-1)`` (vectorised), ``scipy.stats.bootstrap``.
+
+    ``paired``: the samples are resampled together (the same items for both, or a ratio's numerator and
+    denominator). Seeded: the same seed gives the same resamples, so the same interval. One observation
+    has no spread to resample: its interval is the point.
+    """
+    from scipy.stats import bootstrap
+
+    arrays = [np.asarray(d, dtype=float) for d in data]
+    if arrays[0].size < 2:
+        point = float(statistic(*arrays, axis=-1))
+        return point, point
+    result = bootstrap(
+        arrays,
+        statistic,
+        n_resamples=resamples,
+        vectorized=True,
+        paired=paired,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def bootstrap_ci(values: Sequence[float], resamples: int, confidence: float, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean of ``values``."""
+    if not len(values):
+        raise ValueError("bootstrap of no values")
+    return percentile_ci([np.asarray(values, dtype=float)], _mean, resamples, confidence, seed)
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float], b: Sequence[float], resamples: int, confidence: float, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of mean(a) − mean(b) over paired observations (item i of a with item i of b)."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired bootstrap needs two samples of one non-zero length, got {len(a)} and {len(b)}")
+    data = [np.asarray(a, dtype=float), np.asarray(b, dtype=float)]
+    return percentile_ci(data, _mean_difference, resamples, confidence, seed, paired=True)
 
 
 @dataclass(frozen=True)
@@ -34,11 +103,12 @@ class Corr:
     low: float = math.nan
     high: float = math.nan
     p_adj: float = math.nan
+    confidence: float = DEFAULT_CONFIDENCE  # the CI's coverage; 1 - it is the test's α
 
     @property
     def significant(self) -> bool:
         """Adjusted p < α when adjusted for multiple testing, else p < α."""
-        return (self.p_adj if math.isfinite(self.p_adj) else self.p) < ALPHA
+        return (self.p_adj if math.isfinite(self.p_adj) else self.p) < alpha(self.confidence)
 
     def __str__(self) -> str:
         ci = f" [{self.low:+.2f}, {self.high:+.2f}]" if math.isfinite(self.low) else ""
@@ -91,6 +161,8 @@ def rank_correlations(
     y: dict[str, np.ndarray],
     pairs: Iterable[tuple[str, str]] | None = None,
     strata: np.ndarray | None = None,
+    *,
+    confidence: float,
     resamples: int = BOOTSTRAP,
     seed: int = 0,
     min_n: int = 4,
@@ -98,8 +170,8 @@ def rank_correlations(
     """Spearman ρ of ``x[a]`` with ``y[b]`` for each requested pair, over rows where both are finite.
 
     ``strata`` (one label per row) makes it a stratified ρ: ranks are taken within each stratum, so
-    level differences between strata (base models, LoRA vs full) cannot create correlation. CIs come
-    from a percentile bootstrap that resamples rows within strata; p from the t approximation, or
+    level differences between strata (base models, LoRA vs full) cannot create correlation. CIs (at
+    ``confidence``) come from a percentile bootstrap that resamples rows within strata; p from the t approximation, or
     exact (a permutation test over all orders) for at most ``EXACT_MAX_N`` unstratified rows. A
     pair is None when undefined (fewer than ``min_n`` complete rows, or a side constant within
     every stratum).
@@ -120,7 +192,7 @@ def rank_correlations(
     out: dict[tuple[str, str], Corr | None] = {}
     rng = np.random.default_rng(seed)
     for key, group in groups.items():
-        out.update(_group_correlations(x, y, group, masks[key], labels, resamples, rng, min_n))
+        out.update(_group_correlations(x, y, group, masks[key], labels, resamples, rng, min_n, confidence))
     return {pair: out[pair] for pair in wanted}
 
 
@@ -138,6 +210,7 @@ def _group_correlations(
     resamples: int,
     rng: np.random.Generator,
     min_n: int,
+    confidence: float,
 ) -> dict[tuple[str, str], Corr | None]:
     n = int(mask.sum())
     if n < min_n:
@@ -163,7 +236,8 @@ def _group_correlations(
     rho = _pearson(rank_x, rank_y)
     exact = _exact_p(rank_x, rank_y, rho) if len(blocks) == 1 and len(kept) <= EXACT_MAX_N else None
     boot = _bootstrap(xs, ys, blocks, resamples, rng)
-    low, high = _quantiles(boot, ALPHA / 2), _quantiles(boot, 1 - ALPHA / 2)
+    tail = alpha(confidence) / 2
+    low, high = _quantiles(boot, tail), _quantiles(boot, 1 - tail)
     ix, iy = {a: i for i, a in enumerate(cols_x)}, {b: j for j, b in enumerate(cols_y)}
     out: dict[tuple[str, str], Corr | None] = {}
     for a, b in group:
@@ -173,7 +247,7 @@ def _group_correlations(
             continue
         lo, hi = float(low[ix[a], iy[b]]), float(high[ix[a], iy[b]])
         p = float(exact[ix[a], iy[b]]) if exact is not None else _p_value(r, len(kept), len(blocks))
-        out[a, b] = Corr(r, p, len(kept), lo, hi)
+        out[a, b] = Corr(r, p, len(kept), lo, hi, confidence=confidence)
     return out
 
 
@@ -273,45 +347,32 @@ def adjust(corrs: dict[tuple[str, str], Corr | None]) -> dict[tuple[str, str], C
     """
     defined = [(k, c) for k, c in corrs.items() if c is not None and math.isfinite(c.p)]
     adjusted_p = holm([c.p for _, c in defined])
-    adjusted = {k: Corr(c.rho, c.p, c.n, c.low, c.high, q) for (k, c), q in zip(defined, adjusted_p, strict=True)}
+    adjusted = {k: replace(c, p_adj=q) for (k, c), q in zip(defined, adjusted_p, strict=True)}
     return {k: adjusted.get(k, c) for k, c in corrs.items()}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (family-wise error), in input order."""
+    """Holm–Bonferroni adjusted p-values (family-wise error), in input order.
+
+    Step-down (Holm 1979): the i-th smallest of m p-values is multiplied by m - i (i from 0), and an
+    adjusted p is never below the one before it in that order. scipy has no Holm.
+    """
     m = len(pvalues)
-    if not m:
-        return []
-    order = np.argsort(pvalues)
-    ranked = np.maximum.accumulate(np.asarray(pvalues, dtype=float)[order] * (m - np.arange(m)))
-    out = np.empty(m)
-    out[order] = np.minimum(ranked, 1.0)
-    return out.tolist()
+    adjusted = [0.0] * m
+    running = 0.0
+    for i, index in enumerate(sorted(range(m), key=lambda j: pvalues[j])):
+        running = max(running, min(1.0, (m - i) * pvalues[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def bh(pvalues: Sequence[float]) -> list[float]:
     """Benjamini–Hochberg adjusted p-values (false discovery rate), in input order."""
-    m = len(pvalues)
-    if not m:
+    if not len(pvalues):
         return []
-    order = np.argsort(pvalues)
-    ranked = np.asarray(pvalues, dtype=float)[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(ranked, 1.0)
-    return out.tolist()
+    from scipy.stats import false_discovery_control
 
-
-def spearman(pairs: Iterable[tuple[float | None, float | None]]) -> Corr | None:
-    """Spearman ρ over complete pairs, without a CI; None when undefined (fewer than 3 points or a constant side)."""
-    complete = [(x, y) for x, y in pairs if x is not None and y is not None]
-    xs, ys = [x for x, _ in complete], [y for _, y in complete]
-    if len(complete) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None
-    from scipy.stats import spearmanr
-
-    result = spearmanr(xs, ys)
-    return Corr(float(result.statistic), float(result.pvalue), len(complete))
+    return [float(q) for q in false_discovery_control(np.asarray(pvalues, dtype=float), method="bh")]
 
 
 @dataclass(frozen=True)
@@ -332,18 +393,27 @@ class MeanCI:
         return f"{self.mean:+.3g} [{self.low:+.3g}, {self.high:+.3g}]"
 
 
-def mean_ci(values: Iterable[float | None]) -> MeanCI | None:
-    """Mean with a two-sided t interval (1 - ALPHA); no interval below two values."""
-    present = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+def _present(values: Iterable[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+
+
+def mean_ci(values: Iterable[float | None], confidence: float) -> MeanCI | None:
+    """Mean with its two-sided t interval at ``confidence`` (``ttest_1samp``); no interval below two values.
+
+    All-equal values have a zero-width interval at their mean.
+    """
+    present = _present(values)
     if not len(present):
         return None
     centre = float(present.mean())
     if len(present) < 2:
         return MeanCI(centre, math.nan, math.nan, 1)
-    from scipy.special import stdtrit
+    if np.ptp(present) == 0:
+        return MeanCI(centre, centre, centre, len(present))
+    from scipy.stats import ttest_1samp
 
-    half = float(stdtrit(len(present) - 1, 1 - ALPHA / 2) * present.std(ddof=1) / math.sqrt(len(present)))
-    return MeanCI(centre, centre - half, centre + half, len(present))
+    ci = ttest_1samp(present, 0.0).confidence_interval(confidence)
+    return MeanCI(centre, float(ci.low), float(ci.high), len(present))
 
 
 def t_test_p(values: Sequence[float]) -> float:
@@ -351,13 +421,11 @@ def t_test_p(values: Sequence[float]) -> float:
     data = np.asarray(values, dtype=float)
     if len(data) < 2:
         return math.nan
-    from scipy.special import stdtr
+    if np.ptp(data) == 0:
+        return 1.0 if data[0] == 0 else 0.0
+    from scipy.stats import ttest_1samp
 
-    sd = float(data.std(ddof=1))
-    if sd == 0:
-        return 1.0 if data.mean() == 0 else 0.0
-    stat = float(data.mean()) / (sd / math.sqrt(len(data)))
-    return float(2 * stdtr(len(data) - 1, -abs(stat)))
+    return float(ttest_1samp(data, 0.0).pvalue)
 
 
 def strongest(corrs: dict[str, Corr | None]) -> tuple[str, Corr] | None:
@@ -369,13 +437,3 @@ def strongest(corrs: dict[str, Corr | None]) -> tuple[str, Corr] | None:
 def mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.fmean(present) if present else None
-
-
-def fmt(value: float | None, signed: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value:+.4g}" if signed else f"{value:.4g}"
-
-
-def cell(corr: Corr | None) -> str:
-    return str(corr) if corr else NA
