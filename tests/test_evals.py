@@ -17,12 +17,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftlab.errors import SftlabError
-from sftlab.evals import choice, judge, math_answers, qa
+from sftlab.evals import judge, multiple_choice, qa, task_for
+from sftlab.evals import math as math_task
 from sftlab.evals.scoring import benchmark_items, bootstrap_ci, gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec.job import RunContext
-from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, JudgeConfig
+from sftlab.spec.schema import (
+    BENCHMARK_KINDS,
+    BenchmarkSpec,
+    EvaluationConfig,
+    JudgeBenchmark,
+    JudgeConfig,
+    MultipleChoiceBenchmark,
+    benchmark_spec,
+)
 from tests.support.helpers import EXAMPLES
 from tests.support.json_http import JsonHandler
 
@@ -52,7 +61,7 @@ def ctx(tmp_path: Path) -> RunContext:
     ],
 )
 def test_last_boxed(text: str, boxed: str | None) -> None:
-    assert math_answers.last_boxed(text) == boxed
+    assert math_task.last_boxed(text) == boxed
 
 
 @pytest.mark.parametrize(
@@ -74,18 +83,18 @@ def test_last_boxed(text: str, boxed: str | None) -> None:
     ],
 )
 def test_math_equivalence_follows_the_reference(answer: str, reference: str, equal: bool) -> None:
-    assert math_answers.is_equiv(answer, reference) is equal
+    assert math_task.is_equiv(answer, reference) is equal
 
 
 def test_math_falls_back_to_the_final_answer_phrase() -> None:
-    assert math_answers.extract_answer("Final Answer: The final answer is $12$. I hope it is correct.") == "12"
-    assert math_answers.extract_answer("no answer") is None
+    assert math_task.extract_answer("Final Answer: The final answer is $12$. I hope it is correct.") == "12"
+    assert math_task.extract_answer("no answer") is None
 
 
 def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
-    math_answers.MATH.check_item({"problem": "p", "answer": "3"})
+    math_task.MATH.check_item({"problem": "p", "answer": "3"})
     with pytest.raises(SftlabError, match="no \\\\boxed"):
-        math_answers.MATH.check_item({"problem": "p", "solution": "it is 3"})
+        math_task.MATH.check_item({"problem": "p", "solution": "it is 3"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +113,8 @@ def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
     ],
 )
 def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
-    choice.MULTIPLE_CHOICE.check_item(item)
-    assert choice.gold(item) == gold
+    multiple_choice.MULTIPLE_CHOICE.check_item(item)
+    assert multiple_choice.gold(item) == gold
 
 
 @pytest.mark.parametrize(
@@ -119,7 +128,7 @@ def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
 )
 def test_multiple_choice_bad_items(item: dict[str, Any], problem: str) -> None:
     with pytest.raises(SftlabError, match=problem):
-        choice.MULTIPLE_CHOICE.check_item(item)
+        multiple_choice.MULTIPLE_CHOICE.check_item(item)
 
 
 class ScriptedModel:
@@ -136,7 +145,7 @@ class ScriptedModel:
 
 
 def test_multiple_choice_picks_the_most_likely_choice(tmp_path: Path) -> None:
-    bench = BenchmarkSpec(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
+    bench = MultipleChoiceBenchmark(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
     items = [
         {"question": "q", "choices": ["right", "wrong"], "answer": 0},
         {"question": "q", "choices": ["wrong", "right"], "answer": 1},
@@ -259,7 +268,8 @@ def running_judge(key: str) -> Iterator[FakeJudge]:
 
 
 def bench_for(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
-    return BenchmarkSpec(name=kind, kind=kind, uri=str(DATA / file), max_new_tokens=8, **extra)
+    generates = {} if kind == "multiple_choice" else {"max_new_tokens": 8}  # choices are scored, not generated
+    return benchmark_spec(name=kind, kind=kind, uri=str(DATA / file), **generates, **extra)
 
 
 def judge_bench(server: FakeJudge, key: str, monkeypatch: pytest.MonkeyPatch) -> BenchmarkSpec:
@@ -305,12 +315,12 @@ def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_
     for item, row in zip(items, result.rows, strict=True):
         context = row["prompt"].rstrip()
         scores = []
-        for option in choice.choices(item):
+        for option in multiple_choice.choices(item):
             full = tok(context + " " + option)["input_ids"]
             n_context = len(tok(context)["input_ids"])
             logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), dim=-1)
             scores.append(sum(logp[i - 1, full[i]].item() for i in range(n_context, len(full))))
-        assert row["output"] == choice.choices(item)[int(np.argmax(scores))]
+        assert row["output"] == multiple_choice.choices(item)[int(np.argmax(scores))]
 
 
 def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,6 +362,13 @@ def test_judge_skips_answers_to_prompts_longer_than_the_context(
     assert result.metrics["judge_failures"] == 0  # too long is not a judge failure
 
 
+def test_every_kind_has_its_task_in_the_module_named_after_it() -> None:
+    for kind in BENCHMARK_KINDS:
+        task = task_for(kind)
+        assert type(task).__module__ == f"sftlab.evals.{kind}"
+        assert callable(task.check_item) and callable(task.score) and callable(task.tokens_per_item)
+
+
 def test_judge_kind_needs_an_endpoint() -> None:
     with pytest.raises(ValueError, match="needs a judge endpoint"):
-        BenchmarkSpec(name="j", kind="judge", uri="x.jsonl")
+        JudgeBenchmark(name="j", kind="judge", uri="x.jsonl")

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftlab.errors import SpecError
-from sftlab.evals import choice, gsm8k, judge, math_answers, qa
+from sftlab.evals import gsm8k, judge, multiple_choice, qa
+from sftlab.evals import math as math_task
 from sftlab.spec.loading import parse_spec
 from sftlab.spec.schema import Spec
 from tests.support.helpers import EXAMPLES
@@ -106,8 +107,8 @@ BALANCED = st.recursive(
 @given(BALANCED, NO_DIGITS)
 def test_math_last_boxed_recovers_balanced_content(content: str, tail: str) -> None:
     text = f"work \\boxed{{0}} more \\boxed{{{content}}}{tail.replace(chr(92), '')}"
-    assert math_answers.last_boxed(text) == content
-    assert math_answers.is_equiv(content, content)
+    assert math_task.last_boxed(text) == content
+    assert math_task.is_equiv(content, content)
 
 
 @given(st.text(max_size=40))
@@ -130,4 +131,4 @@ def test_multiple_choice_gold_by_index_letter_or_text(options: list[str], data: 
         item = {"question": "q", "choices": options, "answer": answer}
         if isinstance(answer, str) and len(answer) == 1 and answer.isalpha() and answer != chr(ord("A") + i):
             continue  # a one-letter choice text reads as a letter: ambiguous by construction
-        assert choice.gold(item) == i
+        assert multiple_choice.gold(item) == i

@@ -19,7 +19,7 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.spec.schema import MultipleChoiceBenchmark
 
 STEM_FIELDS = ("question", "query", "ctx")
 CHOICE_FIELDS = ("choices", "endings")
@@ -71,7 +71,7 @@ class MultipleChoiceTask:
         gold(item)
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: MultipleChoiceBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, stem, lambda it: choices(it)[gold(it)])
         pairs = [
@@ -119,6 +119,12 @@ class MultipleChoiceTask:
             "gold_prob": sum(r["gold_prob"] for r in rows) / n,
         }
         return BenchmarkScore(metrics, rows)
+
+    def choices_per_item(self, item: dict[str, Any]) -> int:
+        return len(choices(item))
+
+    def tokens_per_item(self, bench: MultipleChoiceBenchmark, prompt_tokens: float, choices: float) -> float:
+        return choices * prompt_tokens  # one log-likelihood pass per choice, nothing generated
 
 
 def _continuation(prompt: str, option: str) -> str:
