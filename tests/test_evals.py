@@ -110,6 +110,10 @@ def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
         ({"question": "q", "choices": ["a", "b", "c"], "answer": "0"}, 0),
         ({"ctx": "q", "endings": ["x", "y"], "label": 1}, 1),  # HellaSwag fields
         ({"question": "q", "passage": "p", "answer": True}, 1),  # BoolQ: no/yes
+        ({"question": "q", "choices": ["1", "0"], "answer": 0}, 0),  # an int is an index, whatever the choices
+        ({"question": "q", "choices": ["1", "0"], "answer_index": 1}, 1),
+        ({"question": "q", "choices": ["1", "0"], "answer_text": "1"}, 0),
+        ({"question": "q", "choices": ["1", "0"], "answer": "0", "answer_text": "0"}, 1),  # explicit wins
     ],
 )
 def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
@@ -124,11 +128,32 @@ def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
         ({"question": "q", "choices": ["a"], "answer": 0}, "at least 2"),
         ({"question": "q", "choices": ["a", "b"], "answer": 5}, "not a choice"),
         ({"question": "q", "choices": ["a", "b"], "answer": True}, "boolean answer"),
+        ({"question": "q", "choices": ["1", "0"], "answer": "0"}, "'0' is ambiguous: the choices are numbers too"),
+        ({"question": "q", "choices": ["1", "0"], "answer_index": 2}, r"answer_index 2 is not a choice index \(0 to 1"),
+        ({"question": "q", "choices": ["a", "b"], "answer_index": "1"}, "answer_index '1' is not a choice index"),
+        ({"question": "q", "choices": ["a", "b"], "answer_text": "c"}, "answer_text 'c' is not one of the 2 choices"),
+        (
+            {"question": "q", "choices": ["a", "b"], "answer_index": 0, "answer_text": "b"},
+            "answer_index and answer_text name different choices",
+        ),
     ],
 )
 def test_multiple_choice_bad_items(item: dict[str, Any], problem: str) -> None:
     with pytest.raises(SftlabError, match=problem):
         multiple_choice.MULTIPLE_CHOICE.check_item(item)
+
+
+def test_an_ambiguous_multiple_choice_item_is_one_line_naming_file_and_item(tmp_path: Path) -> None:
+    path = tmp_path / "digits.jsonl"
+    items = [{"question": "2 + 2?", "choices": ["4", "5"], "answer": 0}, {"question": "1 - 1?", "choices": ["1", "0"]}]
+    items[1]["answer"] = "0"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    with pytest.raises(SftlabError) as info:
+        benchmark_items(MultipleChoiceBenchmark(name="digits", uri=str(path)), ctx(tmp_path))
+    assert str(info.value) == (
+        f"benchmark digits ({path}) item 1: answer '0' is ambiguous: the choices are numbers too "
+        "(give answer_index, 0-based, or answer_text, the choice's text)"
+    )
 
 
 class ScriptedModel:
