@@ -8,8 +8,10 @@ Estimates, with every assumption named in the output:
 - training FLOPs ≈ 6·N·tokens for full fine-tuning (forward 2, backward 4), 4·N·tokens for
   LoRA/QLoRA (frozen weights get no weight gradients), plus 2·N·tokens when gradient checkpointing
   recomputes the forward pass;
-- evaluation tokens = items × (prompt + generated tokens) × samples, per evaluated checkpoint,
-  plus one baseline per (base model, benchmark); FLOPs ≈ 2·N·tokens; judge calls are not counted;
+- evaluation tokens = items × the tokens each item costs, as its task counts them
+  (``Task.tokens_per_item``: (prompt + generated tokens) × samples, or a pass per choice), per
+  evaluated checkpoint, plus one baseline per (base model, benchmark); FLOPs ≈ 2·N·tokens; judge
+  calls are not counted;
 - GPU-hours = FLOPs / (peak FLOP/s × MFU). Peak FLOP/s per GPU type are dense BF16 tensor-core
   figures from the vendors' datasheets (``GPU_PEAK_FLOPS``, overridable).
 """
@@ -40,7 +42,6 @@ GPU_PEAK_FLOPS: dict[str, float] = {
     "V100": 125e12,  # FP16
 }
 WORDS_TO_TOKENS = 1.33  # tokens per whitespace word of English text, when no tokenizer is at hand
-GENERATING_KINDS = {"gsm8k", "math", "humaneval", "mbpp", "qa", "judge"}
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class _Sizer:
         return self._once("bench", f"{bench.model_dump_json()}|{model.uri}", lambda: self._read_benchmark(bench, model))
 
     def _read_benchmark(self, bench: BenchmarkSpec, model: ModelSpec) -> tuple[float, float, float]:
+        from sftlab.evals import task_for
         from sftlab.evals.scoring import benchmark_items
         from sftlab.profiling.similarity import benchmark_text
 
@@ -219,7 +221,7 @@ class _Sizer:
         tokenizer = self.tokenizer(model)
         sample = items[: assumed.sample_rows]
         lengths = [_text_tokens(benchmark_text(item), tokenizer) for item in sample]
-        choices = [len(item.get("choices") or item.get("endings") or [0, 1]) for item in sample]
+        choices = [task_for(bench.kind).choices_per_item(item) for item in sample]
         return float(len(items)), statistics.fmean(lengths) * (1 + bench.num_fewshot), statistics.fmean(choices)
 
 
@@ -264,12 +266,9 @@ def evaluated_checkpoints(trial: Trial) -> int:
 
 def eval_tokens(bench: BenchmarkSpec, items: float, prompt_tokens: float, choices: float) -> float:
     """Tokens one model processes for one benchmark (prompts + generations, or one pass per choice)."""
-    if bench.kind == "multiple_choice":
-        return items * choices * prompt_tokens
-    tokens = items * bench.num_samples * (prompt_tokens + bench.max_new_tokens)
-    if bench.kind == "gsm8k":
-        tokens += items * prompt_tokens  # the reference log-likelihood pass
-    return tokens
+    from sftlab.evals import task_for
+
+    return items * task_for(bench.kind).tokens_per_item(bench, prompt_tokens, choices)
 
 
 def estimate(trials: list[Trial], ctx: RunContext, assumptions: Assumptions = Assumptions()) -> SweepCost:

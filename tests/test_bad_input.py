@@ -17,7 +17,8 @@ Specs
   test_launch_config.py::test_settings_this_cpu_machine_cannot_run_are_one_line_errors
   (FlashAttention, Liger, FSDP/ZeRO-3 on CPU); ``SPEC_CASES`` (LoRA trials evaluated by KServe's
   huggingface runtime; and, as exact lines, two cross-field checks that test_spec.py matches in
-  part, since their message used to end with the whole group's or spec's input)
+  part, since their message used to end with the whole group's or spec's input); a benchmark
+  setting given to a kind that does not take it, an unknown kind
 - paths that do not exist: test_spec.py::test_three_mistakes_reported_together (a dataset),
   test_spec.py::test_spec_missing_file; ``SPEC_CASES`` (a base model folder)
 - URIs with unsupported schemes: test_spec.py::test_cli_reports_all_problems_and_exits_nonzero
@@ -72,6 +73,7 @@ from tests.support.helpers import EXAMPLES, free_port, run_cli
 from tests.test_spec import GOOD
 
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"
+GSM8K_TINY = EXAMPLES / "data" / "gsm8k_tiny.jsonl"
 
 
 def one_line(message: str, *names: str) -> str:
@@ -194,6 +196,32 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
         "tiny-data",
         {"datasets": [{"name": "d", "uri": "tiny:llama"}]},
         "datasets[0].uri: tiny: URIs name models, not data, got 'tiny:llama'",
+    ),
+    (
+        "setting-of-another-kind",
+        {"benchmarks": [{"name": "b", "kind": "gsm8k", "uri": str(GSM8K_TINY), "pass_k": [1]}]},
+        "benchmarks[0].pass_k: unknown key",
+    ),
+    (
+        "unknown-benchmark-kind",
+        {"benchmarks": [{"name": "b", "kind": "mmlu", "uri": str(GSM8K_TINY)}]},
+        "benchmarks[0].kind: expected 'gsm8k', 'math', 'humaneval', 'mbpp', 'multiple_choice', 'qa' or 'judge', "
+        "got 'mmlu'",
+    ),
+    (
+        "too-many-samples",
+        {"benchmarks": [{"name": "b", "kind": "mbpp", "uri": str(GSM8K_TINY), "num_samples": 5000}]},
+        "benchmarks[0].num_samples: expected less than or equal to 1000, got 5000",
+    ),  # the kind's own settings keep their paths
+    (
+        "pass-k-above-samples",
+        {"benchmarks": [{"name": "b", "kind": "humaneval", "uri": str(GSM8K_TINY), "pass_k": [1, 10]}]},
+        "benchmarks[0]: pass_k values must be in 1..num_samples (1), got [1, 10]",
+    ),
+    (
+        "judge-without-endpoint",
+        {"benchmarks": [{"name": "b", "kind": "judge", "uri": str(GSM8K_TINY)}]},
+        "benchmarks[0]: kind judge needs a judge endpoint (judge.url, judge.model)",
     ),
     (
         "tracking-scheme",

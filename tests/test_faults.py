@@ -22,10 +22,10 @@ from sftlab.evals.scoring import score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.sources.uris import download
-from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, StorageConfig
+from sftlab.spec.schema import EvaluationConfig, Gsm8kBenchmark, StorageConfig
 from tests.support.helpers import EXAMPLES
 
-BENCH = BenchmarkSpec(name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_new_tokens=16)
+BENCH = Gsm8kBenchmark(name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_new_tokens=16)
 ITEMS = [{"question": f"Ana has {i} apples and gets 2 more. How many?", "answer": f"#### {i + 2}"} for i in range(400)]
 
 

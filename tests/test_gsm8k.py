@@ -17,7 +17,7 @@ from sftlab.evals.gsm8k import (
 )
 from sftlab.evals.scoring import benchmark_items
 from sftlab.spec.job import RunContext
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.spec.schema import Gsm8kBenchmark
 
 
 @pytest.mark.parametrize(
@@ -99,8 +99,8 @@ def test_stop_sequences_cover_fewshot_and_chat_turns() -> None:
     assert {"Question:", "\n\n", "<|im_end|>"} <= set(STOP_SEQUENCES)
 
 
-def benchmark(path: Path) -> BenchmarkSpec:
-    return BenchmarkSpec(name="b", uri=str(path))
+def benchmark(path: Path) -> Gsm8kBenchmark:
+    return Gsm8kBenchmark(name="b", uri=str(path))
 
 
 def context(tmp_path: Path) -> RunContext:

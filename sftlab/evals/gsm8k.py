@@ -13,8 +13,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns, fit_of, note_of, require_str
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.evals.base import (
+    BenchmarkScore,
+    GeneratingTask,
+    Generator,
+    fewshot_prompts,
+    fit_columns,
+    fit_of,
+    note_of,
+    require_str,
+)
+from sftlab.spec.schema import Gsm8kBenchmark
 
 STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
@@ -75,7 +84,7 @@ def is_correct(generation: str, reference: str) -> bool:
     return answer is not None and normalize_number(answer) == normalize_number(reference)
 
 
-class GSM8KTask:
+class GSM8KTask(GeneratingTask[Gsm8kBenchmark]):
     """Generated final-number exact match, plus the log-likelihood per token of the reference solution.
 
     The log-likelihood moves long before exact match does, which is what small models and short
@@ -87,7 +96,7 @@ class GSM8KTask:
         reference_answer(item["answer"])
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: Gsm8kBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: it["answer"])
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=list(STOP_SEQUENCES))
@@ -120,6 +129,9 @@ class GSM8KTask:
         if logliks:  # no value at all rather than a NaN when no item fits
             metrics["loglik"] = sum(logliks) / len(logliks)
         return BenchmarkScore(metrics, rows)
+
+    def tokens_per_item(self, bench: Gsm8kBenchmark, prompt_tokens: float, choices: float) -> float:
+        return super().tokens_per_item(bench, prompt_tokens, choices) + prompt_tokens  # + the reference's pass
 
 
 GSM8K = GSM8KTask()

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, fit_of
-from sftlab.spec.schema import BenchmarkSpec, JudgeConfig
+from sftlab.evals.base import BenchmarkScore, GeneratingTask, Generator, fewshot_prompts, fit_columns, fit_of
+from sftlab.spec.schema import JudgeBenchmark, JudgeConfig
 
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
@@ -118,17 +118,16 @@ def question(item: dict[str, Any]) -> str:
     return found[0] if isinstance(found, list) and found else found  # type: ignore[return-value]
 
 
-class JudgeTask:
+class JudgeTask(GeneratingTask[JudgeBenchmark]):
     def check_item(self, item: dict[str, Any]) -> None:
         if not isinstance(question(item), str) or not question(item).strip():
             raise SftlabError("missing non-empty string field, one of question, instruction, prompt (a list of turns)")
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: JudgeBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
-        assert bench.judge is not None  # the spec requires it for this kind
         prompts = fewshot_prompts(bench, items, template, question, lambda it: it.get("reference") or "")
-        marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
+        marker = self.question_marker(bench, template)
         answers = model.complete(
             prompts, max_tokens=bench.max_new_tokens, stop=[s for s in (marker, "<|im_end|>") if s]
         )

@@ -13,8 +13,8 @@ import string
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.evals.base import BenchmarkScore, GeneratingTask, Generator, fewshot_prompts, fit_columns, require_str
+from sftlab.spec.schema import QABenchmark
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -43,7 +43,7 @@ def lenient_match(output: str, refs: list[str]) -> bool:
     return any(f" {normalize(r)} " in padded for r in refs)
 
 
-class ShortAnswerTask:
+class ShortAnswerTask(GeneratingTask[QABenchmark]):
     def check_item(self, item: dict[str, Any]) -> None:
         require_str(item, "question")
         if not references(item):
@@ -52,10 +52,10 @@ class ShortAnswerTask:
             )
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: QABenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, lambda it: it["question"], lambda it: references(it)[0])
-        marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
+        marker = self.question_marker(bench, template)
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=[s for s in ("\n", marker) if s])
         rows: list[dict[str, Any]] = []
         for prompt, item, output in zip(prompts, items, outputs, strict=True):

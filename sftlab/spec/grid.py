@@ -19,6 +19,7 @@ from sftlab.errors import SftlabError
 from sftlab.keys import digest
 from sftlab.spec.problems import describe_errors
 from sftlab.spec.schema import (
+    BenchmarkBase,
     BenchmarkSpec,
     DatasetSpec,
     EvaluationConfig,
@@ -77,9 +78,22 @@ def _axis_label(axis: str, value: Any) -> str:
 NOT_IDENTITY = {"name", "params", "num_rows", "num_items"}
 
 
+# The settings every benchmark had before each kind got its own class, at the values a kind that
+# does not take them always had: with them, trial, profile and baseline keys stayed the same.
+BENCHMARK_KEY_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 48,
+    "num_samples": 1,
+    "pass_k": [1],
+    "temperature": 0.0,
+    "sandbox": {"timeout_s": 10.0, "memory_mb": 1024, "max_processes": 8, "max_output_kb": 256, "workers": 2},
+    "judge": None,
+}
+
+
 def identity(item: ModelSpec | DatasetSpec | BenchmarkSpec) -> dict[str, Any]:
     """What makes a model, dataset or benchmark the same one for caching (keys of trials, profiles, baselines)."""
-    return item.model_dump(exclude=NOT_IDENTITY)
+    settings = item.model_dump(exclude=NOT_IDENTITY)
+    return {**BENCHMARK_KEY_DEFAULTS, **settings} if isinstance(item, BenchmarkBase) else settings
 
 
 def trial_key(

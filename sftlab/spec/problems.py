@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sftlab.errors import SftlabError
-from sftlab.spec.schema import Spec, check_template
+from sftlab.spec.schema import BENCHMARK_KINDS, Spec, check_template
 from sftlab.spec.uris import classify_uri
 
 
@@ -25,15 +25,29 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _noise(part: Any, before: Any) -> bool:
+    """Loc parts that name pydantic's machinery, not a field: validator functions, and the kind
+    of a list's benchmark (its class is chosen by ``kind``; the path reads ``benchmarks[0].pass_k``)."""
+    if not isinstance(part, str):
+        return False
+    return part.startswith("function-") or (isinstance(before, int) and part in BENCHMARK_KINDS)
+
+
 def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     """pydantic errors -> ``field.path: expected ..., got ...`` lines."""
     lines = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for i, p in enumerate(err["loc"]) if not _noise(p, err["loc"][i - 1] if i else None))
         path = _loc(loc)
         path = f"{prefix}{'.' if prefix and not path.startswith('[') else ''}{path}" if prefix else path
         kind, msg = err["type"], err["msg"]
-        if kind == "extra_forbidden":
+        if kind == "union_tag_invalid":  # an unknown kind: read as the literal it is
+            field = err["ctx"]["discriminator"].strip("'")
+            *others, last = err["ctx"]["expected_tags"].split(", ")
+            expected = f"{', '.join(others)} or {last}" if others else last
+            got = err["input"].get(field) if isinstance(err["input"], dict) else err["input"]
+            lines.append(f"{path}.{field}: expected {expected}, got {got!r}")
+        elif kind == "extra_forbidden":
             lines.append(f"{path}: unknown key")
         elif kind == "missing":
             lines.append(f"{path}: required field is missing")

@@ -7,10 +7,19 @@ turning validation errors into readable lines (``sftlab.spec.problems``) live be
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sftlab.stats import DEFAULT_CONFIDENCE
 
@@ -66,9 +75,6 @@ class DatasetSpec(Strict):
     )
 
 
-BenchmarkKind = Literal["gsm8k", "math", "humaneval", "mbpp", "multiple_choice", "qa", "judge"]
-
-
 class SandboxConfig(Strict):
     """Limits for running model-generated code (``sftlab.evals.sandbox.runner``): per program, never shared."""
 
@@ -94,11 +100,13 @@ class JudgeConfig(Strict):
     concurrency: int = Field(4, ge=1, le=256)
 
 
-class BenchmarkSpec(Strict):
-    """One benchmark: data source, prompt format, generation settings and (by ``kind``) its scorer."""
+class BenchmarkBase(Strict):
+    """What every benchmark has: its data, its prompt format and its size hint. Each kind's class
+    below adds only the settings its task (``sftlab.evals.<kind>``) reads; a setting given to a kind
+    that does not take it is an unknown key."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    kind: BenchmarkKind = "gsm8k"
+    kind: str
     uri: str = Field(min_length=1)
     split: str = "test"
     subset: str | None = Field(
@@ -106,28 +114,110 @@ class BenchmarkSpec(Strict):
     )
     max_items: int | None = Field(None, ge=1)
     num_fewshot: int = Field(0, ge=0, le=64)
-    max_new_tokens: int = Field(48, ge=1, le=4096)
     template: str | None = Field(None, description="Overrides the spec's prompt_template for this benchmark.")
+    num_items: int | None = Field(
+        None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline."
+    )
+
+
+class GeneratingBenchmark(BenchmarkBase):
+    """A benchmark whose task generates text after each prompt."""
+
+    max_new_tokens: int = Field(48, ge=1, le=4096)
+
+
+class Gsm8kBenchmark(GeneratingBenchmark):
+    """GSM8K-format grade-school maths: the final number, and the reference solution's log-likelihood."""
+
+    kind: Literal["gsm8k"] = "gsm8k"
+
+
+class MathBenchmark(GeneratingBenchmark):
+    """MATH (Hendrycks et al.): the final boxed answer, normalised."""
+
+    kind: Literal["math"] = "math"
+
+
+class CodeBenchmark(GeneratingBenchmark):
+    """Code whose programs run in the sandbox; pass@k from ``num_samples`` completions per item."""
+
     num_samples: int = Field(1, ge=1, le=1000, description="Completions sampled per item (n of pass@k).")
     pass_k: list[int] = Field(
         [1], min_length=1, description="k values of pass@k (unbiased estimator); each ≤ num_samples."
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 is greedy; sampling several completions needs > 0.")
     sandbox: SandboxConfig = SandboxConfig()
-    judge: JudgeConfig | None = Field(None, description="Required for kind judge.")
-    num_items: int | None = Field(
-        None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline."
-    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> BenchmarkSpec:
-        if self.kind == "judge" and self.judge is None:
-            raise ValueError("kind judge needs a judge endpoint (judge.url, judge.model)")
+    def _samples(self) -> CodeBenchmark:
         if any(k < 1 or k > self.num_samples for k in self.pass_k):
             raise ValueError(f"pass_k values must be in 1..num_samples ({self.num_samples}), got {self.pass_k}")
         if self.num_samples > 1 and self.temperature == 0:
             raise ValueError("num_samples > 1 needs temperature > 0 (greedy samples are all the same)")
         return self
+
+
+class HumanEvalBenchmark(CodeBenchmark):
+    kind: Literal["humaneval"] = "humaneval"
+
+
+class MbppBenchmark(CodeBenchmark):
+    kind: Literal["mbpp"] = "mbpp"
+
+
+class MultipleChoiceBenchmark(BenchmarkBase):
+    """Choices scored by log-likelihood: nothing is generated."""
+
+    kind: Literal["multiple_choice"] = "multiple_choice"
+
+
+class QABenchmark(GeneratingBenchmark):
+    """Short answers matched against references."""
+
+    kind: Literal["qa"] = "qa"
+
+
+class JudgeBenchmark(GeneratingBenchmark):
+    """Answers rated by a judge model."""
+
+    kind: Literal["judge"] = "judge"
+    judge: JudgeConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_judge(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("judge") is None:
+            raise ValueError("kind judge needs a judge endpoint (judge.url, judge.model)")
+        return data
+
+
+def _default_kind(value: Any) -> Any:
+    """A benchmark without ``kind`` is GSM8K, as it always was."""
+    return {"kind": "gsm8k", **value} if isinstance(value, dict) and "kind" not in value else value
+
+
+# One benchmark: the class of its ``kind``. Its errors' paths carry the kind as a part
+# (``benchmarks.0.mbpp.num_samples``), which ``sftlab.spec.problems`` leaves out.
+BenchmarkSpec = Annotated[
+    Gsm8kBenchmark
+    | MathBenchmark
+    | HumanEvalBenchmark
+    | MbppBenchmark
+    | MultipleChoiceBenchmark
+    | QABenchmark
+    | JudgeBenchmark,
+    Field(discriminator="kind"),
+    BeforeValidator(_default_kind),
+]
+BENCHMARK_KINDS: tuple[str, ...] = tuple(
+    get_args(cls.model_fields["kind"].annotation)[0] for cls in get_args(get_args(BenchmarkSpec)[0])
+)
+_BENCHMARK = TypeAdapter[BenchmarkSpec](BenchmarkSpec)
+
+
+def benchmark_spec(**fields: Any) -> BenchmarkSpec:
+    """A benchmark from its settings, validated as in a spec (its class chosen by ``kind``)."""
+    return _BENCHMARK.validate_python(fields)
 
 
 class LoraConfig(Strict):

@@ -8,8 +8,11 @@ the context window after its prompt scores 0 on all three (``fit`` "too_long").
 
 Accepted item formats (first match wins): ``question``/``query``/``ctx`` for the stem, an optional
 ``passage`` (BoolQ), ``choices``/``endings`` (list of strings) — or none for a boolean ``answer``,
-which means choices ``no``/``yes`` — and the gold as ``answer``/``label``/``gold``: an index, a
-letter (``"B"``), the choice text or a boolean.
+which means choices ``no``/``yes`` — and the gold as ``answer_index`` (0-based) or ``answer_text``
+(the choice's text), else as ``answer``/``label``/``gold``: an index, a letter (``"B"``), the choice
+text or a boolean. A digit string there is refused when a choice is a number too ("0" of choices
+"1", "0": the first choice or the second?); such items say which with ``answer_index`` or
+``answer_text``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 
 from sftlab.errors import SftlabError
 from sftlab.evals.base import BenchmarkScore, Generator, fewshot_prompts, fit_columns
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.spec.schema import MultipleChoiceBenchmark
 
 STEM_FIELDS = ("question", "query", "ctx")
 CHOICE_FIELDS = ("choices", "endings")
 GOLD_FIELDS = ("answer", "label", "gold")
+EXPLICIT_GOLD_FIELDS = ("answer_index", "answer_text")
 BOOL_CHOICES = ["no", "yes"]
 
 
@@ -44,7 +48,10 @@ def choices(item: dict[str, Any]) -> list[str]:
 
 def gold(item: dict[str, Any]) -> int:
     """The index of the correct choice; a one-line error when it cannot be told."""
-    options, value = choices(item), _first(item, GOLD_FIELDS)
+    options = choices(item)
+    if any(f in item for f in EXPLICIT_GOLD_FIELDS):
+        return _explicit_gold(item, options)
+    value = _first(item, GOLD_FIELDS)
     if isinstance(value, bool):
         if options != BOOL_CHOICES:
             raise SftlabError("a boolean answer needs no choices field (it means no/yes)")
@@ -52,13 +59,36 @@ def gold(item: dict[str, Any]) -> int:
     if isinstance(value, int) and 0 <= value < len(options):
         return value
     if isinstance(value, str):
-        if value.isdigit() and int(value) < len(options):
+        if value.isdecimal() and any(isinstance(o, str) and o.isdecimal() for o in options):
+            raise SftlabError(
+                f"answer {value!r} is ambiguous: the choices are numbers too "
+                "(give answer_index, 0-based, or answer_text, the choice's text)"
+            )
+        if value.isdecimal() and int(value) < len(options):
             return int(value)
         if len(value) == 1 and value.isalpha() and ord(value.upper()) - ord("A") < len(options):
             return ord(value.upper()) - ord("A")
         if value in options:
             return options.index(value)
     raise SftlabError(f"answer {value!r} is not a choice index, letter or choice text of {len(options)} choices")
+
+
+def _explicit_gold(item: dict[str, Any], options: list[str]) -> int:
+    """The gold from ``answer_index`` and/or ``answer_text``, which must agree when both are given."""
+    found = set()
+    if "answer_index" in item:
+        index = item["answer_index"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(options):
+            raise SftlabError(f"answer_index {index!r} is not a choice index (0 to {len(options) - 1})")
+        found.add(index)
+    if "answer_text" in item:
+        text = item["answer_text"]
+        if text not in options:
+            raise SftlabError(f"answer_text {text!r} is not one of the {len(options)} choices")
+        found.add(options.index(text))
+    if len(found) > 1:
+        raise SftlabError(f"answer_index and answer_text name different choices ({item['answer_index']} and {text!r})")
+    return found.pop()
 
 
 class MultipleChoiceTask:
@@ -71,7 +101,7 @@ class MultipleChoiceTask:
         gold(item)
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: MultipleChoiceBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(bench, items, template, stem, lambda it: choices(it)[gold(it)])
         pairs = [
@@ -119,6 +149,12 @@ class MultipleChoiceTask:
             "gold_prob": sum(r["gold_prob"] for r in rows) / n,
         }
         return BenchmarkScore(metrics, rows)
+
+    def choices_per_item(self, item: dict[str, Any]) -> int:
+        return len(choices(item))
+
+    def tokens_per_item(self, bench: MultipleChoiceBenchmark, prompt_tokens: float, choices: float) -> float:
+        return choices * prompt_tokens  # one log-likelihood pass per choice, nothing generated
 
 
 def _continuation(prompt: str, option: str) -> str:

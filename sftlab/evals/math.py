@@ -14,8 +14,8 @@ import re
 from typing import Any
 
 from sftlab.errors import SftlabError
-from sftlab.evals.base import BenchmarkScore, Generator, benchmark_template, fewshot_prompts, fit_columns, require_str
-from sftlab.spec.schema import BenchmarkSpec
+from sftlab.evals.base import BenchmarkScore, GeneratingTask, Generator, fewshot_prompts, fit_columns, require_str
+from sftlab.spec.schema import MathBenchmark
 
 FINAL_ANSWER_RE = re.compile(
     r"final answer is\s*\$?(.+?)\$?(?:\.\s*I hope it is correct)?\.?\s*$", re.IGNORECASE | re.MULTILINE
@@ -143,7 +143,7 @@ def is_equiv(answer: str | None, reference: str | None) -> bool:
         return answer == reference
 
 
-class MathTask:
+class MathTask(GeneratingTask[MathBenchmark]):
     """Generate a solution; score the boxed answer (exact match after normalisation)."""
 
     def check_item(self, item: dict[str, Any]) -> None:
@@ -151,12 +151,12 @@ class MathTask:
         reference_answer(item)
 
     def score(
-        self, model: Generator, bench: BenchmarkSpec, items: list[dict[str, Any]], template: str | None
+        self, model: Generator, bench: MathBenchmark, items: list[dict[str, Any]], template: str | None
     ) -> BenchmarkScore:
         prompts = fewshot_prompts(
             bench, items, template, lambda it: it["problem"], lambda it: it.get("solution") or it["answer"]
         )
-        marker = benchmark_template(bench, template).split("{instruction}")[0].strip()
+        marker = self.question_marker(bench, template)
         stops = [s for s in (marker, "<|im_end|>") if s]
         outputs = model.complete(prompts, max_tokens=bench.max_new_tokens, stop=stops)
         rows: list[dict[str, Any]] = []
