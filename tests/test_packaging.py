@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,9 +22,13 @@ def test_every_source_folder_is_a_package() -> None:
 
 
 def test_the_wheel_holds_every_module_and_no_other_top_level_name(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # setuptools writes build/ beside the sources: build from a copy
+    shutil.copytree(REPO / "sftlab", source / "sftlab", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
-        + [str(REPO)],
+        + [str(source)],
         check=True,
         capture_output=True,
     )
