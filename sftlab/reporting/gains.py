@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from sftlab import metric_names
 from sftlab.reporting.content import Section, Table
 from sftlab.reporting.stats import fmt
 from sftlab.reporting.trials import HEADLINE, Measure, TrialRow
@@ -44,7 +45,7 @@ def gain_section(done: list[TrialRow], measures: list[Measure]) -> Section:
     for row in sorted(done, key=lambda r: r.label):
         cells = [row.label, row.tag("base_model"), row.tag("dataset"), row.tag("method")]
         cells += [row.params.get(p, "–") for p in params]
-        cells += [fmt(row.metric("profile/ppl")), fmt(row.metric("train/final_loss"))]
+        cells += [fmt(row.metric(metric_names.profile("ppl"))), fmt(row.metric(metric_names.train("final_loss")))]
         table.append(cells + [gain_cell(m, row) for m in measures])
         for m in measures:
             ci = m.ci(row)

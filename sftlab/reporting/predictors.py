@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.reporting.content import MAX_PANELS, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.profiles import Unit, group_of, metric_for, predictors, title, unit_matrix, units
 from sftlab.reporting.stats import ALPHA, EXACT_MAX_N, Corr, adjust, rank_correlations
 from sftlab.reporting.trials import Measure, TrialRow, headlines
 
 POOLED = "all base models"
-PPL = "profile/ppl"
+PPL = metric_names.profile("ppl")
 MARKDOWN_RANKS = 10  # predictors listed in the terminal summary
 
 

@@ -5,12 +5,12 @@ The same sections serve whatever the output format.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sftlab import metric_names
 from sftlab.reporting.content import Section, Table
 from sftlab.reporting.gains import best_section, gain_section
 from sftlab.reporting.layers import layer_section
@@ -24,8 +24,6 @@ from sftlab.reporting.trials import measures as find_measures
 
 if TYPE_CHECKING:
     from sftlab.reporting.gain_model import Predictor
-
-TIME = re.compile(r"^time/(?P<stage>.+)_s$")
 
 __all__ = ["Options", "Report", "Section", "Table", "build_sections"]
 
@@ -74,8 +72,8 @@ def compute_section(rows: list[TrialRow]) -> Section:
     totals: dict[str, float] = {}
     for row in finished(rows):
         for name, value in row.metrics.items():
-            if found := TIME.match(name):
-                totals[found["stage"]] = totals.get(found["stage"], 0.0) + value
+            if found := metric_names.parse_stage_time(name):
+                totals[found.stage] = totals.get(found.stage, 0.0) + value
     grand = sum(totals.values()) or 1.0
     table = [[stage, f"{seconds:,.1f}", f"{seconds / grand:.0%}"] for stage, seconds in sorted(totals.items())]
     text = ["Wall-clock seconds per stage, summed over finished trials."] if table else ["No stage timings logged."]
