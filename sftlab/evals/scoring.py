@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.errors import SftlabError
 from sftlab.evals import task_for
 from sftlab.evals.base import BenchmarkScore, Generator
@@ -104,12 +105,12 @@ def gain_metrics(
     ``base_item_scores`` must be the base model's scores of the same items in the same order; when
     they are not available (a baseline from an older version) the gain has no CI.
     """
-    metrics = {f"eval/{bench}/{k}": v for k, v in scored.items()}
+    metrics = {metric_names.evaluated(bench, k): v for k, v in scored.items()}
     for name, value in scored.items():
         if name in NOT_GAINS or name not in base:
             continue
-        metrics[f"base/{bench}/{name}"] = base[name]
-        metrics[f"gain/{bench}/{name}"] = value - base[name]
+        metrics[metric_names.base(bench, name)] = base[name]
+        metrics[metric_names.gain(bench, name)] = value - base[name]
     if base_item_scores is not None:
         if len(base_item_scores) != len(item_scores):
             raise SftlabError(
@@ -119,7 +120,8 @@ def gain_metrics(
         low, high = paired_bootstrap_ci(
             item_scores, base_item_scores, evaluation.bootstrap_resamples, evaluation.confidence, BOOTSTRAP_SEED
         )
-        metrics[f"gain/{bench}/score_ci_low"], metrics[f"gain/{bench}/score_ci_high"] = low, high
+        low_name, high_name = metric_names.ci_bounds(metric_names.gain(bench, "score"))
+        metrics[low_name], metrics[high_name] = low, high
     return metrics
 
 

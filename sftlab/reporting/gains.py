@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftlab import metric_names
 from sftlab.reporting.content import Options, Section, Table, fmt
 from sftlab.reporting.trials import HEADLINE, Measure, TrialRow
 
@@ -85,8 +86,8 @@ def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> 
             row.label,
             (row.tag("base_model"), row.tag("dataset"), row.tag("method")),
             [row.params.get(p, "–") for p in params],
-            row.metric("profile/ppl"),
-            row.metric("train/final_loss"),
+            row.metric(metric_names.profile("ppl")),
+            row.metric(metric_names.train("final_loss")),
             [_record(row, m) for m in measures],
         )
         for row in sorted(done, key=lambda r: r.label)

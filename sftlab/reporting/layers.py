@@ -12,12 +12,12 @@ words, tabulates and plots them.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.trials import Measure, TrialRow, column, headlines
 from sftlab.stats import Corr, adjust, alpha, quiet, rank_correlations, strongest
@@ -26,10 +26,10 @@ from sftlab.weight_diff import DEPTHS, depth_bucket
 if TYPE_CHECKING:
     import pandas as pd
 
-LAYER = re.compile(r"^weights/layer_(\d+)/rel_change$")
 DEPTH_TITLES = {"bottom": "early (bottom third)", "middle": "middle third", "top": "late (top third)"}
 TOTAL = "all weights"
 POOLED = "all base models"
+REL_CHANGE = "rel_change"  # ||ΔW||/||W||, the change analysed
 BANDS_UP_TO = 4  # base models whose CI bands are drawn in the layer profile (more only overlap)
 
 
@@ -37,14 +37,20 @@ def _depth(d: str) -> str:
     return f"depth: {DEPTH_TITLES[d]}"
 
 
+def _layer(metric: str) -> int | None:
+    """The block of a weights/layer_<i>/rel_change metric (None: another metric)."""
+    found = metric_names.parse_weights(metric)
+    return found.layer if found is not None and found.stat == REL_CHANGE else None
+
+
 def _layer_count(rows: list[TrialRow]) -> int:
-    return 1 + max((int(f.group(1)) for r in rows for k in r.metrics if (f := LAYER.match(k))), default=-1)
+    return 1 + max((i for r in rows for k in r.metrics if (i := _layer(k)) is not None), default=-1)
 
 
 def _depth_values(rows: list[TrialRow], counts: dict[str, int]) -> dict[str, np.ndarray]:
     """Each trial's change per depth third: the logged aggregate, else the mean of its layers' changes
     (thirds of its own base model's stack)."""
-    out = {_depth(d): column(rows, f"weights/depth_{d}/rel_change") for d in DEPTHS}
+    out = {_depth(d): column(rows, metric_names.weights_depth(d, REL_CHANGE)) for d in DEPTHS}
     for model, layers in counts.items():
         mine = np.array([r.tag("base_model") == model for r in rows])
         subset = [r for r in rows if r.tag("base_model") == model]
@@ -54,7 +60,7 @@ def _depth_values(rows: list[TrialRow], counts: dict[str, int]) -> dict[str, np.
                 continue
             with quiet():
                 fallback = np.nanmean(
-                    np.stack([column(subset, f"weights/layer_{i}/rel_change") for i in members]), axis=0
+                    np.stack([column(subset, metric_names.weights_layer(i, REL_CHANGE)) for i in members]), axis=0
                 )
             logged = out[_depth(d)][mine]
             out[_depth(d)][mine] = np.where(np.isfinite(logged), logged, fallback)
@@ -63,9 +69,11 @@ def _depth_values(rows: list[TrialRow], counts: dict[str, int]) -> dict[str, np.
 
 def _weights(rows: list[TrialRow], counts: dict[str, int], per_layer: bool) -> dict[str, np.ndarray]:
     x = _depth_values(rows, counts)
-    x[TOTAL] = column(rows, "weights/total/rel_change")
+    x[TOTAL] = column(rows, metric_names.weights_total(REL_CHANGE))
     if per_layer:
-        x.update({f"layer {i}": column(rows, f"weights/layer_{i}/rel_change") for i in range(_layer_count(rows))})
+        x.update(
+            {f"layer {i}": column(rows, metric_names.weights_layer(i, REL_CHANGE)) for i in range(_layer_count(rows))}
+        )
     return x
 
 
@@ -104,7 +112,7 @@ class LayerAnalysis:
 
 
 def analyse(done: list[TrialRow], measures: list[Measure], options: Options) -> LayerAnalysis:
-    rows = [r for r in done if any(LAYER.match(k) for k in r.metrics)]
+    rows = [r for r in done if any(_layer(k) is not None for k in r.metrics)]
     analysis = LayerAnalysis(measures, options.resamples, options.confidence, len(rows))
     if len(rows) < 4:
         return analysis

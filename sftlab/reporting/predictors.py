@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.reporting.content import MAX_PANELS, Options, Section, Table, corr_fields, png, short, subplots
 from sftlab.reporting.profiles import Unit, group_of, metric_for, predictors, title, unit_matrix, units
 from sftlab.reporting.trials import Measure, TrialRow, headlines
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 POOLED = "all base models"
-PPL = "profile/ppl"
+PPL = metric_names.profile("ppl")
 MARKDOWN_RANKS = 10  # predictors listed in the terminal summary
 
 

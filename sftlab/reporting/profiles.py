@@ -13,19 +13,16 @@ being scored").
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.reporting.trials import Measure, TrialRow
 
-PREFIX = "profile/"
-SIM = re.compile(r"^profile/sim/(?P<benchmark>[^/]+)/(?P<name>[^/]+)$")
-CONTAMINATED = re.compile(r"^profile/contaminated/(?P<benchmark>[^/]+)$")
+PREFIX = metric_names.PROFILE
 OWN = "<benchmark>"  # stands for the benchmark being predicted in a predictor's metric name
-# Sampling bookkeeping and CI bounds describe the measurement, not the data.
-NOT_PREDICTORS = re.compile(r"(_ci_low|_ci_high|_sampled_rows)$")
 TITLES = {
     "profile/ppl": "perplexity (token-weighted)",
     "profile/ppl_mean_example": "perplexity (mean per example)",
@@ -41,41 +38,48 @@ TITLES = {
     "profile/embed_pairwise_distance": "diversity: embedding spread",
     "profile/exact_dup_rate": "diversity: exact duplicates",
     "profile/near_dup_rate": "diversity: near duplicates",
-    f"profile/sim/{OWN}/embed_centroid_cos": "benchmark similarity: embedding centroid cosine",
-    f"profile/sim/{OWN}/embed_max_sim": "benchmark similarity: nearest-row cosine",
-    f"profile/contaminated/{OWN}": "benchmark contamination (items)",
+    metric_names.profile_similarity(OWN, "embed_centroid_cos"): "benchmark similarity: embedding centroid cosine",
+    metric_names.profile_similarity(OWN, "embed_max_sim"): "benchmark similarity: nearest-row cosine",
+    metric_names.profile_contamination(OWN): "benchmark contamination (items)",
 }
-GROUPS = (
-    ("perplexity", re.compile(r"^profile/ppl")),
-    ("benchmark similarity", re.compile(r"^profile/(sim|contaminated)/")),
-    ("tokenizer fit", re.compile(r"^profile/(chars_per_token|unk_rate|byte_fallback_rate)$")),
-    ("diversity", re.compile(r"^profile/(distinct_|exact_dup|near_dup|embed_pairwise)")),
-    ("length", re.compile(r"tokens|turns|truncated|overlong")),
+# Display groups of profile measures, by the measure's name (``profile/<measure>``).
+GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("perplexity", lambda m: m.startswith("ppl")),
+    ("tokenizer fit", lambda m: m in ("chars_per_token", "unk_rate", "byte_fallback_rate")),
+    ("diversity", lambda m: m.startswith(("distinct_", "exact_dup", "near_dup", "embed_pairwise"))),
+    ("length", lambda m: any(word in m for word in ("tokens", "turns", "truncated", "overlong"))),
 )
 
 
 def group_of(predictor: str) -> str:
-    return next((name for name, pattern in GROUPS if pattern.search(predictor)), "data quality and size")
+    found = metric_names.parse_profile(predictor)
+    if isinstance(found, metric_names.ProfileSimilarity | metric_names.ProfileContamination):
+        return "benchmark similarity"
+    measure = found.measure if isinstance(found, metric_names.ProfileMeasure) else predictor
+    return next((name for name, matches in GROUPS if matches(measure)), "data quality and size")
 
 
 def title(predictor: str) -> str:
     if predictor in TITLES:
         return TITLES[predictor]
-    if found := re.fullmatch(rf"profile/sim/{re.escape(OWN)}/ngram_overlap_(\d+)", predictor):
-        return f"benchmark similarity: {found.group(1)}-gram overlap"
-    if found := re.fullmatch(r"profile/distinct_(\d+)", predictor):
-        return f"diversity: distinct-{found.group(1)}"
+    found = metric_names.parse_profile(predictor)
+    if isinstance(found, metric_names.ProfileSimilarity) and found.benchmark == OWN and found.ngram is not None:
+        return f"benchmark similarity: {found.ngram}-gram overlap"
+    if isinstance(found, metric_names.ProfileMeasure) and found.distinct is not None:
+        return f"diversity: distinct-{found.distinct}"
     return predictor.removeprefix(PREFIX).replace("_", " ")
 
 
 def generic(metric: str) -> str | None:
     """The predictor a logged profile metric belongs to (None: not a predictor)."""
-    if not metric.startswith(PREFIX) or NOT_PREDICTORS.search(metric):
+    # Sampling bookkeeping and CI bounds describe the measurement, not the data.
+    if not metric_names.is_profile(metric) or metric_names.is_ci(metric) or metric_names.is_sample_size(metric):
         return None
-    if found := SIM.match(metric):
-        return f"profile/sim/{OWN}/{found['name']}"
-    if CONTAMINATED.match(metric):
-        return f"profile/contaminated/{OWN}"
+    found = metric_names.parse_profile(metric)
+    if isinstance(found, metric_names.ProfileSimilarity):
+        return metric_names.profile_similarity(OWN, found.measure)
+    if isinstance(found, metric_names.ProfileContamination):
+        return metric_names.profile_contamination(OWN)
     return metric
 
 
@@ -111,7 +115,7 @@ class Unit:
     @property
     def profile(self) -> dict[str, float]:
         """The pair's profile metrics (identical on its trials; the first trial's are used)."""
-        return {k: v for k, v in self.rows[0].metrics.items() if k.startswith(PREFIX)}
+        return {k: v for k, v in self.rows[0].metrics.items() if metric_names.is_profile(k)}
 
     def gain(self, measure: Measure) -> float:
         """Mean gain over the pair's trials (NaN when none logged it)."""
@@ -123,7 +127,7 @@ def units(rows: list[TrialRow]) -> list[Unit]:
     """Finished trials grouped by (base model, dataset, profile run): one unit per measured profile."""
     grouped: dict[tuple[str, str, str], list[TrialRow]] = {}
     for row in rows:
-        if any(k.startswith(PREFIX) for k in row.metrics):
+        if any(metric_names.is_profile(k) for k in row.metrics):
             grouped.setdefault((row.tag("base_model"), row.tag("dataset"), row.tag("profile_run_id")), []).append(row)
     return [Unit(model, dataset, members) for (model, dataset, _), members in sorted(grouped.items())]
 

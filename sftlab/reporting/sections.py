@@ -7,12 +7,12 @@ the numbers (dataclasses and DataFrames, without matplotlib), ``render(result)``
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftlab import metric_names
 from sftlab.reporting import gains, layers, methods, prediction, predictors, synergy
 from sftlab.reporting.content import Options, Section, Table
 from sftlab.reporting.trials import Measure, TrialRow, finished
@@ -32,8 +32,6 @@ ANALYSES: dict[str, tuple[Analyse, Callable[[Any], Section]]] = {
     "prediction": (prediction.analyse, prediction.render),
 }
 DEFAULT_OPTIONS = Options()  # frozen, so one shared default is safe
-
-TIME = re.compile(r"^time/(?P<stage>.+)_s$")
 
 __all__ = ["Options", "Report", "Section", "Table", "build_sections"]
 
@@ -76,8 +74,8 @@ def compute_section(rows: list[TrialRow]) -> Section:
     totals: dict[str, float] = {}
     for row in finished(rows):
         for name, value in row.metrics.items():
-            if found := TIME.match(name):
-                totals[found["stage"]] = totals.get(found["stage"], 0.0) + value
+            if found := metric_names.parse_stage_time(name):
+                totals[found.stage] = totals.get(found.stage, 0.0) + value
     grand = sum(totals.values()) or 1.0
     table = [[stage, f"{seconds:,.1f}", f"{seconds / grand:.0%}"] for stage, seconds in sorted(totals.items())]
     text = ["Wall-clock seconds per stage, summed over finished trials."] if table else ["No stage timings logged."]

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from sftlab import metric_names
 from sftlab.tracking.runs import TAG_ERROR, TAG_PARENT, TAG_STAGE, TAG_TRIAL_KEY, Tracker
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-# gain/<benchmark>/<metric>; the benchmark name may hold slashes, the metric never does.
-GAIN = re.compile(r"^gain/(?P<benchmark>.+)/(?P<metric>[^/]+)$")
-CI_SUFFIXES = ("_ci_low", "_ci_high")  # gain/B/score_ci_low is the CI of gain/B/score, not a metric
 HEADLINE = "score"  # every benchmark's headline metric (older runs: exact_match, then the rest)
 TRIAL_QUERY = f"tags.`{TAG_STAGE}` = 'trial'"
 CHECKPOINT_QUERY = f"tags.`{TAG_STAGE}` = 'checkpoint' AND attributes.status = 'FINISHED'"
@@ -116,19 +113,19 @@ class Measure:
     def name(self) -> str:
         return f"{self.benchmark}/{self.metric}"
 
-    def key(self, kind: str) -> str:
-        return f"{kind}/{self.benchmark}/{self.metric}"
+    def key(self, kind: metric_names.BenchmarkKind) -> str:
+        return metric_names.benchmark_metric(kind, self.benchmark, self.metric)
 
-    def value(self, row: TrialRow, kind: str) -> float | None:
+    def value(self, row: TrialRow, kind: metric_names.BenchmarkKind) -> float | None:
         """``kind`` is eval (fine-tuned score), base or gain."""
         return row.metric(self.key(kind))
 
     def gain(self, row: TrialRow) -> float | None:
         return self.value(row, "gain")
 
-    def ci(self, row: TrialRow, kind: str = "gain") -> tuple[float, float] | None:
+    def ci(self, row: TrialRow, kind: metric_names.BenchmarkKind = "gain") -> tuple[float, float] | None:
         """The logged CI of this metric (only the headline score has one), else None."""
-        low, high = row.metric(self.key(kind) + "_ci_low"), row.metric(self.key(kind) + "_ci_high")
+        low, high = (row.metric(name) for name in metric_names.ci_bounds(self.key(kind)))
         return (low, high) if low is not None and high is not None else None
 
     def gains(self, rows: list[TrialRow]) -> np.ndarray:
@@ -153,8 +150,9 @@ def measures(rows: list[TrialRow]) -> list[Measure]:
     found: set[Measure] = set()
     for row in rows:
         for name in row.metrics:
-            if (m := GAIN.match(name)) and not name.endswith(CI_SUFFIXES):
-                found.add(Measure(m["benchmark"], m["metric"]))
+            m = metric_names.parse_benchmark_metric(name)
+            if m and m.kind == "gain" and not metric_names.is_ci(name):
+                found.add(Measure(m.benchmark, m.metric))
     kept = []
     for measure in sorted(found, key=lambda m: (m.benchmark, *_order(m.metric))):
         headline = Measure(measure.benchmark, HEADLINE)

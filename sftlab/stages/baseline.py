@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sftlab import metric_names
 from sftlab.evals.base import BenchmarkScore
 from sftlab.evals.scoring import ITEM_COUNTS, score_models
 from sftlab.keys import digest
@@ -61,8 +62,8 @@ def base_item_scores(tracker: Tracker, run_id: str, bench: str) -> list[float] |
 
 
 def _eval_metrics(metrics: dict[str, float], bench: str) -> dict[str, float]:
-    prefix = f"eval/{bench}/"
-    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+    parsed = ((metric_names.parse_benchmark_metric(k), v) for k, v in metrics.items())
+    return {p.metric: v for p, v in parsed if p and p.kind == "eval" and p.benchmark == bench}
 
 
 def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
@@ -88,7 +89,7 @@ def run(job: TrialJob, inputs: dict[str, Any]) -> StageResult:
                 run_ids.update(owned)
         tracker.set_tags(trial_run_id, {f"sftlab.baseline_run.{b}": r for b, r in run_ids.items()})
     # Item counts are the trial's own eval/ metrics; base/ holds the scores gains compare against.
-    metrics = {f"base/{b}/{s}": v for b, per in scores.items() for s, v in per.items() if s not in ITEM_COUNTS}
+    metrics = {metric_names.base(b, s): v for b, per in scores.items() for s, v in per.items() if s not in ITEM_COUNTS}
     return StageResult(metrics=metrics, outputs={"scores": scores, "run_ids": run_ids})
 
 
@@ -102,7 +103,7 @@ def _score_base(job: TrialJob, tracker: Tracker, owned: dict[str, str]) -> dict[
     def on_scored(_: str, results: dict[str, BenchmarkScore]) -> None:
         for bench in benchmarks:
             result, run_id = results[bench.name], owned[bench.name]
-            tracker.log_metrics(run_id, {f"eval/{bench.name}/{k}": v for k, v in result.metrics.items()})
+            tracker.log_metrics(run_id, {metric_names.evaluated(bench.name, k): v for k, v in result.metrics.items()})
             log_benchmark_rows(tracker, run_id, bench.name, result)
             scores[bench.name] = dict(result.metrics)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sftlab import metric_names
 from sftlab.diagnostics import disk_full_hint, scratch_paths
 from sftlab.signals import sigterm_interrupts
 from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
@@ -48,7 +49,7 @@ def trial_stage(job: TrialJob, stage: str) -> Iterator[tuple[Tracker, str]]:
         tracker.release_claims(error)
         tracker.set_tags(run_id, {TAG_ERROR: error[:5000]})
         raise
-    tracker.log_metrics(run_id, {f"time/{stage}_s": time.perf_counter() - started})
+    tracker.log_metrics(run_id, {metric_names.stage_time(stage): time.perf_counter() - started})
 
 
 def run_stage(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftlab import metric_names
 from sftlab.evals.scoring import benchmark_items
 from sftlab.keys import digest
 from sftlab.profiling import card, embeddings, perplexity
@@ -193,39 +194,41 @@ def compute_profile(trial: Trial, ctx: RunContext) -> tuple[dict[str, float], di
     exact_rate, near_rate, exact_rows = state.dups.rates()
     raw_rows = state.rows + problems.count
     metrics: dict[str, float] = {
-        "profile/rows": float(state.rows),
-        "profile/skipped_rows": float(problems.count),
-        "profile/malformed_share": problems.count / raw_rows,
-        "profile/empty_response_share": problems.empty_response / raw_rows,
-        "profile/overlong_response_share": float((response_lens >= max_length).mean()),
-        "profile/turns_mean": state.turns / state.rows,
-        "profile/tokens_total": float(total_lens.sum()),
-        "profile/tokens_mean": float(total_lens.mean()),
-        "profile/prompt_tokens_mean": float(prompt_lens.mean()),
-        **{f"profile/prompt_tokens_{k}": v for k, v in percentiles(prompt_lens).items()},
-        "profile/response_tokens_mean": float(response_lens.mean()),
-        **{f"profile/response_tokens_{k}": v for k, v in percentiles(response_lens).items()},
-        "profile/truncated_share": float((total_lens > max_length).mean()),
-        **{f"profile/{k}": v for k, v in state.lengths.fit().items()},
-        "profile/ppl": ppl.token_weighted,
-        "profile/ppl_ci_low": ppl.ci_token_weighted[0],
-        "profile/ppl_ci_high": ppl.ci_token_weighted[1],
-        "profile/ppl_mean_example": ppl.mean_example,
-        "profile/ppl_mean_example_ci_low": ppl.ci_mean_example[0],
-        "profile/ppl_mean_example_ci_high": ppl.ci_mean_example[1],
-        **{f"profile/ppl_{k}": v for k, v in percentiles(ppl.per_example, (50, 90)).items()},
-        "profile/ppl_sampled_rows": float(ppl.rows),
-        **{f"profile/distinct_{n}": v for n, v in state.distinct.values().items()},
-        "profile/exact_dup_rate": exact_rate,
-        "profile/near_dup_rate": near_rate,
-        **{f"profile/{k}": v for k, v in embed_overall.items()},
+        metric_names.profile("rows"): float(state.rows),
+        metric_names.profile("skipped_rows"): float(problems.count),
+        metric_names.profile("malformed_share"): problems.count / raw_rows,
+        metric_names.profile("empty_response_share"): problems.empty_response / raw_rows,
+        metric_names.profile("overlong_response_share"): float((response_lens >= max_length).mean()),
+        metric_names.profile("turns_mean"): state.turns / state.rows,
+        metric_names.profile("tokens_total"): float(total_lens.sum()),
+        metric_names.profile("tokens_mean"): float(total_lens.mean()),
+        metric_names.profile("prompt_tokens_mean"): float(prompt_lens.mean()),
+        **{metric_names.profile(f"prompt_tokens_{k}"): v for k, v in percentiles(prompt_lens).items()},
+        metric_names.profile("response_tokens_mean"): float(response_lens.mean()),
+        **{metric_names.profile(f"response_tokens_{k}"): v for k, v in percentiles(response_lens).items()},
+        metric_names.profile("truncated_share"): float((total_lens > max_length).mean()),
+        **{metric_names.profile(k): v for k, v in state.lengths.fit().items()},
+        metric_names.profile("ppl"): ppl.token_weighted,
+        metric_names.profile("ppl_ci_low"): ppl.ci_token_weighted[0],
+        metric_names.profile("ppl_ci_high"): ppl.ci_token_weighted[1],
+        metric_names.profile("ppl_mean_example"): ppl.mean_example,
+        metric_names.profile("ppl_mean_example_ci_low"): ppl.ci_mean_example[0],
+        metric_names.profile("ppl_mean_example_ci_high"): ppl.ci_mean_example[1],
+        **{metric_names.profile(f"ppl_{k}"): v for k, v in percentiles(ppl.per_example, (50, 90)).items()},
+        metric_names.profile("ppl_sampled_rows"): float(ppl.rows),
+        **{metric_names.profile_distinct(n): v for n, v in state.distinct.values().items()},
+        metric_names.profile("exact_dup_rate"): exact_rate,
+        metric_names.profile("near_dup_rate"): near_rate,
+        **{metric_names.profile(k): v for k, v in embed_overall.items()},
     }
     bench_detail: dict[str, Any] = {}
     for bench in overlaps:
         found = bench.contaminated()
-        metrics.update({f"profile/sim/{bench.name}/ngram_overlap_{n}": v for n, v in bench.overlaps().items()})
-        metrics.update({f"profile/sim/{bench.name}/{k}": v for k, v in embed_bench.get(bench.name, {}).items()})
-        metrics[f"profile/contaminated/{bench.name}"] = float(len(found))
+        metrics.update({metric_names.profile_ngram_overlap(bench.name, n): v for n, v in bench.overlaps().items()})
+        metrics.update(
+            {metric_names.profile_similarity(bench.name, k): v for k, v in embed_bench.get(bench.name, {}).items()}
+        )
+        metrics[metric_names.profile_contamination(bench.name)] = float(len(found))
         bench_detail[bench.name] = {
             "items": len(bench.items),
             "items_shorter_than_n": bench.short_items,
@@ -280,7 +283,7 @@ def cached_or_compute(trial: Trial, ctx: RunContext, tracker: Tracker) -> tuple[
     cached, run_id = tracker.claim("profile", key, title, tags)
     if cached is not None:
         log.info("profile: reusing run %s for %s", cached.info.run_id, key)
-        return {k: v for k, v in cached.data.metrics.items() if k.startswith("profile/")}, cached.info.run_id
+        return {k: v for k, v in cached.data.metrics.items() if metric_names.is_profile(k)}, cached.info.run_id
     assert run_id is not None
     with tracker.owning([run_id]), tempfile.TemporaryDirectory() as tmp:
         metrics, detail, images = compute_profile(trial, ctx)

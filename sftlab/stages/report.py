@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sftlab import metric_names
 from sftlab.errors import SftlabError
 from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.render import report_files, write_report
@@ -37,12 +38,15 @@ def _publish(tracker: Tracker, run_id: str, rows: list[TrialRow], out_dir: Path)
     for rel in report_files(out_dir):
         folder = f"{ARTIFACT_DIR}/{rel.parent.as_posix()}" if rel.parent != Path(".") else ARTIFACT_DIR
         tracker.log_artifact(run_id, out_dir / rel, folder)
-    metrics = {f"report/trials_{s}": float(sum(r.status == s for r in rows)) for s in ("finished", "failed", "missing")}
+    metrics = {
+        metric_names.report_trials(s): float(sum(r.status == s for r in rows))
+        for s in ("finished", "failed", "missing")
+    }
     predictor = out_dir / "predictor.json"
     if predictor.is_file():
         for name, target in Predictor.from_json(predictor.read_text(encoding="utf-8")).targets.items():
-            metrics[f"report/predictor/{name}/cv_mae"] = target.cv.mae
-            metrics[f"report/predictor/{name}/baseline_mae"] = target.cv.best_baseline_mae
+            metrics[metric_names.report_predictor(name, "cv_mae")] = target.cv.mae
+            metrics[metric_names.report_predictor(name, "baseline_mae")] = target.cv.best_baseline_mae
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, {REPORT_TAG: str(int(time.time() * 1000))})
 

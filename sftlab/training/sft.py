@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from sftlab import metric_names
 from sftlab.errors import SftlabError
 from sftlab.sources import data, models
 from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
@@ -163,7 +164,11 @@ def _callback(tracker: Tracker, run_id: str, flush_every_s: float = 10.0) -> Any
             self.last_flush = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - transformers' signature
-            wanted = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm"}
+            wanted = {
+                "loss": metric_names.train("loss"),
+                "learning_rate": metric_names.train("lr"),
+                "grad_norm": metric_names.train("grad_norm"),
+            }
             step_metrics = {name: logs[k] for k, name in wanted.items() if logs and k in logs}
             if step_metrics:
                 self.pending.append((state.global_step, step_metrics))
@@ -251,18 +256,18 @@ def run_trial(job: TrialJob) -> StageResult | None:
         resumed_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0  # checkpoint-<step>
         share_run = (output.global_step - resumed_step) / max(1, output.global_step)
         metrics = {
-            "train/final_loss": float(output.training_loss),
-            "train/runtime_s": seconds,
-            "train/steps": float(output.global_step),
-            "train/resumed_from_step": float(resumed_step),
-            "train/rows": float(len(trainable.examples)),
-            "train/skipped_rows": float(len(trainable.skipped)),
-            "train/overlong_prompt_rows": float(
+            metric_names.train("final_loss"): float(output.training_loss),
+            metric_names.train("runtime_s"): seconds,
+            metric_names.train("steps"): float(output.global_step),
+            metric_names.train("resumed_from_step"): float(resumed_step),
+            metric_names.train("rows"): float(len(trainable.examples)),
+            metric_names.train("skipped_rows"): float(len(trainable.skipped)),
+            metric_names.train("overlong_prompt_rows"): float(
                 overlong
             ),  # among the skipped: nothing left to train on after truncation
-            "train/truncated_rows": float(sum(n >= training.max_length for n in lengths)),
-            "train/tokens": float(sum(lengths) * training.epochs),  # all epochs, padding excluded
-            "train/tokens_per_s": sum(lengths) * training.epochs * share_run / seconds,
+            metric_names.train("truncated_rows"): float(sum(n >= training.max_length for n in lengths)),
+            metric_names.train("tokens"): float(sum(lengths) * training.epochs),  # all epochs, padding excluded
+            metric_names.train("tokens_per_s"): sum(lengths) * training.epochs * share_run / seconds,
         }
         return publish(job, tracker, run_id, metrics, Path(tmp) / MODEL_ARTIFACT, store)
 
@@ -294,7 +299,7 @@ def publish(
 
     trial, training = job.trial, job.trial.training
     if torch.cuda.is_available():
-        metrics["train/gpu_max_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30  # rank 0's peak
+        metrics[metric_names.train("gpu_max_memory_gb")] = torch.cuda.max_memory_allocated() / 2**30  # rank 0's peak
     tracker.log_metrics(run_id, metrics)
     (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle of the arguments, not part of the model
     tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftlab import metric_names
 from sftlab.weight_diff.names import DEPTHS, MODULE_TYPES, depth_bucket, layer_index, module_type
 
 if TYPE_CHECKING:
@@ -181,15 +182,15 @@ class WeightDiff:
     def metrics(self) -> dict[str, float]:
         """MLflow metrics; infinite ratios (all-zero base groups) are left out, MLflow and ranks can't use them."""
         named: dict[str, float] = {}
-        groups: list[tuple[str, dict[Any, GroupChange], tuple[str, ...]]] = [
-            ("layer_", self.by_layer(), LAYER_MEASURES),
-            ("module_", self.by_module(), ALL_MEASURES),
-            ("depth_", self.by_depth(), DEPTH_MEASURES),
-            ("", {"total": self.total()}, ALL_MEASURES),
+        groups: list[tuple[Callable[[Any, str], str], dict[Any, GroupChange], tuple[str, ...]]] = [
+            (metric_names.weights_layer, self.by_layer(), LAYER_MEASURES),
+            (metric_names.weights_module, self.by_module(), ALL_MEASURES),
+            (metric_names.weights_depth, self.by_depth(), DEPTH_MEASURES),
+            (lambda _, stat: metric_names.weights_total(stat), {"total": self.total()}, ALL_MEASURES),
         ]
-        for prefix, grouped, measures in groups:
+        for name, grouped, measures in groups:
             for group, change in grouped.items():
-                named.update({f"weights/{prefix}{group}/{k}": v for k, v in change.measures(measures).items()})
+                named.update({name(group, k): v for k, v in change.measures(measures).items()})
         named.update(self._spectral_metrics())
         return {k: v for k, v in named.items() if math.isfinite(v)}
 
@@ -198,10 +199,10 @@ class WeightDiff:
         if not spectra:
             return {}
         return {
-            "weights/spectral/matrices": float(len(spectra)),
-            "weights/spectral/effective_rank_mean": sum(s.effective_rank for s in spectra) / len(spectra),
-            "weights/spectral/top_k_energy_mean": sum(s.top_k_energy for s in spectra) / len(spectra),
-            "weights/spectral/top_singular_value_max": max(s.singular_values[0] for s in spectra),
+            metric_names.weights_spectral("matrices"): float(len(spectra)),
+            metric_names.weights_spectral("effective_rank_mean"): sum(s.effective_rank for s in spectra) / len(spectra),
+            metric_names.weights_spectral("top_k_energy_mean"): sum(s.top_k_energy for s in spectra) / len(spectra),
+            metric_names.weights_spectral("top_singular_value_max"): max(s.singular_values[0] for s in spectra),
         }
 
     def rows(self) -> list[dict[str, Any]]:
