@@ -51,12 +51,16 @@ GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
 )
 
 
+SIMILARITY, OTHER = "benchmark similarity", "data quality and size"
+GROUP_ORDER = [GROUPS[0][0], SIMILARITY, *(name for name, _ in GROUPS[1:]), OTHER]  # as the report lists them
+
+
 def group_of(predictor: str) -> str:
     found = metric_names.parse_profile(predictor)
     if isinstance(found, metric_names.ProfileSimilarity | metric_names.ProfileContamination):
-        return "benchmark similarity"
+        return SIMILARITY
     measure = found.measure if isinstance(found, metric_names.ProfileMeasure) else predictor
-    return next((name for name, matches in GROUPS if matches(measure)), "data quality and size")
+    return next((name for name, matches in GROUPS if matches(measure)), OTHER)
 
 
 def title(predictor: str) -> str:
@@ -91,7 +95,7 @@ def metric_for(predictor: str, benchmark: str) -> str:
 def predictors(rows: list[TrialRow]) -> list[str]:
     """Every predictor some finished trial logged, sorted by group then name."""
     found = {p for r in rows for k in r.metrics if (p := generic(k))}
-    order = [name for name, _ in GROUPS] + ["data quality and size"]
+    order = GROUP_ORDER
     return sorted(found, key=lambda p: (order.index(group_of(p)), p))
 
 
