@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +26,7 @@ from sftlab.training.checkpoints import (
     is_model_file,
     remote_store,
 )
-from tests.support.helpers import first_trial, quickstart_spec
+from tests.support.helpers import first_trial, quickstart_spec, start_stage
 
 
 def new_bucket(endpoint: str) -> str:
@@ -150,16 +147,7 @@ def test_preempted_trial_resumes_from_s3_in_a_new_pod(tmp_path: Path, s3_env: st
         tmp_path, evaluation_epochs=[1], epochs=12, checkpoint_uri=f"s3://{bucket}/ckpt"
     )  # 8 steps/epoch
     prefix = f"ckpt/{job.trial.key}/"
-    job_file = tmp_path / "job.json"
-    job_file.write_text(job.to_json())
-    script = (
-        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
-        "run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = start_stage("train", job, tmp_path, "killed.json")
 
     def marked() -> list[int]:
         return sorted(

@@ -14,7 +14,7 @@ from sftlab.stages.common import run_stage
 from sftlab.stages.profile import profile_key
 from sftlab.tracking.runs import TAG_ERROR, Tracker
 from sftlab.tracking.tags import TAG_HEARTBEAT
-from tests.support.helpers import first_trial, quickstart_spec
+from tests.support.helpers import first_trial, quickstart_spec, start_stage
 
 
 def make_job(tmp_path: Path, **axes: object) -> tuple[TrialJob, Tracker]:
@@ -121,23 +121,11 @@ def test_stage_failure_is_recorded_on_the_trial_run(tmp_path: Path) -> None:
 def test_sigterm_mid_stage_releases_its_claims_and_records_the_cause(tmp_path: Path) -> None:
     """A cancelled KFP run or an evicted pod gets SIGTERM: the stage still closes the profile run
     it claimed (else other trials would wait on it) and says why on the trial run."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
-    job_file = tmp_path / "job.json"
-    job_file.write_text(job.to_json())
-    script = (
-        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
-        "run_stage('profile', Path(sys.argv[1]).read_text(), sys.argv[2])"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(job_file), str(tmp_path / "out.json")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = start_stage("profile", job, tmp_path, "out.json")
     query = "tags.`sftlab.stage` = 'profile' AND attributes.status = 'RUNNING'"
     deadline = time.monotonic() + 120
     while not any(run.data.tags.get(TAG_HEARTBEAT) for run in tracker.search(query)) and time.monotonic() < deadline:
@@ -175,26 +163,14 @@ def test_a_stage_stopped_before_it_owns_its_claim_still_releases_it(tmp_path: Pa
 @pytest.mark.slow  # trains a model or runs servers for tens of seconds
 def test_training_killed_mid_run_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     """SIGKILL the train stage after its first epoch checkpoint; the re-run continues from it."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     job, tracker = make_job(tmp_path, dataset="math", **{"training.method": "full"})
     long = job.trial.training.model_copy(update={"epochs": 40})  # 320 steps: time to kill it mid-run
     job = job.model_copy(update={"trial": job.trial.model_copy(update={"training": long})})
-    job_file = tmp_path / "job.json"
-    job_file.write_text(job.to_json())
-    script = (
-        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
-        "run_stage('train', Path(sys.argv[1]).read_text(), sys.argv[2])"
-    )
     checkpoints = tmp_path / "runs" / "checkpoints" / job.trial.key
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(job_file), str(tmp_path / "killed.json")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = start_stage("train", job, tmp_path, "killed.json")
     deadline = time.monotonic() + 240
     while not any(checkpoints.glob("checkpoint-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sftlab.spec.grid import Trial, expand
+from sftlab.spec.job import TrialJob
 from sftlab.spec.loading import load_spec
 from sftlab.spec.schema import Spec
 
@@ -45,4 +46,17 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_stage(stage: str, job: TrialJob, tmp_path: Path, out: str) -> subprocess.Popen[bytes]:
+    """One stage of ``job`` in its own process, as a KFP task runs it, for tests that kill or signal it."""
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.to_json())
+    script = (
+        "import sys; from pathlib import Path; from sftlab.stages.common import run_stage; "
+        f"run_stage({stage!r}, Path(sys.argv[1]).read_text(), sys.argv[2])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(job_file), str(tmp_path / out)], env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
