@@ -10,9 +10,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from sftlab.cluster.objects import (
-    JobRunner,
-)
+from sftlab.cluster import pytorchjob
+from sftlab.cluster.objects import JobRunner
 from sftlab.cluster.trainjob import TrainJobRunner, trainjob_manifest
 from sftlab.spec.schema import DistributedConfig
 
@@ -32,8 +31,6 @@ class TrainingEngine(NamedTuple):
 def engine_for(distributed: DistributedConfig) -> TrainingEngine:
     """The engine ``distributed.launcher`` names: a Kubeflow Trainer TrainJob or a training-operator PyTorchJob."""
     if distributed.launcher == "pytorchjob":
-        from sftlab.cluster import pytorchjob
-
         return TrainingEngine(
             "pytorchjob", partial(pytorchjob.pytorchjob_manifest, nodes=distributed.nodes), pytorchjob.PyTorchJobRunner
         )
