@@ -162,8 +162,14 @@ def check_runs_here(spec_path: str, trials: list[Any]) -> None:
     help="Trials at once (default: spec.pipeline.max_parallel_trials, capped at 2 locally).",
 )
 @click.option("--yes", is_flag=True, help=f"Do not ask before running more than {CONFIRM_ABOVE} trials.")
+@click.option(
+    "--warm-start/--no-warm-start",
+    default=True,
+    help="Fork each stage from a server that has torch, TRL and MLflow imported (default), or start "
+    "every stage as a fresh process, as on a cluster (for debuggers, profilers, per-trial cgroups).",
+)
 @friendly
-def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
+def run(spec_path: str, max_parallel: int | None, yes: bool, warm_start: bool) -> None:
     """Run the whole sweep of SPEC locally: each trial's pipeline through kfp.local, tracked in MLflow."""
     from sftlab.kfp.pipelines.launchers import LocalTrialLauncher
     from sftlab.signals import sigterm_interrupts
@@ -180,7 +186,7 @@ def run(spec_path: str, max_parallel: int | None, yes: bool) -> None:
     root = Path(spec.tracking.root).resolve()
     try:
         with sigterm_interrupts():  # `kill` or a stopped container: the same clean stop as Ctrl-C
-            result = run_sweep(spec, LocalTrialLauncher(root, max_parallel=parallel), echo=click.echo)
+            result = run_sweep(spec, LocalTrialLauncher(root, max_parallel=parallel, warm_start=warm_start), echo=click.echo)
     except KeyboardInterrupt as exc:
         click.echo(
             f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "

@@ -123,7 +123,9 @@ def test_a_trial_out_of_disk_or_memory_fails_alone(tmp_path: Path) -> None:
     mount_tiny_tmpfs(tiny_disk)
     group = None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sftlab.cli", "run", str(spec_path)],
+        # Cold starts: the memory cgroup holds the trial's process tree, and a warm-started stage
+        # would be a child of the sweep's warm server instead (the reason --no-warm-start exists).
+        [sys.executable, "-m", "sftlab.cli", "run", str(spec_path), "--no-warm-start"],
         cwd=tmp_path,
         text=True,
         stdout=subprocess.PIPE,

@@ -16,6 +16,7 @@ from types import TracebackType
 import httpx
 
 from sftlab.errors import SftlabError
+from sftlab.warm import client as warm_client
 
 HOST = "127.0.0.1"
 # Seconds between SIGTERM and SIGKILL: uvicorn finishes in-flight requests in this time.
@@ -97,7 +98,9 @@ class LocalModelServer:
         self._stop()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "sftlab.serving.server", "--model-dir", str(self.model_dir)]
+        # Through the sweep's warm server where there is one: it has torch and kserve imported.
+        python_m = [sys.executable, "-m", *(["sftlab.warm"] if warm_client.available() else [])]
+        cmd = [*python_m, "sftlab.serving.server", "--model-dir", str(self.model_dir)]
         if self.adapter_dir is not None:
             cmd += ["--adapter-dir", str(self.adapter_dir)]
         cmd += ["--name", self.model_name, "--port", str(self.port), "--host", HOST]

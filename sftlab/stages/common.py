@@ -21,6 +21,7 @@ from sftlab.diagnostics import disk_full_hint, scratch_paths
 from sftlab.signals import sigterm_interrupts
 from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
 from sftlab.tracking.runs import TAG_ERROR, Tracker
+from sftlab.warm import client as warm_client
 
 STAGES = ("profile", "baseline", "train", "evaluate", "weights")
 log = logging.getLogger(__name__)
@@ -60,7 +61,30 @@ def run_stage(
     kfp_run_id: str | None = None,
     kfp_task: str | None = None,
 ) -> StageResult:
-    """Run one stage of a trial from its KFP inputs and write its result JSON to ``output_path``."""
+    """Run one stage of a trial from its KFP inputs and write its result JSON to ``output_path``.
+
+    Inside a local sweep the work runs in a child of the sweep's warm server (``sftlab.warm``),
+    which has the heavy libraries imported already; this process then only waits for it and
+    ends as it ended. Anywhere else (a cluster pod) the stage runs here.
+    """
+    args = [stage, job_json, str(output_path), input_paths, kfp_run_id, kfp_task]
+    code = warm_client.run(f"{__name__}:{run_stage_here.__name__}", args) if warm_client.available() else None
+    if code is None:
+        return run_stage_here(stage, job_json, output_path, input_paths, kfp_run_id, kfp_task)
+    if code != 0:  # the child printed its traceback to this task's log, as this process would have
+        warm_client.exit_like(code)
+    return StageResult.model_validate_json(Path(output_path).read_text(encoding="utf-8"))
+
+
+def run_stage_here(
+    stage: str,
+    job_json: str,
+    output_path: str | Path,
+    input_paths: dict[str, str] | None = None,
+    kfp_run_id: str | None = None,
+    kfp_task: str | None = None,
+) -> StageResult:
+    """``run_stage`` in this process."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -30,6 +30,7 @@ from sftlab.spec.grid import Trial
 from sftlab.spec.job import TrialJob
 from sftlab.spec.schema import Spec
 from sftlab.sweep.launcher import FinishTrial, StartTrial, TrialOutcome
+from sftlab.warm import server as warm_server
 
 if TYPE_CHECKING:
     import kfp
@@ -154,13 +155,35 @@ class LocalTrialLauncher(_PollingTrialLauncher[_LocalTrial]):
     side by side. Each trial's whole output goes to ``log_path(key)`` (``ROOT/logs/<key>.log``),
     never to the console; its job file and kfp.local outputs live under ``ROOT/trials/<key>/``.
     Each child leads its own process group, so cancelling a trial stops its task processes too.
+    With ``warm_start`` the sweep runs a warm server (``sftlab.warm``) that its stages fork from,
+    so each stage skips the imports a cold process spends most of a tiny trial on.
     """
 
-    def __init__(self, root: Path, max_parallel: int = 1, poll_s: float = 0.2, cancel_grace_s: float = 20.0):
+    def __init__(
+        self,
+        root: Path,
+        max_parallel: int = 1,
+        poll_s: float = 0.2,
+        cancel_grace_s: float = 20.0,
+        warm_start: bool = True,
+    ):
         self.root = Path(root)
         self.max_parallel = max_parallel
         self.poll_s = poll_s
         self.cancel_grace_s = cancel_grace_s
+        self.warm_start = warm_start
+        self._warm_env: dict[str, str] = {}
+
+    def run(self, trials: Sequence[Trial], start: StartTrial, finish: FinishTrial) -> None:
+        if not (self.warm_start and trials):
+            super().run(trials, start, finish)
+            return
+        env = {**os.environ, **self._thread_limits()}
+        with warm_server.started(self.root / "logs" / "warm-server.log", env) as self._warm_env:
+            try:
+                super().run(trials, start, finish)
+            finally:
+                self._warm_env = {}
 
     def log_path(self, trial_key: str) -> Path:
         return self.root / "logs" / f"{trial_key}.log"
@@ -189,7 +212,7 @@ class LocalTrialLauncher(_PollingTrialLauncher[_LocalTrial]):
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self._thread_limits()},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self._thread_limits(), **self._warm_env},
                 start_new_session=True,
             )
         return _LocalTrial(process, log_file, oom_kills())
