@@ -186,7 +186,8 @@ def run(spec_path: str, max_parallel: int | None, yes: bool, warm_start: bool) -
     root = Path(spec.tracking.root).resolve()
     try:
         with sigterm_interrupts():  # `kill` or a stopped container: the same clean stop as Ctrl-C
-            result = run_sweep(spec, LocalTrialLauncher(root, max_parallel=parallel, warm_start=warm_start), echo=click.echo)
+            launcher = LocalTrialLauncher(root, max_parallel=parallel, warm_start=warm_start)
+            result = run_sweep(spec, launcher, echo=click.echo)
     except KeyboardInterrupt as exc:
         click.echo(
             f"\ninterrupted ({exc or 'Ctrl-C'}): the trials in flight were stopped and recorded as interrupted; "

@@ -106,7 +106,8 @@ def exit_like(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        with contextlib.suppress(OSError):  # SIGKILL has no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         raise SystemExit(128 - code)  # the signal is blocked or ignored here
     raise SystemExit(code)

@@ -243,14 +243,16 @@ class WarmServer:
                 sys.stdout.flush()
                 sys.stderr.flush()
             if code < 0:  # die of the signal, as an uncaught KeyboardInterrupt does
-                signal.signal(-code, signal.SIG_DFL)
+                with contextlib.suppress(OSError):  # SIGKILL has no handler to reset
+                    signal.signal(-code, signal.SIG_DFL)
                 os.kill(os.getpid(), -code)
             os._exit(code & 0xFF)
 
 
 def _fresh_standard_streams(unbuffered: bool) -> None:
     """Streams over the caller's descriptors, buffered as a new interpreter would buffer them."""
-    raw_out, raw_err = open(1, "wb", buffering=0, closefd=False), open(2, "wb", buffering=0, closefd=False)
+    raw_out = io.FileIO(1, "wb", closefd=False)
+    raw_err = io.FileIO(2, "wb", closefd=False)
     out: Any = raw_out if unbuffered else io.BufferedWriter(raw_out)
     sys.stdout = io.TextIOWrapper(out, line_buffering=raw_out.isatty(), write_through=unbuffered)
     sys.stderr = io.TextIOWrapper(raw_err, errors="backslashreplace", line_buffering=True, write_through=True)
