@@ -82,16 +82,45 @@ def table(built: Path, name: str) -> pd.DataFrame:
 def test_files_and_sweep_artifacts(study, built):
     tracker, _, ctx = study
     assert built == Path(ctx.root) / "reports" / EXPERIMENT / "report.html"
-    expected = {"report.html", "report.md", "trials.csv", "trials.parquet", "predictor.json"}
+    expected = {"report.html", "report.md", "trials.csv", "trials.parquet", "predictor.json", report.BUILT_FROM}
     expected |= {f"tables/{name}.{ext}" for name in TABLES for ext in ("csv", "parquet")}
     assert {p.relative_to(built.parent).as_posix() for p in built.parent.rglob("*") if p.is_file()} == expected
     listed = {f.path for f in tracker.client.list_artifacts(ctx.sweep_run_id, "report")}
     listed |= {f.path for f in tracker.client.list_artifacts(ctx.sweep_run_id, "report/tables")}
-    assert {f"report/{name}" for name in expected} <= listed
+    assert {f"report/{name}" for name in expected - {report.BUILT_FROM}} <= listed
     run = tracker.client.get_run(ctx.sweep_run_id)
     assert run.data.tags[REPORT_TAG].isdigit()
     assert run.data.metrics["report/trials_finished"] == 81 and run.data.metrics["report/trials_failed"] == 2
     assert "report/predictor/boolq/score/cv_mae" in run.data.metrics
+
+
+def test_a_rerun_keeps_the_report_until_a_trial_changes(tmp_path: Path) -> None:
+    """A sweep re-run that ran nothing keeps its report; one more finished trial rebuilds it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "rerun", tmp_path / "artifacts")
+    sweep = tracker.create_run("sweep", "sweep", {"sftlab.sweep_key": "k"})
+    rng = np.random.default_rng(3)
+    profiles = study_gen.profiles(rng)
+    planned = study_gen.plan()[:6]
+
+    def finish(trial: Planned) -> None:
+        run_id = study_gen.create_trial(tracker, sweep, trial)
+        study_gen.log_trial(tracker, run_id, trial, profiles[trial.model, trial.dataset], rng, checkpoints=False)
+        tracker.finish(run_id)
+
+    for trial in planned[:5]:
+        finish(trial)
+    ctx = RunContext(tracking_uri=uri, experiment="rerun", root=str(tmp_path), sweep_run_id=sweep)
+    html = report.build_for_sweep(tracker, planned, ctx)
+    built_ns = html.stat().st_mtime_ns
+    assert "6 trials: 5 finished, 0 failed, 1 missing." in html.with_name("report.md").read_text()
+    assert report.build_for_sweep(tracker, planned, ctx) == html and html.stat().st_mtime_ns == built_ns
+    finish(planned[5])
+    report.build_for_sweep(tracker, planned, ctx)
+    assert html.stat().st_mtime_ns != built_ns
+    assert "6 trials: 6 finished, 0 failed, 0 missing." in html.with_name("report.md").read_text()
+    run = tracker.client.get_run(sweep)
+    assert run.data.tags[report.DIGEST_TAG] == (html.parent / report.BUILT_FROM).read_text()
 
 
 def test_html_is_self_contained_with_gain_table(study, built):

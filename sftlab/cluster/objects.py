@@ -52,8 +52,15 @@ def one_line(text: object, limit: int | None = None) -> str:
 
 
 def http_error(exc: Any) -> str:
-    """An ``ApiException`` as ``HTTP 403 Forbidden`` (its str() spans lines of headers and body)."""
-    return f"HTTP {exc.status} {one_line(exc.reason)}"
+    """An ``ApiException`` as ``HTTP 422 Unprocessable Entity: <the Status message>`` on one line (its
+    str() spans lines of headers and body; the message names the field the server refused)."""
+    head = f"HTTP {exc.status} {one_line(exc.reason)}"
+    try:
+        status = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        return head
+    message = status.get("message") if isinstance(status, dict) else None
+    return f"{head}: {one_line(message, MAX_DETAIL)}" if message else head
 
 
 def describe_condition(cond: Mapping[str, Any]) -> str:
@@ -359,7 +366,11 @@ class ObjectRunner:
         ref = self.ref(name)
         r = self.resource
         try:
-            self.custom.create_namespaced_custom_object(r.group, r.version, self.namespace, r.plural, manifest)
+            # Strict: a field this cluster's CRD does not know fails here, not silently dropped (the
+            # server's default, Warn), which would run the object without the setting.
+            self.custom.create_namespaced_custom_object(
+                r.group, r.version, self.namespace, r.plural, manifest, field_validation="Strict"
+            )
         except ApiException as exc:
             if exc.status == 409:
                 raise SftlabError(

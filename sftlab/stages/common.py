@@ -60,33 +60,23 @@ def run_stage(
     input_paths: dict[str, str] | None = None,
     kfp_run_id: str | None = None,
     kfp_task: str | None = None,
+    in_this_process: bool = False,
 ) -> StageResult:
     """Run one stage of a trial from its KFP inputs and write its result JSON to ``output_path``.
 
     Inside a local sweep the work runs in a child of the sweep's warm server (``sftlab.warm``),
     which has the heavy libraries imported already; this process then only waits for it and
-    ends as it ended. Anywhere else (a cluster pod) the stage runs here.
+    ends as it ended. Anywhere else (a cluster pod), or with ``in_this_process``, it runs here.
     """
-    args = [stage, job_json, str(output_path), input_paths, kfp_run_id, kfp_task]
-    code = warm_client.run(f"{__name__}:{run_stage_here.__name__}", args) if warm_client.available() else None
-    if code is None:
-        return run_stage_here(stage, job_json, output_path, input_paths, kfp_run_id, kfp_task)
-    if code != 0:  # the child printed its traceback to this task's log, as this process would have
-        warm_client.exit_like(code)
-    return StageResult.model_validate_json(Path(output_path).read_text(encoding="utf-8"))
-
-
-def run_stage_here(
-    stage: str,
-    job_json: str,
-    output_path: str | Path,
-    input_paths: dict[str, str] | None = None,
-    kfp_run_id: str | None = None,
-    kfp_task: str | None = None,
-) -> StageResult:
-    """``run_stage`` in this process."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if not in_this_process and warm_client.available():
+        args = [stage, job_json, str(output_path), input_paths, kfp_run_id, kfp_task, True]
+        code = warm_client.run(f"{__name__}:{run_stage.__name__}", args)
+        if code is not None:
+            if code != 0:  # the child printed its traceback to this task's log, as this process would have
+                warm_client.exit_like(code)
+            return StageResult.model_validate_json(Path(output_path).read_text(encoding="utf-8"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     job = TrialJob.from_json(job_json).for_task(kfp_run_id, kfp_task)
     inputs = {name: json.loads(Path(path).read_text()) for name, path in (input_paths or {}).items()}

@@ -12,13 +12,15 @@ logged under ``report/`` on the sweep's parent run.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sftlab import metric_names
+from sftlab import __version__, metric_names
 from sftlab.errors import SftlabError
+from sftlab.keys import digest
 from sftlab.reporting.gain_model import REPORT_TAG, Predictor
 from sftlab.reporting.render import report_files, write_report
 from sftlab.reporting.sections import Options
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from sftlab.spec.job import RunContext
 
 ARTIFACT_DIR = "report"
+BUILT_FROM = ".built-from"  # in a report's folder: the digest of what it was built from
+DIGEST_TAG = "sftlab.report_inputs"  # the same digest, on the run the report is logged on
+log = logging.getLogger(__name__)
 
 
 def _publish(tracker: Tracker, run_id: str, rows: list[TrialRow], out_dir: Path) -> None:
@@ -79,10 +84,44 @@ def build_for_sweep(
     rows = _rows(tracker, planned)
     out_dir = Path(ctx.root) / "reports" / ctx.experiment
     options = options or Options(experiment=ctx.experiment, confidence=sweep_confidence(trials))
-    path = write_report(rows, out_dir, f"sftlab report: {ctx.experiment}", options)
+    title = f"sftlab report: {ctx.experiment}"
+    inputs = _inputs_digest(title, options, rows)
+    stamp = out_dir / BUILT_FROM
+    published = ctx.sweep_run_id is None or tracker.client.get_run(ctx.sweep_run_id).data.tags.get(DIGEST_TAG) == inputs
+    if (out_dir / "report.html").is_file() and stamp.is_file() and stamp.read_text() == inputs and published:
+        log.info("report: no trial changed since %s was built; kept as it is", out_dir / "report.html")
+        return out_dir / "report.html"
+    stamp.unlink(missing_ok=True)
+    path = write_report(rows, out_dir, title, options)
     if ctx.sweep_run_id:
         _publish(tracker, ctx.sweep_run_id, rows, out_dir)
+        tracker.set_tags(ctx.sweep_run_id, {DIGEST_TAG: inputs})
+    stamp.write_text(inputs)
     return path
+
+
+def _inputs_digest(title: str, options: Options, rows: list[TrialRow]) -> str:
+    """What a report is built from: the same digest means the same report (a re-run that ran
+    nothing keeps the one it has instead of spending seconds drawing it again)."""
+    return digest(
+        {
+            "version": __version__,
+            "title": title,
+            "options": repr(options),
+            "rows": [
+                [
+                    r.key,
+                    r.label,
+                    r.status,
+                    r.note,
+                    r.run.info.run_id if r.run else None,
+                    r.run.info.end_time if r.run else None,
+                    {str(e): m for e, m in sorted(r.epochs.items())},
+                ]
+                for r in rows
+            ],
+        }
+    )
 
 
 def build_for_experiment(tracking_uri: str, experiment: str, out_dir: Path, options: Options | None = None) -> Path:

@@ -1,5 +1,12 @@
 """kmock: a stateful Kubernetes API on 127.0.0.1 that lifecycle tests drive with the real client,
-playing the controllers (Trainer, Training Operator, KServe) by patching status over HTTP."""
+playing the controllers (Trainer, Training Operator, KServe) by patching status over HTTP.
+
+It validates what is created as the API server does, against the upstream CRDs of the oldest and
+newest supported release (``tests/support/upstream.py``): a schema violation is refused with the
+server's 422 ``Invalid`` Status and its causes; an unknown field with 400 ``BadRequest`` (``strict
+decoding error``) under ``fieldValidation=Strict``, and dropped under the default, ``Warn`` (the
+server's ``Warning`` header lands in ``KubeServer.warnings``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,50 @@ from sftlab.cluster.objects import CustomResource
 from sftlab.cluster.pytorchjob import PYTORCHJOB
 from sftlab.cluster.trainjob import TRAINJOB
 from sftlab.serving.inference_service import INFERENCE_SERVICE
+from tests.support import upstream
 
 NS = "sweeps"
+
+
+def _validating_emulator() -> Any:
+    """kmock's emulator with the API server's admission checks for the CRDs in ``RESOURCES``."""
+    import kmock
+    from kmock._internal import enums
+    from kmock._internal.k8s import KubernetesError
+
+    crds = {(r.group, r.version, r.plural): r for r in KubeServer.RESOURCES}
+
+    class ValidatingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+        async def _handle(self, request: Any) -> Any:
+            res = request.resource
+            key = (res.group, res.version, res.plural) if res is not None else None
+            if key in crds and request.action == enums.action.CREATE and isinstance(request.data, dict):
+                found = upstream.problems(request.data, res.group, res.plural, res.version)
+                unknown = [p for p in found if p.unknown]
+                # a violation once, not once per release
+                invalid = list({(p.field, p.message): p for p in found if not p.unknown}.values())
+                kind, name = crds[key].kind, request.data.get("metadata", {}).get("name", "")
+                if invalid:
+                    causes = [{"reason": "FieldValueInvalid", "message": p.message, "field": p.field} for p in invalid]
+                    message = "; ".join(f"{p.field}: {p.message}" for p in invalid)
+                    raise KubernetesError(
+                        422,
+                        "Invalid",
+                        f'{kind}.{res.group} "{name}" is invalid: {message}',
+                        {"name": name, "group": res.group, "kind": kind, "causes": causes},
+                    )
+                if unknown and request.params.get("fieldValidation") == "Strict":
+                    fields = ", ".join(sorted({f'unknown field "{p.field}"' for p in unknown}))
+                    details = {"name": name, "kind": kind}
+                    raise KubernetesError(400, "BadRequest", f"strict decoding error: {fields}", details)
+                if unknown:
+                    self.warnings.extend(sorted({f'unknown field "{p.field}"' for p in unknown}))
+                    pruned = upstream.prune_unknown(request.data, unknown)
+                    request.data.clear()  # the request is frozen; what kmock stores is this dict
+                    request.data.update(pruned)
+            return await super()._handle(request)
+
+    return ValidatingEmulator
 
 
 class KubeServer:
@@ -29,13 +78,15 @@ class KubeServer:
 
     def __init__(self) -> None:
         self._ready = threading.Event()
+        self.warnings: list[str] = []  # unknown fields dropped under fieldValidation=Warn
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self.url = ""
 
     async def _main(self) -> None:
         import kmock
 
-        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
+        async with _validating_emulator()() as handler, kmock.Server(handler) as server:
+            handler.warnings = self.warnings
             for r in self.RESOURCES:
                 handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
             handler.resources["v1/pods"] = {}
