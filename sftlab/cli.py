@@ -239,8 +239,22 @@ def compile_cmd(spec_path: str | None, output: str, kind: str) -> None:
     help="KFP API URL (default: $KFP_HOST or spec.pipeline.kfp_host).",
 )
 @click.option("--experiment", default=None, help="KFP experiment name (default: the spec's experiment).")
+@click.option(
+    "--namespace",
+    default=None,
+    help="Multi-user KFP: your profile namespace (default: spec.pipeline.kfp_namespace; none for single-user KFP).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=lambda: os.environ.get("KFP_TOKEN_FILE"),
+    help="Multi-user KFP: a file holding a bearer token for the pipelines.kubeflow.org audience, e.g. from "
+    "`kubectl create token default-editor -n NS --audience pipelines.kubeflow.org` (default: $KFP_TOKEN_FILE).",
+)
 @friendly
-def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
+def submit(
+    spec_path: str, host: str | None, experiment: str | None, namespace: str | None, token_file: str | None
+) -> None:
     """Submit the sweep pipeline for SPEC to a Kubeflow Pipelines API."""
     from sftlab.kfp.pipelines.compile import submit as submit_sweep
     from sftlab.spec.loading import load_spec
@@ -249,7 +263,17 @@ def submit(spec_path: str, host: str | None, experiment: str | None) -> None:
     host = host or spec.pipeline.kfp_host
     if not host:
         raise SftlabError("--host: expected the KFP API URL (or set KFP_HOST / pipeline.kfp_host)")
-    run_id = submit_sweep(Path(spec_path).read_text(encoding="utf-8"), host, experiment or spec.experiment, spec)
+    token = Path(token_file).read_text(encoding="utf-8").strip() if token_file else None
+    if token_file and not token:
+        raise SftlabError(f"--token-file {token_file}: the file is empty; expected a bearer token")
+    run_id = submit_sweep(
+        Path(spec_path).read_text(encoding="utf-8"),
+        host,
+        experiment or spec.experiment,
+        spec,
+        namespace=namespace or spec.pipeline.kfp_namespace,
+        token=token,
+    )
     click.echo(f"submitted sweep run {run_id} to {host}")
 
 

@@ -26,6 +26,10 @@ Specs
 - huge grids: ``test_huge_grid_*``, ``test_plan_warns_about_a_huge_grid`` and
   ``test_a_grid_past_the_hard_limit_is_refused_before_it_is_built`` here, through the CLI
 
+Cluster
+- ``sftlab submit`` to a KFP host that refuses the connection, or that wants credentials the user
+  did not give (multi-user KFP): ``test_submit_to_an_unusable_kfp_api_is_one_line`` here
+
 Data
 - malformed JSONL: test_data.py::test_bad_json_line_is_listed_with_file_and_line
 - malformed Parquet rows and files: ``DATA_CASES`` here (nulls, a numeric column, bad chat
@@ -583,3 +587,28 @@ def test_overlong_prompts_are_the_rows_trl_drops(tmp_path: Path, tiny_pair: tupl
         train_dataset=Dataset.from_list([e.as_record() for e in loaded.examples]),
     )
     assert len(trainer.train_dataset) == len(kept.examples)
+
+
+@pytest.mark.parametrize("refusal", ["unreachable", "unauthenticated"])
+def test_submit_to_an_unusable_kfp_api_is_one_line(tmp_path: Path, refusal: str) -> None:
+    from tests.support.kfp_api import FakeKfp
+
+    spec = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    for item in spec["datasets"] + spec["benchmarks"]:
+        item["uri"] = f"s3://bucket/{Path(item['uri']).name}"
+    spec["base_models"] = [{"name": "m", "uri": "org/model"}]
+    spec["tracking"] = {"uri": "http://mlflow.sftlab:5000"}
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    with FakeKfp(authenticate=lambda token: None) as kfp_api:
+        host = "http://127.0.0.1:9" if refusal == "unreachable" else kfp_api.url
+        done = cli("submit", str(spec_file), "--host", host, stdin="")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    line = lines[0]
+    assert line.startswith(f"error: KFP API at {host}: ")
+    if refusal == "unreachable":
+        assert "cannot connect" in line and "Connection refused" in line
+    else:
+        assert "HTTP 401 Unauthorized" in line and "pass --token-file and --namespace" in line

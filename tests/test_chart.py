@@ -135,9 +135,13 @@ def test_rbac_is_namespaced(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     for (group, resource), verbs in rules.items():
         assert "*" not in verbs and resource != "*" and group != "*", (group, resource)
         assert resource not in {"secrets", "roles", "rolebindings"}, resource
-        if group == "":
+        if group == "" and resource != "serviceaccounts/token":
             assert verbs <= {"get", "list", "watch"}, (resource, verbs)
     binding = find(docs, "RoleBinding", "-pipeline")
+    # Multi-user KFP: each bound ServiceAccount may mint tokens for itself, and for no other account.
+    (token_rule,) = [r for r in role["rules"] if "serviceaccounts/token" in r["resources"]]
+    assert token_rule["verbs"] == ["create"] and token_rule["resources"] == ["serviceaccounts/token"]
+    assert sorted(token_rule["resourceNames"]) == sorted(s["name"] for s in binding["subjects"])
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",

@@ -8,7 +8,6 @@ when the object is deleted. The scores must equal the local backend's for the sa
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from sftlab.serving.process import LocalModelServer
 from sftlab.spec.job import RunContext
 from sftlab.spec.schema import EvaluationConfig, Gsm8kBenchmark, KServeConfig, ModelSpec, StorageConfig
 from tests.support.helpers import EXAMPLES
-from tests.support.kube import NS, KubeServer, custom
+from tests.support.kube import NS, KubeServer, custom, kubeconfig
 
 BUCKET = "models"
 BENCH = Gsm8kBenchmark(
@@ -97,16 +96,7 @@ def download(uri: str, dst: Path) -> Path:
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_env: str) -> Iterator[FakeKServe]:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with KubeServer() as server:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": server.url}}],
-            "users": [{"name": "me", "user": {}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "me"}}],
-        }
-        (tmp_path / "kubeconfig").write_text(json.dumps(config))
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(server.url, tmp_path)))
         from kubernetes import client
 
         api = client.ApiClient(client.Configuration(host=server.url))

@@ -200,6 +200,25 @@ def test_submit_sends_the_sweep_pipeline_with_the_spec_text(tmp_path: Path) -> N
     assert "exec-launch" in k8s_executors(run["pipeline_spec"]["platform_spec"])
 
 
+def test_submit_to_multi_user_kfp_with_a_token_file_and_namespace(tmp_path: Path) -> None:
+    """From a workstation: the token comes from a file (never echoed) and the run lands in the
+    user's profile namespace."""
+    token = "minted-by-kubectl-create-token"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec_data(resources=GPU_RESOURCES)), encoding="utf-8")
+    (tmp_path / "token").write_text(token + "\n", encoding="utf-8")
+    with FakeKfp(authenticate=lambda given: "team-a" if given == token else None) as kfp_api:
+        command = [sys.executable, "-m", "sftlab.cli", "submit", str(spec_file), "--host", kfp_api.url]
+        done = subprocess.run(
+            [*command, "--namespace", "team-a", "--token-file", str(tmp_path / "token")], capture_output=True, text=True
+        )
+        without = subprocess.run(command + ["--namespace", "team-a"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [e["namespace"] for e in kfp_api.experiments.values()] == ["team-a"] and len(kfp_api.runs) == 1
+    assert token not in done.stdout + done.stderr
+    assert without.returncode != 0 and kfp_api.refused == [401]
+
+
 def test_submit_refuses_what_cluster_pods_cannot_use(tmp_path: Path) -> None:
     from sftlab.kfp.pipelines.compile import submit
 
@@ -374,34 +393,41 @@ def write_text(text: str, out: Output[Dataset]):
         f.write(text)
 
 
-@pytest.mark.filterwarnings("ignore:You may be attemping")  # kfp.local on an image name without "python"
-def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
+def _fails_the_second_trial(run: dict[str, Any]) -> tuple[str, str | None]:
+    return ("FAILED", "boom") if job_of(run).trial.index == 1 else ("SUCCEEDED", None)
+
+
+def run_launch_step(tmp_path: Path, kfp_api: FakeKfp) -> tuple[Any, Any, int]:
     """kfp.local runs the launch component as KFP does (``_KFP_RUNTIME=true``, where kfp.Client
-    cannot be imported); it must still submit every pending trial and record the outcomes."""
+    cannot be imported) against ``kfp_api``: (tracker, plan, failed trials)."""
     from kfp import dsl, local
 
     from sftlab.kfp.components.sweep import sweep_components, write_plan
     from sftlab.sweep.runner import prepare
 
-    def decide(run: dict[str, Any]) -> tuple[str, str | None]:
-        return ("FAILED", "boom") if job_of(run).trial.index == 1 else ("SUCCEEDED", None)
+    data = spec_data(tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, pipeline={"kfp_host": kfp_api.url})
+    spec_text = yaml.safe_dump(data)
+    tracker, plan = prepare(parse_spec(spec_text))
+    plan_file = tmp_path / "plan.json"
+    write_plan(plan, str(plan_file))
+    launch = sweep_components("unused-locally").launch
+    writer = dsl.component(write_text, base_image="python:3.11", install_kfp_package=False)
 
-    with FakeKfp(decide) as kfp_api:
-        data = spec_data(tracking={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, pipeline={"kfp_host": kfp_api.url})
-        spec_text = yaml.safe_dump(data)
-        tracker, plan = prepare(parse_spec(spec_text))
-        plan_file = tmp_path / "plan.json"
-        write_plan(plan, str(plan_file))
-        launch = sweep_components("unused-locally").launch
-        writer = dsl.component(write_text, base_image="python:3.11", install_kfp_package=False)
+    @dsl.pipeline
+    def launch_only(spec: str, plan: str) -> int:
+        return launch(spec=spec, plan=writer(text=plan).output).outputs["Output"]
 
-        @dsl.pipeline
-        def launch_only(spec: str, plan: str) -> int:
-            return launch(spec=spec, plan=writer(text=plan).output).outputs["Output"]
+    runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner, pipeline_root=str(tmp_path / "kfp"), workspace_root=str(tmp_path / "ws"))
+    failed = launch_only(spec=spec_text, plan=plan_file.read_text(encoding="utf-8")).output
+    return tracker, plan, failed
 
-        runner = local.SubprocessRunner(use_venv=False)
-        local.init(runner, pipeline_root=str(tmp_path / "kfp"), workspace_root=str(tmp_path / "ws"))
-        failed = launch_only(spec=spec_text, plan=plan_file.read_text(encoding="utf-8")).output
+
+@pytest.mark.filterwarnings("ignore:You may be attemping")  # kfp.local on an image name without "python"
+def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
+    """The launch step must submit every pending trial and record the outcomes."""
+    with FakeKfp(_fails_the_second_trial) as kfp_api:
+        tracker, plan, failed = run_launch_step(tmp_path, kfp_api)
 
     assert failed == 1 and len(kfp_api.runs) == 2
     runs = tracker.search("tags.`sftlab.stage` = 'trial'")
@@ -410,3 +436,64 @@ def test_launch_step_runs_trials_from_inside_a_kfp_task(tmp_path: Path) -> None:
         plan.trials[1].key: "FAILED",
     }
     assert {job_of(run).context.sweep_run_id for run in kfp_api.runs.values()} == {plan.context.sweep_run_id}
+
+
+def test_multi_user_kfp_refuses_a_client_without_credentials() -> None:
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+
+    with FakeKfp(authenticate=lambda token: None) as kfp_api, pytest.raises(ApiException) as refused:
+        kfp.Client(host=kfp_api.url).create_experiment("sweeps", namespace="team-a")
+    assert refused.value.status == 401 and kfp_api.refused == [401]
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping")
+def test_launch_step_mints_its_own_token_for_multi_user_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a profile namespace the launch step knows only its namespace and ServiceAccount (downward
+    API, as the compiled pipeline sets them); it mints pipelines.kubeflow.org tokens through the
+    TokenRequest API and runs the trials in its own namespace."""
+    from sftlab.kfp.auth import AUDIENCE, POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
+    from tests.support.kube import NS, KubeServer, kubeconfig
+
+    with KubeServer() as kube:
+        kube.service_accounts.add((NS, "default-editor"))
+
+        def authenticate(token: str) -> str | None:
+            minted = kube.tokens.get(token)
+            return minted.namespace if minted is not None and minted.valid_for(AUDIENCE) else None
+
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(kube.url, tmp_path)))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv(POD_NAMESPACE_ENV, NS)
+        monkeypatch.setenv(POD_SERVICE_ACCOUNT_ENV, "default-editor")
+        with FakeKfp(_fails_the_second_trial, authenticate=authenticate) as kfp_api:
+            _tracker, _plan, failed = run_launch_step(tmp_path, kfp_api)
+
+    assert failed == 1 and len(kfp_api.runs) == 2 and kfp_api.refused == []
+    assert [e["namespace"] for e in kfp_api.experiments.values()] == [NS]
+    assert {(t.namespace, t.service_account, t.audiences) for t in kube.tokens.values()} == {
+        (NS, "default-editor", (AUDIENCE,))
+    }
+
+
+def test_minted_tokens_are_renewed_before_they_expire(tmp_path: Path) -> None:
+    from kubernetes import client
+
+    from sftlab.errors import SftlabError
+    from sftlab.kfp.auth import TokenRequestCredentials
+    from tests.support.kube import NS, KubeServer
+
+    with KubeServer() as kube:
+        kube.service_accounts.add((NS, "default-editor"))
+        api = client.ApiClient(client.Configuration(host=kube.url))
+        now = [0.0]
+        credentials = TokenRequestCredentials(client.CoreV1Api(api), NS, "default-editor", clock=lambda: now[0])
+        first = credentials._get_token()
+        now[0] = 0.5 * 3600
+        assert credentials._get_token() == first and len(kube.tokens) == 1
+        now[0] = 0.9 * 3600
+        assert credentials._get_token() != first and len(kube.tokens) == 2
+        stranger = TokenRequestCredentials(client.CoreV1Api(api), NS, "nobody")
+        with pytest.raises(SftlabError, match=r"ServiceAccount sweeps/nobody: HTTP 404 Not Found: .*not found"):
+            stranger._get_token()
+        api.close()

@@ -543,6 +543,12 @@ class PipelineConfig(Strict):
     )
     max_parallel_trials: int = Field(4, ge=1, le=1000)
     kfp_host: str | None = None
+    kfp_namespace: str | None = Field(
+        None,
+        description="Multi-user KFP: the profile namespace the sweep's runs and experiment belong to; default: "
+        "the namespace the sweep's launch step runs in.",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
     defaults_config_map: str | None = Field(
         "sftlab-defaults", description="ConfigMap (from the Helm chart) whose cluster defaults every task gets as env."
     )

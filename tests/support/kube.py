@@ -11,10 +11,16 @@ server's ``Warning`` header lands in ``KubeServer.warnings``).
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import os
+import re
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from sftlab.cluster.objects import CustomResource
@@ -24,6 +30,7 @@ from sftlab.serving.inference_service import INFERENCE_SERVICE
 from tests.support import upstream
 
 NS = "sweeps"
+_TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/token")
 
 
 def _validating_emulator() -> Any:
@@ -36,6 +43,9 @@ def _validating_emulator() -> Any:
 
     class ValidatingEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         async def _handle(self, request: Any) -> Any:
+            token_request = _TOKEN_REQUEST.fullmatch(request.url.path)
+            if token_request and request.method == "POST":
+                return self.mint(request, *token_request.groups())
             res = request.resource
             key = (res.group, res.version, res.plural) if res is not None else None
             if key in crds and request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -64,7 +74,36 @@ def _validating_emulator() -> Any:
                     request.data.update(pruned)
             return await super()._handle(request)
 
+        def mint(self, request: Any, namespace: str, account: str) -> Any:
+            """The TokenRequest API: a token for an existing ServiceAccount, for the audiences asked."""
+            from aiohttp import web
+
+            if (namespace, account) not in self.service_accounts:
+                message = f'serviceaccounts "{account}" not found'
+                raise KubernetesError(404, "NotFound", message, {"name": account, "kind": "serviceaccounts"})
+            spec = dict(request.data.get("spec") or {})
+            lifetime = int(spec.get("expirationSeconds") or 3600)
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=lifetime)
+            token = secrets.token_urlsafe(24)
+            self.tokens[token] = Token(namespace, account, tuple(spec.get("audiences") or ()), expires)
+            status = {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec, "status": status}
+            return web.json_response(body, status=201)
+
     return ValidatingEmulator
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token minted through kmock's TokenRequest API: whom it names, for which audiences, until when."""
+
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    expires: datetime.datetime
+
+    def valid_for(self, audience: str) -> bool:
+        return audience in self.audiences and datetime.datetime.now(datetime.UTC) < self.expires
 
 
 class KubeServer:
@@ -79,6 +118,8 @@ class KubeServer:
     def __init__(self) -> None:
         self._ready = threading.Event()
         self.warnings: list[str] = []  # unknown fields dropped under fieldValidation=Warn
+        self.service_accounts: set[tuple[str, str]] = set()  # (namespace, name) the TokenRequest API knows
+        self.tokens: dict[str, Token] = {}  # minted through it
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self.url = ""
 
@@ -87,6 +128,8 @@ class KubeServer:
 
         async with _validating_emulator()() as handler, kmock.Server(handler) as server:
             handler.warnings = self.warnings
+            handler.tokens = self.tokens
+            handler.service_accounts = self.service_accounts
             for r in self.RESOURCES:
                 handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
             handler.resources["v1/pods"] = {}
@@ -106,6 +149,21 @@ class KubeServer:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+
+def kubeconfig(url: str, folder: Path) -> Path:
+    """A kubeconfig file whose current context is the kmock server at ``url``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+        "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "me"}}],
+    }
+    path = folder / "kubeconfig"
+    path.write_text(json.dumps(config))
+    return path
 
 
 def kube_api() -> Iterator[Any]:

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import kfp
 from kfp import compiler
 
 from sftlab.errors import SftlabError, SpecError
+from sftlab.kfp.auth import kfp_client, kfp_errors
 from sftlab.kfp.components.sweep import is_local_store
 from sftlab.kfp.pipelines.sweep import build_sweep_pipeline
 from sftlab.kfp.pipelines.trial import build_trial_pipeline
@@ -71,26 +71,37 @@ def cluster_problems(spec: Spec) -> list[str]:
     return problems
 
 
-def submit(spec_source: str, host: str | None, experiment: str | None, spec: Spec) -> str:
+def submit(
+    spec_source: str,
+    host: str | None,
+    experiment: str | None,
+    spec: Spec,
+    *,
+    namespace: str | None = None,
+    token: str | None = None,
+) -> str:
     """Submit the sweep pipeline for ``spec`` to KFP; returns the KFP run id.
 
     ``spec_source`` (a spec file, an ``s3://`` URI, or YAML text) becomes the run's ``spec``
     parameter; ``spec`` (already loaded from it) sets the image and secrets and is checked for
     things pods cannot reach. ``host`` defaults to ``spec.pipeline.kfp_host`` (None in-cluster);
-    ``experiment`` to the spec's experiment name.
+    ``experiment`` to the spec's experiment name; ``namespace`` and ``token`` are what multi-user KFP
+    asks for (``sftlab.kfp.auth``).
     """
     parameter = spec_parameter(spec_source)
     problems = cluster_problems(spec)
     if problems:
         raise SpecError(spec_source if "\n" not in spec_source else "<spec>", problems)
-    client = kfp.Client(host=host or spec.pipeline.kfp_host)
-    with tempfile.TemporaryDirectory(prefix="sftlab-kfp-") as tmp:
+    target = host or spec.pipeline.kfp_host
+    with tempfile.TemporaryDirectory(prefix="sftlab-kfp-") as tmp, kfp_errors(target):
+        client = kfp_client(target, token)
         package = compile_pipeline("sweep", spec, Path(tmp) / "sweep_pipeline.yaml")
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments={"spec": parameter},
             run_name=spec.name,
             experiment_name=experiment or spec.experiment,
+            namespace=namespace,
         )
     return result.run_id
 

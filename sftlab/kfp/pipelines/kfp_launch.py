@@ -9,8 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-import kfp
-
+from sftlab.kfp.auth import kfp_client, user_namespace
 from sftlab.kfp.components.sweep import read_plan
 from sftlab.kfp.pipelines.launchers import KfpTrialLauncher
 from sftlab.signals import sigterm_interrupts
@@ -23,10 +22,11 @@ from sftlab.tracking.runs import Tracker
 def launch_plan(spec: Spec, sweep_plan: SweepPlan) -> SweepResult:
     """Each pending trial as its own KFP run, at most ``pipeline.max_parallel_trials`` at a time."""
     launcher = KfpTrialLauncher(
-        kfp.Client(host=spec.pipeline.kfp_host),
+        kfp_client(spec.pipeline.kfp_host),
         max_parallel=spec.pipeline.max_parallel_trials,
         experiment=spec.experiment,
         spec=spec,
+        namespace=user_namespace(spec.pipeline.kfp_namespace),
     )
     return launch(Tracker.for_context(sweep_plan.context), sweep_plan, launcher)
 

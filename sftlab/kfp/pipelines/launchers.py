@@ -305,8 +305,10 @@ class KfpTrialLauncher(_PollingTrialLauncher[str]):
         experiment: str = "Default",
         timeout_s: float | None = None,
         spec: Spec | None = None,
+        namespace: str | None = None,
     ):
         self.client = client
+        self.namespace = namespace  # multi-user KFP: the profile namespace of the runs
         self.max_parallel = max_parallel
         self.poll_s = poll_s
         self.experiment = experiment
@@ -323,7 +325,8 @@ class KfpTrialLauncher(_PollingTrialLauncher[str]):
 
         with tempfile.TemporaryDirectory(prefix="sftlab-kfp-") as tmp:
             self._package = compile_pipeline("trial", self.spec, Path(tmp) / "trial_pipeline.yaml")
-            self._experiment_id = self.client.create_experiment(self.experiment).experiment_id
+            experiment = self.client.create_experiment(self.experiment, namespace=self.namespace)
+            self._experiment_id = experiment.experiment_id
             super().run(trials, start, finish)
 
     def _submit(self, job: TrialJob) -> str:

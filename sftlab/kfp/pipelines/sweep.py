@@ -5,9 +5,10 @@ Its one parameter is the spec (YAML text, or an ``s3://`` URI for specs over KFP
 pipeline, compiled from the spec given at run time, so trial resources follow that spec.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl.base_component import BaseComponent
 
+from sftlab.kfp.auth import POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
 from sftlab.kfp.components import image_for
 from sftlab.kfp.components.sweep import sweep_components
 from sftlab.kfp.pipelines.trial import use_cluster_defaults, use_secrets
@@ -41,5 +42,8 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
             task.set_caching_options(False)  # each step reads or writes MLflow state
             use_secrets(task, secrets)
             use_cluster_defaults(task, defaults)
+        # Who the launch step is, for the KFP API of a multi-user install (sftlab.kfp.auth).
+        kubernetes.use_field_path_as_env(launch, env_name=POD_NAMESPACE_ENV, field_path="metadata.namespace")
+        kubernetes.use_field_path_as_env(launch, env_name=POD_SERVICE_ACCOUNT_ENV, field_path="spec.serviceAccountName")
 
     return sweep_pipeline
