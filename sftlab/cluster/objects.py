@@ -170,6 +170,33 @@ def cluster_namespace(
     return namespace
 
 
+# KFP's driver gives every task pod its own name and uid (backend/src/v2/compiler/argocompiler).
+POD_NAME_ENV, POD_UID_ENV = "KFP_POD_NAME", "KFP_POD_UID"
+POD_NAMESPACE_ENV = "SFTLAB_POD_NAMESPACE"
+
+
+def task_pod_owner(namespace: str, path: Path = SERVICE_ACCOUNT_NAMESPACE) -> dict[str, Any] | None:
+    """An ownerReference to the pipeline pod this runs in, for objects it creates in ``namespace``.
+
+    Argo stops a cancelled step by SIGTERM to its whole process group; KFP's launcher, the pod's
+    main process, has no handler and dies at once, and the pod with it, so no ``finally`` in the
+    stage can be relied on to delete what it created. With this reference Kubernetes' garbage
+    collector deletes the object once the pod is gone. Owners must be in the object's namespace (a
+    reference to an owner elsewhere reads as a missing owner, and the object is deleted at once),
+    so objects created in another namespace get none.
+    """
+    name, uid = os.environ.get(POD_NAME_ENV), os.environ.get(POD_UID_ENV)
+    if not (name and uid):
+        return None
+    try:
+        pod_namespace = os.environ.get(POD_NAMESPACE_ENV) or path.read_text().strip()
+    except OSError:
+        return None
+    if pod_namespace != namespace:
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
+
+
 def api_client() -> Any:
     """A ``kubernetes`` ApiClient: the pod's service account in a cluster, else the kubeconfig."""
     from kubernetes import client, config
@@ -365,6 +392,11 @@ class ObjectRunner:
 
         ref = self.ref(name)
         r = self.resource
+        owner = task_pod_owner(self.namespace)
+        if owner is not None:
+            metadata = manifest.get("metadata", {})
+            owners = [*metadata.get("ownerReferences", []), owner]
+            manifest = {**manifest, "metadata": {**metadata, "ownerReferences": owners}}
         try:
             # Strict: a field this cluster's CRD does not know fails here, not silently dropped (the
             # server's default, Warn), which would run the object without the setting.

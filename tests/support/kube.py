@@ -47,6 +47,8 @@ def _validating_emulator() -> Any:
             if token_request and request.method == "POST":
                 return self.mint(request, *token_request.groups())
             res = request.resource
+            if res is not None and res.plural == "pods" and request.action == enums.action.DELETE:
+                return await self._delete_pod_and_collect(request)
             key = (res.group, res.version, res.plural) if res is not None else None
             if key in crds and request.action == enums.action.CREATE and isinstance(request.data, dict):
                 found = upstream.problems(request.data, res.group, res.plural, res.version)
@@ -73,6 +75,22 @@ def _validating_emulator() -> Any:
                     request.data.clear()  # the request is frozen; what kmock stores is this dict
                     request.data.update(pruned)
             return await super()._handle(request)
+
+        async def _delete_pod_and_collect(self, request: Any) -> Any:
+            """Kubernetes' garbage collector, for pods: deleting a pod deletes what it owns."""
+            key = (request.resource, request.namespace, request.name)
+            pod = dict(self._objects.items()).get(key)
+            uid = pod.raw.get("metadata", {}).get("uid") if pod is not None and not pod.deleted else None
+            response = await super()._handle(request)
+            if uid:
+                async with self._lock:
+                    for (resource, _ns, _name), obj in self._objects.items():
+                        owners = obj.raw.get("metadata", {}).get("ownerReferences", []) if not obj.deleted else []
+                        if any(owner.get("uid") == uid for owner in owners):
+                            obj.delete()
+                            self.collected.append(obj.last.raw["metadata"]["name"])
+                            await self._buses[resource].put({"type": "DELETED", "object": obj.last.raw})
+            return response
 
         def mint(self, request: Any, namespace: str, account: str) -> Any:
             """The TokenRequest API: a token for an existing ServiceAccount, for the audiences asked."""
@@ -120,6 +138,7 @@ class KubeServer:
         self.warnings: list[str] = []  # unknown fields dropped under fieldValidation=Warn
         self.service_accounts: set[tuple[str, str]] = set()  # (namespace, name) the TokenRequest API knows
         self.tokens: dict[str, Token] = {}  # minted through it
+        self.collected: list[str] = []  # objects the garbage collector deleted with their owner pod
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
         self.url = ""
 
@@ -130,6 +149,7 @@ class KubeServer:
             handler.warnings = self.warnings
             handler.tokens = self.tokens
             handler.service_accounts = self.service_accounts
+            handler.collected = self.collected
             for r in self.RESOURCES:
                 handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
             handler.resources["v1/pods"] = {}
