@@ -163,7 +163,24 @@ SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
     (
         "vllm-without-gpus",
         {"evaluation": {"backend": "kserve", "kserve": {"runtime": "vllm"}}},
-        "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime huggingface",
+        "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime sftlab",
+    ),
+    (
+        "kserve-huggingface-cannot-score-loglikelihoods",
+        {"evaluation": {"backend": "kserve", "kserve": {"runtime": "huggingface"}}},
+        (
+            "evaluation.kserve.runtime: huggingface (KServe's Transformers backend) answers completions without "
+            "log-probabilities, which benchmarks b score; use runtime sftlab (the chart's ServingRuntime), "
+            "or vllm with GPUs"
+        ),
+    ),
+    (
+        "kserve-without-memory",
+        {"evaluation.backend": "kserve"},
+        (
+            "resources.evaluate.memory: required with evaluation.backend kserve (else the ServingRuntime's own "
+            "memory limit, 2Gi for KServe's, caps the model server)"
+        ),
     ),
     (
         "lora-on-kserve-huggingface",

@@ -189,12 +189,46 @@ def test_no_credentials_in_values_or_output() -> None:
         assert a["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert a["data"] != b["data"], suffix
     # existingSecret: no generated Secret, references go to the named one.
-    docs = manifests(
-        {"postgresql": {"existingSecret": "pg-creds"}, "artifacts": {"minio": {"existingSecret": "minio-creds"}}}
-    )
+    own = {
+        "postgresql": {"existingSecret": "pg-creds"},
+        "artifacts": {"minio": {"existingSecret": "minio-creds"}},
+        "pipelineRuntime": {"predictor": {"existingSecret": "kserve-s3"}},
+    }
+    docs = manifests(own)
     assert not [d for d in docs if d["kind"] == "Secret"]
+    assert find(docs, "ServiceAccount", "-predictor")["secrets"] == [{"name": "kserve-s3"}]
     assert env_of(find(docs, "Deployment", "-mlflow"))["MLFLOW_DB_PASSWORD"]["secretKeyRef"]["name"] == "pg-creds"
     assert env_of(find(docs, "StatefulSet", "-minio"))["MINIO_ROOT_USER"]["secretKeyRef"]["name"] == "minio-creds"
+
+
+def test_predictors_get_a_storage_only_account_with_kserve_format_credentials() -> None:
+    """KServe's storage initializer reads S3 keys only from Secrets on the predictor's
+    ServiceAccount, under its own key names and annotations (pkg/credentials/s3/s3_secret.go)."""
+    import base64
+
+    docs = manifests({"pipelineRuntime": {"predictor": {"hubTokenSecret": "hf-token"}}})
+    account = find(docs, "ServiceAccount", "-predictor")
+    name = account["metadata"]["name"]
+    assert account["secrets"] == [{"name": f"{name}-s3"}, {"name": "hf-token"}]
+    assert account["automountServiceAccountToken"] is False
+    s3, minio = find(docs, "Secret", "-predictor-s3"), find(docs, "Secret", "-minio")
+    assert s3["data"] == {
+        "awsAccessKeyID": minio["data"]["root-user"],
+        "awsSecretAccessKey": minio["data"]["root-password"],
+    }
+    assert base64.b64decode(s3["data"]["awsAccessKeyID"]).startswith(b"sftlab-")
+    minio_service = find(docs, "Service", "-minio")["metadata"]["name"]
+    assert s3["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": f"{minio_service}.{NAMESPACE}.svc:9000",
+        "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1",
+    }
+    # Least privilege: no Role binds it, and pipelines hand it to every InferenceService they create.
+    bound = {s["name"] for d in docs if d["kind"] == "RoleBinding" for s in d["subjects"]}
+    assert name not in bound
+    assert find(docs, "ConfigMap", "-defaults")["data"]["SFTLAB_SERVICE_ACCOUNT"] == name
+    with pytest.raises(Exception, match=r"pipelineRuntime.predictor.existingSecret: required"):
+        manifests({"artifacts": {"minio": {"existingSecret": "minio-creds"}}})
 
 
 def test_default_install_mlflow_with_bundled_stores() -> None:

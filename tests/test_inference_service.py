@@ -39,7 +39,8 @@ NAME = "eval-qwen-sft-run123"
 BASE = "s3://models/run123/model"
 CPU = TaskResources(cpu="4", memory="16Gi")
 GPU = GPU_RES  # 4 GPUs, node selector, toleration, 16Gi /dev/shm
-HF = KServeConfig()
+HF = KServeConfig(runtime="huggingface")
+OWN = KServeConfig()  # runtime sftlab, the default
 VLLM = KServeConfig(runtime="vllm", max_model_len=4096, service_account="kserve-s3")
 ADAPTERS = {"lora-ep1": "s3://models/run123/epoch-1", "lora-ep2": "s3://models/run123/epoch-2"}
 
@@ -89,8 +90,9 @@ def test_cpu_manifest_uses_the_transformers_backend_in_float32() -> None:
     model = p["model"]
     assert model["modelFormat"] == {"name": "huggingface"} and model["storageUri"] == BASE
     assert model["args"] == ["--model_name=qwen-sft", "--backend=huggingface", "--dtype=float32"]
-    assert model["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
-    assert "storageUris" not in p and "name" not in model
+    # Both limits: KServe keeps a runtime limit the predictor leaves out (its Hugging Face runtime's cpu: 1).
+    assert model["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "4", "memory": "16Gi"}}
+    assert "storageUris" not in p and "name" not in model and "runtime" not in model
     assert not {"annotations", "nodeSelector", "tolerations", "volumes", "serviceAccountName"} & set(p)
 
 
@@ -103,13 +105,25 @@ def test_gpu_manifest_uses_vllm_with_placement_and_shm() -> None:
         "--tensor-parallel-size=4",
         "--max_model_len=4096",
     ]
-    assert model["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "4"}
+    assert model["resources"]["limits"] == {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"}
     assert p["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert p["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
     assert model["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
     # S3 credentials come from the service account KServe's storage initializer runs as.
     assert p["serviceAccountName"] == "kserve-s3"
+
+
+def test_default_runtime_is_the_charts_sftlab_server_selected_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sftlab's own server answers log-likelihoods, which KServe's Transformers backend does not; its
+    ServingRuntime does not auto-select, so the predictor names it."""
+    model = predictor(isvc(OWN))["model"]
+    assert model["modelFormat"] == {"name": "sftlab-causal-lm"} and model["runtime"] == "sftlab-eval"
+    assert model["args"] == ["--name=qwen-sft"]  # after the runtime's own `--name {{.Name}}`: the last wins
+    assert model["storageUri"] == BASE
+    monkeypatch.setenv("SFTLAB_SERVING_RUNTIME", "team-eval")  # the chart's ConfigMap names its runtime
+    assert predictor(isvc(OWN))["model"]["runtime"] == "team-eval"
+    assert predictor(isvc(KServeConfig(serving_runtime="mine")))["model"]["runtime"] == "mine"
 
 
 def test_huggingface_runtime_on_gpu_keeps_the_default_dtype() -> None:

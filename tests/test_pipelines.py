@@ -452,11 +452,14 @@ def test_launch_step_mints_its_own_token_for_multi_user_kfp(tmp_path: Path, monk
     """In a profile namespace the launch step knows only its namespace and ServiceAccount (downward
     API, as the compiled pipeline sets them); it mints pipelines.kubeflow.org tokens through the
     TokenRequest API and runs the trials in its own namespace."""
+    from kubernetes import client
+
     from sftlab.kfp.auth import AUDIENCE, POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
-    from tests.support.kube import NS, KubeServer, kubeconfig
+    from tests.support.kube import NS, KubeServer, kubeconfig, service_account
 
     with KubeServer() as kube:
-        kube.service_accounts.add((NS, "default-editor"))
+        api = client.ApiClient(client.Configuration(host=kube.url))
+        service_account(api, "default-editor")
 
         def authenticate(token: str) -> str | None:
             minted = kube.tokens.get(token)
@@ -481,11 +484,11 @@ def test_minted_tokens_are_renewed_before_they_expire(tmp_path: Path) -> None:
 
     from sftlab.errors import SftlabError
     from sftlab.kfp.auth import TokenRequestCredentials
-    from tests.support.kube import NS, KubeServer
+    from tests.support.kube import NS, KubeServer, service_account
 
     with KubeServer() as kube:
-        kube.service_accounts.add((NS, "default-editor"))
         api = client.ApiClient(client.Configuration(host=kube.url))
+        service_account(api, "default-editor")
         now = [0.0]
         credentials = TokenRequestCredentials(client.CoreV1Api(api), NS, "default-editor", clock=lambda: now[0])
         first = credentials._get_token()

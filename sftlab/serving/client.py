@@ -346,7 +346,12 @@ def _move_trailing_space(context: str, continuation: str) -> tuple[str, str]:
 
 def _continuation_score(choice: dict[str, Any], start: int, end: int) -> tuple[float, int]:
     """Sum the logprobs of the echoed tokens whose text starts in [start, end)."""
-    logprobs = choice.get("logprobs") or {}
+    if choice.get("logprobs") is None:
+        raise SftlabError(
+            "the server answered logprobs: null, so it cannot score log-likelihoods (KServe's Hugging Face "
+            "runtime on its Transformers backend does this): use evaluation.kserve.runtime sftlab or vllm"
+        )
+    logprobs = choice["logprobs"]
     picked = [
         lp
         for offset, lp in zip(logprobs.get("text_offset", []), logprobs.get("token_logprobs", []), strict=True)

@@ -1,8 +1,10 @@
 """KServe InferenceServices for cluster evaluation (``evaluation.backend: kserve``).
 
-``inference_service_manifest`` serves one model with KServe's Hugging Face runtime (its own
-Transformers backend, or its vLLM backend on GPUs), optionally with LoRA adapters on the same
-server. ``InferenceServiceRunner.serving`` creates it, waits for ``Ready`` (``ready_timeout_s``),
+``inference_service_manifest`` serves one model with the runtime ``evaluation.kserve.runtime``
+names: ``sftlab``, the chart's ServingRuntime running sftlab's own server (the one the local
+backend runs, so it answers log-likelihoods too), selected by name; or KServe's Hugging Face
+runtime on its Transformers backend (generation only: it answers ``logprobs: null``) or its vLLM
+backend on GPUs, optionally with LoRA adapters on the same server. ``InferenceServiceRunner.serving`` creates it, waits for ``Ready`` (``ready_timeout_s``),
 yields the OpenAI-compatible base URL, and deletes it when the block ends, however it ends (see
 ``sftlab.cluster.objects``). A failed or late start is one error line with the predictor pods' states and the
 latest Warning events.
@@ -19,6 +21,7 @@ release reads.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +56,9 @@ DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 # Knative gives up on a revision that is not ready within 10 minutes by default; LLMs can take longer.
 PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
 MODEL_FORMAT = "huggingface"
+SFTLAB_MODEL_FORMAT = "sftlab-causal-lm"  # the chart's ServingRuntime's format (autoSelect: false)
+SERVING_RUNTIME_ENV = "SFTLAB_SERVING_RUNTIME"
+DEFAULT_SERVING_RUNTIME = "sftlab-eval"
 BASE_DIR = "/mnt/models/base"
 ADAPTERS_DIR = "/mnt/models/adapters"
 # The Hugging Face runtime serves the OpenAI API under this prefix.
@@ -100,12 +106,14 @@ def inference_service_manifest(
         volume, mount = shm_volume(resources.shm_size)
         volumes.append(volume)
         mounts.append(mount)
+    own = config.runtime == "sftlab"
     model = V1beta1ModelSpec(
         name=None,  # the SDK's default is "", which would show up in the manifest
-        model_format=V1beta1ModelFormat(name=MODEL_FORMAT),
+        model_format=V1beta1ModelFormat(name=SFTLAB_MODEL_FORMAT if own else MODEL_FORMAT),
+        runtime=serving_runtime_name(config) if own else None,
         storage_uri=None if adapters else storage_uri,
         args=_server_args(config, resources, served_model_name, adapters, max_lora_rank),
-        resources=pod_resources(resources) or None,
+        resources=predictor_resources(resources) or None,
         volume_mounts=mounts or None,
     )
     storage_uris = None
@@ -162,10 +170,31 @@ def _check(name: str, config: KServeConfig, resources: TaskResources, served: st
             )
 
 
+def serving_runtime_name(config: KServeConfig) -> str:
+    return config.serving_runtime or os.environ.get(SERVING_RUNTIME_ENV) or DEFAULT_SERVING_RUNTIME
+
+
+def predictor_resources(resources: TaskResources) -> dict[str, Any]:
+    """Requests and limits for the predictor's container, cpu and memory both set where given.
+
+    KServe merges this container into the runtime's, key by key: a limit the predictor leaves out
+    stays the runtime's (KServe's Hugging Face runtime: cpu "1", memory 2Gi), which would cap the
+    server below what the spec asks, or fall below its request and be refused.
+    """
+    merged = pod_resources(resources)
+    requests, limits = merged.setdefault("requests", {}), merged.setdefault("limits", {})
+    for key in ("cpu", "memory"):
+        if key in requests:
+            limits[key] = requests[key]
+    return {k: v for k, v in merged.items() if v}
+
+
 def _server_args(
     config: KServeConfig, resources: TaskResources, served: str, adapters: dict[str, str], max_lora_rank: int | None
 ) -> list[str]:
     """Arguments of the runtime's server; they come after the ServingRuntime's own, so they win."""
+    if config.runtime == "sftlab":  # python -m sftlab.serving.server (the image's entrypoint)
+        return [f"--name={served}"]
     args = [f"--model_name={served}"]
     if config.runtime == "vllm":
         args.append("--backend=vllm")

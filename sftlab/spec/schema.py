@@ -7,7 +7,7 @@ turning validation errors into readable lines (``sftlab.spec.problems``) live be
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -118,6 +118,9 @@ class BenchmarkBase(Strict):
     num_items: int | None = Field(
         None, ge=1, description="Items in the benchmark, for cost estimates when it cannot be read offline."
     )
+    # Whether its task asks the server for log-probabilities (echo + logprobs), which not every
+    # serving runtime answers (KServe's Transformers backend: logprobs null).
+    scores_loglikelihood: ClassVar[bool] = False
 
 
 class GeneratingBenchmark(BenchmarkBase):
@@ -130,6 +133,7 @@ class Gsm8kBenchmark(GeneratingBenchmark):
     """GSM8K-format grade-school maths: the final number, and the reference solution's log-likelihood."""
 
     kind: Literal["gsm8k"] = "gsm8k"
+    scores_loglikelihood: ClassVar[bool] = True
 
 
 class MathBenchmark(GeneratingBenchmark):
@@ -169,6 +173,7 @@ class MultipleChoiceBenchmark(BenchmarkBase):
     """Choices scored by log-likelihood: nothing is generated."""
 
     kind: Literal["multiple_choice"] = "multiple_choice"
+    scores_loglikelihood: ClassVar[bool] = True
 
 
 class QABenchmark(GeneratingBenchmark):
@@ -328,8 +333,18 @@ class KServeConfig(Strict):
     """InferenceServices for cluster evaluation (``evaluation.backend: kserve``)."""
 
     namespace: str | None = Field(None, description="Default: the pipeline pod's own namespace.")
-    runtime: Literal["huggingface", "vllm"] = Field(
-        "huggingface", description="KServe Hugging Face runtime; vllm selects its vLLM backend (GPU)."
+    runtime: Literal["sftlab", "huggingface", "vllm"] = Field(
+        "sftlab",
+        description="sftlab: the chart's ServingRuntime, running sftlab's own server (generation and "
+        "log-likelihoods, CPU or GPU; what the local backend runs); huggingface: KServe's Hugging Face server "
+        "on its Transformers backend (generation only: it answers logprobs null); vllm: that server's vLLM "
+        "backend (GPU; serves LoRA adapters).",
+    )
+    serving_runtime: str | None = Field(
+        None,
+        description="The ServingRuntime runtime sftlab selects; default $SFTLAB_SERVING_RUNTIME (set by the "
+        "chart), else sftlab-eval.",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
     )
     deployment_mode: Literal["RawDeployment", "Serverless"] = Field(
         "RawDeployment", description="RawDeployment avoids Knative's progress deadline killing slow LLM start-ups."
@@ -600,10 +615,17 @@ class Spec(Strict):
         if self.evaluation.backend != "kserve":
             return self
         runtime = self.evaluation.kserve.runtime
-        if runtime == "vllm" and not self.resources.for_stage("evaluate").gpus:
+        serving = self.resources.for_stage("evaluate")
+        if runtime == "vllm" and not serving.gpus:
             raise ValueError(
-                "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, "
-                "or use runtime huggingface"
+                "evaluation.kserve.runtime: vllm needs GPUs: set resources.evaluate.gpus ≥ 1, or use runtime sftlab"
+            )
+        unscorable = [b.name for b in self.benchmarks if b.scores_loglikelihood]
+        if runtime == "huggingface" and unscorable:
+            raise ValueError(
+                "evaluation.kserve.runtime: huggingface (KServe's Transformers backend) answers completions without "
+                f"log-probabilities, which benchmarks {', '.join(unscorable)} score; use runtime sftlab (the "
+                "chart's ServingRuntime), or vllm with GPUs"
             )
         recipes = [r for r in self.sweep.get("training", []) if isinstance(r, dict)]
         methods = [self.training.method, *self.sweep.get("training.method", []), *(r.get("method") for r in recipes)]
@@ -611,6 +633,11 @@ class Spec(Strict):
             raise ValueError(
                 "evaluation.kserve.runtime: LoRA adapters are served by vLLM: "
                 "set runtime vllm (with resources.evaluate.gpus ≥ 1), or evaluate with backend local"
+            )
+        if not serving.memory:
+            raise ValueError(
+                "resources.evaluate.memory: required with evaluation.backend kserve (else the ServingRuntime's "
+                "own memory limit, 2Gi for KServe's, caps the model server)"
             )
         return self
 

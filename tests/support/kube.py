@@ -30,6 +30,7 @@ from sftlab.serving.inference_service import INFERENCE_SERVICE
 from tests.support import upstream
 
 NS = "sweeps"
+SERVING_RUNTIME = CustomResource("serving.kserve.io", "v1alpha1", "servingruntimes", "ServingRuntime")
 _TOKEN_REQUEST = re.compile(r"/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)/token")
 
 
@@ -96,7 +97,12 @@ def _validating_emulator() -> Any:
             """The TokenRequest API: a token for an existing ServiceAccount, for the audiences asked."""
             from aiohttp import web
 
-            if (namespace, account) not in self.service_accounts:
+            accounts = {
+                (key[1], key[2])
+                for key, obj in self._objects.items()
+                if key[0].plural == "serviceaccounts" and not obj.deleted
+            }
+            if (namespace, account) not in accounts:
                 message = f'serviceaccounts "{account}" not found'
                 raise KubernetesError(404, "NotFound", message, {"name": account, "kind": "serviceaccounts"})
             spec = dict(request.data.get("spec") or {})
@@ -127,16 +133,16 @@ class Token:
 class KubeServer:
     """kmock's Kubernetes emulator on 127.0.0.1, in its own thread and event loop.
 
-    It serves every kind sftlab creates, plus pods and events (read for diagnostics). It applies no
+    It serves every kind sftlab creates and the chart's ServingRuntime, plus pods and events (read
+    for diagnostics) and ServiceAccounts and Secrets (what KServe and the TokenRequest API read). It applies no
     label or field selectors: clients must filter what they list themselves.
     """
 
-    RESOURCES = (TRAINJOB, PYTORCHJOB, INFERENCE_SERVICE)
+    RESOURCES = (TRAINJOB, PYTORCHJOB, INFERENCE_SERVICE, SERVING_RUNTIME)
 
     def __init__(self) -> None:
         self._ready = threading.Event()
         self.warnings: list[str] = []  # unknown fields dropped under fieldValidation=Warn
-        self.service_accounts: set[tuple[str, str]] = set()  # (namespace, name) the TokenRequest API knows
         self.tokens: dict[str, Token] = {}  # minted through it
         self.collected: list[str] = []  # objects the garbage collector deleted with their owner pod
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -148,12 +154,11 @@ class KubeServer:
         async with _validating_emulator()() as handler, kmock.Server(handler) as server:
             handler.warnings = self.warnings
             handler.tokens = self.tokens
-            handler.service_accounts = self.service_accounts
             handler.collected = self.collected
             for r in self.RESOURCES:
                 handler.resources[f"{r.group}/{r.version}/{r.plural}"] = {}
-            handler.resources["v1/pods"] = {}
-            handler.resources["v1/events"] = {}
+            for core in ("pods", "events", "serviceaccounts", "secrets"):
+                handler.resources[f"v1/{core}"] = {}
             self.handler = handler
             self.url = str(server.url).rstrip("/")
             self._loop = asyncio.get_running_loop()
@@ -169,6 +174,13 @@ class KubeServer:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+
+def service_account(api: Any, name: str, secrets: list[str] | None = None) -> None:
+    from kubernetes import client
+
+    body = {"metadata": {"name": name}, "secrets": [{"name": s} for s in secrets or []]}
+    client.CoreV1Api(api).create_namespaced_service_account(NS, body)
 
 
 def kubeconfig(url: str, folder: Path) -> Path:

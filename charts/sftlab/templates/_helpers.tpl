@@ -16,6 +16,7 @@
 {{- define "sftlab.mlflow.fullname" -}}{{ include "sftlab.fullname" . | trunc 56 | trimSuffix "-" }}-mlflow{{- end }}
 {{- define "sftlab.postgresql.fullname" -}}{{ include "sftlab.fullname" . | trunc 52 | trimSuffix "-" }}-postgresql{{- end }}
 {{- define "sftlab.minio.fullname" -}}{{ include "sftlab.fullname" . | trunc 57 | trimSuffix "-" }}-minio{{- end }}
+{{- define "sftlab.predictor.fullname" -}}{{ include "sftlab.fullname" . | trunc 53 | trimSuffix "-" }}-predictor{{- end }}
 {{- define "sftlab.pipeline.fullname" -}}{{ include "sftlab.fullname" . | trunc 54 | trimSuffix "-" }}-pipeline{{- end }}
 
 {{/* Labels */}}
