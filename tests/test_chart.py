@@ -274,7 +274,9 @@ def test_default_install_mlflow_with_bundled_stores() -> None:
     defaults = find(docs, "ConfigMap", "-defaults")["data"]
     assert defaults["MLFLOW_TRACKING_URI"] == f"http://{RELEASE}-mlflow.{NAMESPACE}.svc:5000"
     assert defaults["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
-    assert defaults["AWS_ENDPOINT_URL_S3"] == env["MLFLOW_S3_ENDPOINT_URL"]
+    assert defaults["SFTLAB_STORE_S3_ENDPOINT"] == env["MLFLOW_S3_ENDPOINT_URL"]
+    assert defaults["SFTLAB_STORE_BUCKET"] == "mlflow"
+    assert "AWS_ENDPOINT_URL_S3" not in defaults  # boto3 would send every bucket to the bundled store
     assert defaults["SFTLAB_IMAGE"] == "ghcr.io/sftlab/sftlab-train:0.1.0"
     assert defaults["SFTLAB_BASE_IMAGE"] == "ghcr.io/sftlab/sftlab:0.1.0"
     assert defaults["SFTLAB_SERVING_RUNTIME"] == "sftlab-eval"
@@ -306,7 +308,7 @@ def test_external_database_and_s3() -> None:
     assert rule["host"] == "mlflow.example.com" and ingress["spec"]["tls"][0]["secretName"] == "mlflow-tls"
     assert rule["http"]["paths"][0]["backend"]["service"] == {"name": f"{RELEASE}-mlflow", "port": {"name": "http"}}
     defaults = find(docs, "ConfigMap", "-defaults")["data"]
-    assert defaults["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-central-1.amazonaws.com"
+    assert defaults["SFTLAB_STORE_S3_ENDPOINT"] == "https://s3.eu-central-1.amazonaws.com"
     assert defaults["SFTLAB_REGISTRY"] == "registry.example.com/ml"
 
 
@@ -353,7 +355,7 @@ def test_serving_runtime_default() -> None:
     assert "nodeSelector" not in runtime["spec"]
     off = manifests({"pipelineRuntime": {"servingRuntime": {"enabled": False}}})
     assert not [d for d in off if d["kind"] == "ServingRuntime"]
-    assert find(off, "ConfigMap", "-defaults")["data"]["SFTLAB_SERVING_RUNTIME"] == "kserve-huggingfaceserver"
+    assert find(off, "ConfigMap", "-defaults")["data"]["SFTLAB_SERVING_RUNTIME"] == ""
 
 
 def test_gpu_values() -> None:
@@ -439,7 +441,13 @@ def test_pipeline_tasks_read_the_charts_defaults_config_map() -> None:
     from sftlab.kfp.pipelines.trial import CLUSTER_DEFAULTS
 
     config_map = find(manifests(values("default")), "ConfigMap", "-defaults")
-    assert config_map["metadata"]["name"] == "sftlab-defaults"  # release name "sftlab", as in docs/install.md
+    assert config_map["metadata"]["name"] == "sftlab-defaults"
+    # The name pipelines look for, whatever the release is called.
+    other = find(manifests({"fullnameOverride": "team-a-platform"}), "ConfigMap", "-defaults")
+    assert other["metadata"]["name"] == "sftlab-defaults"
+    # Every key rendered in every install, empty where unset (KFP's optional env skips only a missing map).
+    sparse = manifests({**values("external"), "pipelineRuntime": {"servingRuntime": {"enabled": False}}})
+    assert set(find(sparse, "ConfigMap", "-defaults")["data"]) == set(config_map["data"])
     assert set(CLUSTER_DEFAULTS) <= set(config_map["data"])
     for compiled in ("trial_pipeline.yaml", "sweep_pipeline.yaml"):
         docs = list(yaml.safe_load_all((REPO / "pipelines" / compiled).read_text()))

@@ -155,3 +155,19 @@ def test_tokenizer_that_does_not_belong_to_the_weights(tmp_path: Path) -> None:
     models.check_pair(
         models.load_causal_lm(str(large)), models.load_tokenizer(str(large)), "large"
     )  # a true pair passes
+
+
+def test_the_platform_store_endpoint_applies_to_its_own_bucket_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's store endpoint must not redirect a user's own buckets (as AWS_ENDPOINT_URL_S3 did)."""
+    from sftlab.sources.uris import s3_endpoint
+    from sftlab.spec.schema import StorageConfig
+
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SFTLAB_STORE_S3_ENDPOINT", "http://sftlab-minio.ml.svc:9000")
+    monkeypatch.setenv("SFTLAB_STORE_BUCKET", "mlflow")
+    assert s3_endpoint(StorageConfig(), "mlflow") == "http://sftlab-minio.ml.svc:9000"
+    assert s3_endpoint(StorageConfig(), "my-datasets") is None  # AWS S3, as boto3 decides
+    assert s3_endpoint(StorageConfig(s3_endpoint_url="http://mine:9000"), "mlflow") == "http://mine:9000"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://user-choice:9000")
+    assert s3_endpoint(StorageConfig(), "my-datasets") == "http://user-choice:9000"

@@ -1,8 +1,9 @@
 """Fetching sources named by URI: local paths, ``s3://bucket/key`` (boto3) and hub ids.
 
-The S3 endpoint comes from the spec's ``storage`` settings or the standard environment variables
-(``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``MLFLOW_S3_ENDPOINT_URL``); credentials only ever
-come from the environment (or the pod's identity), never from a spec.
+The S3 endpoint comes from the spec's ``storage`` settings; else, for the platform's own bucket
+(``SFTLAB_STORE_BUCKET``, set by the chart), ``SFTLAB_STORE_S3_ENDPOINT``; else the standard
+environment variables (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, ``MLFLOW_S3_ENDPOINT_URL``).
+Credentials only ever come from the environment (or the pod's identity), never from a spec.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sftlab.keys import digest
 from sftlab.spec.schema import StorageConfig
 
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+STORE_ENDPOINT_ENV, STORE_BUCKET_ENV = "SFTLAB_STORE_S3_ENDPOINT", "SFTLAB_STORE_BUCKET"
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -25,11 +27,19 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def s3_client(storage: StorageConfig):
+def s3_endpoint(storage: StorageConfig, bucket: str) -> str | None:
+    if storage.s3_endpoint_url:
+        return storage.s3_endpoint_url
+    if bucket and bucket == os.environ.get(STORE_BUCKET_ENV) and os.environ.get(STORE_ENDPOINT_ENV):
+        return os.environ[STORE_ENDPOINT_ENV]
+    return next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+
+
+def s3_client(storage: StorageConfig, bucket: str):
     import boto3
     from botocore.config import Config
 
-    endpoint = storage.s3_endpoint_url or next((os.environ[v] for v in _ENDPOINT_VARS if os.environ.get(v)), None)
+    endpoint = s3_endpoint(storage, bucket)
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -56,7 +66,7 @@ def s3_error(uri: str, exc: Exception) -> SftlabError:
 def read_text(uri: str, storage: StorageConfig) -> str:
     bucket, key = split_s3(uri)
     try:
-        body = s3_client(storage).get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3_client(storage, bucket).get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:  # noqa: BLE001 - boto errors become one line
         raise s3_error(uri, exc) from None
     try:
@@ -76,7 +86,7 @@ def download(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     marker = target.parent / ".complete"
     if marker.exists():
         return target
-    client = s3_client(storage)
+    client = s3_client(storage, bucket)
     try:
         prefix = key.rstrip("/") + "/"
         keys = [
@@ -102,7 +112,7 @@ def download(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
 
 def upload_dir(local_dir: Path, uri: str, storage: StorageConfig) -> None:
     bucket, key = split_s3(uri)
-    client = s3_client(storage)
+    client = s3_client(storage, bucket)
     try:
         for path in sorted(Path(local_dir).rglob("*")):
             if path.is_file():

@@ -121,7 +121,7 @@ class S3Store:
 
         self.uri, self.storage = uri.rstrip("/"), storage
         self.bucket, self.prefix = split_s3(self.uri)
-        self.client = s3_client(storage)
+        self.client = s3_client(storage, self.bucket)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -267,6 +267,7 @@ class FakeKServe(threading.Thread):
                     "BlockedByFailedLoad", "ModelLoadFailed", f"container exited with code {exc.code}"
                 ) from None
             return LocalModelServer(folder, name=args.name, ready_timeout=120).__enter__(), None
+
         def last(flag: str, default: str | None = None) -> str:  # argparse: the last occurrence wins
             values = [a.split("=", 1)[1] for a in container["args"] if a.startswith(f"{flag}=")]
             found = values[-1] if values else default

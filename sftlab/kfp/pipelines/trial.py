@@ -29,12 +29,14 @@ def use_secrets(task: PipelineTask, secrets: list[SecretEnv]) -> None:
 # Keys of the Helm chart's defaults ConfigMap that stages read (tracking server, S3 endpoint, uploads).
 CLUSTER_DEFAULTS = (
     "MLFLOW_TRACKING_URI",
-    "AWS_ENDPOINT_URL_S3",
+    "SFTLAB_STORE_S3_ENDPOINT",  # the platform store's endpoint, for s3:// URIs in its bucket only
+    "SFTLAB_STORE_BUCKET",
     "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
     "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE",
     "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE",
     "SFTLAB_ARTIFACTS_DESTINATION",  # where KServe reads trained models (evaluation.backend: kserve)
     "SFTLAB_SERVICE_ACCOUNT",  # the service account InferenceServices download with
+    "SFTLAB_SERVING_RUNTIME",  # the chart's ServingRuntime (evaluation.kserve.runtime sftlab)
     "SFTLAB_IMAGE",  # the training image multi-node TrainJob/PyTorchJob pods run
 )
 
