@@ -146,3 +146,66 @@ def test_sftlab_creates_with_strict_field_validation_and_fails_in_one_line(kube:
     assert "\n" not in message
     expected = 'HTTP 400 Bad Request: strict decoding error: unknown field "spec.predictor.model.storageURI"'
     assert f"create failed: {expected}" in message
+
+
+CLUSTER_ENV = {
+    "SFTLAB_IMAGE_PULL_REFS": "registry-a,registry-b",
+    "SFTLAB_GPU_NODE_SELECTOR": '{"nvidia.com/gpu.present": "true"}',
+    "SFTLAB_GPU_TOLERATIONS": '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+    "SFTLAB_GPU_RUNTIME_CLASS": "nvidia",
+    "SFTLAB_TRAIN_PRIORITY_CLASS": "sftlab-training",
+    "SFTLAB_EVAL_PRIORITY_CLASS": "sftlab-evaluation",
+    "SFTLAB_STORE_S3_ENDPOINT": "http://sftlab-minio.ml.svc:9000",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+}
+
+
+def test_the_clusters_defaults_reach_every_pod_sftlab_creates(job: TrialJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's GPU placement, runtime and priority classes, pull secrets and node env used to
+    stop at the pipeline pods; they reach training nodes and predictors, and pass the CRDs."""
+    for var, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(var, value)
+    gpu = TaskResources(cpu="8", memory="64Gi", gpus=4)  # no placement of its own
+    secrets = [{"name": "registry-a"}, {"name": "registry-b"}]
+    toleration = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+    pytorch = pytorchjob_for(job, gpu)
+    for replica in pytorch["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["priorityClassName"] == "sftlab-training" and pod["runtimeClassName"] == "nvidia"
+        assert pod["imagePullSecrets"] == secrets and pod["tolerations"] == toleration
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["SFTLAB_STORE_S3_ENDPOINT"] == "http://sftlab-minio.ml.svc:9000"
+        assert env["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] == "true"
+    upstream.assert_valid(pytorch, PYTORCHJOB.group, PYTORCHJOB.plural, PYTORCHJOB.version)
+
+    trainjob = manifest_for(job, gpu, secrets=[], cache_pvc=None)
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == secrets and pod["tolerations"] == toleration
+    assert "priorityClassName" not in pod  # Trainer 2.2's patches have no field: the runtime's own
+    upstream.assert_valid(trainjob, TRAINJOB.group, TRAINJOB.plural, TRAINJOB.version)
+
+    service = isvc(VLLM, gpu)["spec"]["predictor"]
+    assert service["priorityClassName"] == "sftlab-evaluation" and service["runtimeClassName"] == "nvidia"
+    assert service["imagePullSecrets"] == secrets and service["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    upstream.assert_valid(isvc(VLLM, gpu), INFERENCE_SERVICE.group, INFERENCE_SERVICE.plural, "v1beta1")
+
+    # The spec's own placement wins; CPU pods get no GPU placement or runtime class.
+    own = isvc(VLLM, GPU)["spec"]["predictor"]
+    assert own["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    cpu = isvc()["spec"]["predictor"]
+    assert "nodeSelector" not in cpu and "runtimeClassName" not in cpu and cpu["imagePullSecrets"] == secrets
+
+
+def test_a_malformed_cluster_default_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftlab.cluster.defaults import ClusterDefaults
+
+    monkeypatch.setenv("SFTLAB_GPU_TOLERATIONS", "[{key: nvidia}]")
+    with pytest.raises(SftlabError, match=r"^\$SFTLAB_GPU_TOLERATIONS: expected JSON \(from the sftlab-defaults"):
+        ClusterDefaults.from_env()
+    monkeypatch.setenv("SFTLAB_GPU_TOLERATIONS", '[{"operator": "Exists"}]')
+    with pytest.raises(SftlabError, match=r"^cluster defaults \(gpu_tolerations.0.key\): Field required"):
+        ClusterDefaults.from_env()

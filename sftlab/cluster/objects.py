@@ -133,16 +133,6 @@ def pod_resources(resources: TaskResources) -> dict[str, Any]:
     return {k: v for k, v in {"requests": requests, "limits": limits}.items() if v}
 
 
-def placement(resources: TaskResources) -> dict[str, Any]:
-    """The pod-spec fields that pick nodes: ``nodeSelector`` and ``tolerations`` (only those set)."""
-    spec: dict[str, Any] = {}
-    if resources.node_selector:
-        spec["nodeSelector"] = dict(resources.node_selector)
-    if resources.tolerations:
-        spec["tolerations"] = [t.model_dump(exclude_none=True) for t in resources.tolerations]
-    return spec
-
-
 def shm_volume(size: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A memory-backed /dev/shm of ``size`` (NCCL and data loaders outgrow the default 64 MB): the
     volume and its mount."""

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sftlab.cluster.defaults import ClusterDefaults
 from sftlab.cluster.objects import (
     LABEL_MANAGED_BY,
     dns_name,
     env_var,
     label_value,
-    placement,
     pod_resources,
     secret_env,
     shm_volume,
@@ -50,6 +50,7 @@ class TrialPod:
     resources: dict[str, Any]  # requests/limits per node
     placement: dict[str, Any]  # nodeSelector, tolerations
     procs_per_node: int
+    pod_fields: dict[str, Any]  # priorityClassName, runtimeClassName, imagePullSecrets (cluster defaults)
 
 
 def trial_pod(
@@ -61,11 +62,14 @@ def trial_pod(
     nodes: int,
     secrets: Sequence[SecretEnv] = (),
     cache_pvc: str | None = None,
+    defaults: ClusterDefaults | None = None,
 ) -> TrialPod:
     """The trial travels as its TrialJob JSON in ``$SFTLAB_TRIAL_JOB`` (a few KB; no ConfigMap).
 
     One process per GPU, or one on a CPU-only node. ``engine`` prefixes the input errors.
+    ``defaults`` (else this pod's cluster defaults, from env) add what the cluster asks of pods.
     """
+    defaults = defaults if defaults is not None else ClusterDefaults.from_env()
     if nodes < 1:
         raise SftlabError(f"{engine}: nodes must be at least 1, got {nodes}")
     if not image:
@@ -83,6 +87,7 @@ def trial_pod(
         volumes.append(volume)
         mounts.append(mount)
     env.extend(secret_env(secrets))
+    env.extend(env_var(name, value) for name, value in defaults.node_env.items())
     return TrialPod(
         name=trainjob_name(key),
         labels={LABEL_TRIAL_KEY: label_value(key), LABEL_MANAGED_BY: "sftlab"},
@@ -90,6 +95,7 @@ def trial_pod(
         volumes=volumes,
         mounts=mounts,
         resources=pod_resources(resources),
-        placement=placement(resources),
+        placement=defaults.placement(resources),
         procs_per_node=max(resources.gpus, 1),
+        pod_fields=defaults.pod_fields(resources, "train"),
     )

@@ -92,6 +92,9 @@ def _replica(count: int, image: str, command: Sequence[str], args: Sequence[str]
         node_selector=pod.placement.get("nodeSelector"),
         tolerations=pod.placement.get("tolerations"),
         volumes=pod.volumes or None,
+        priority_class_name=pod.pod_fields.get("priorityClassName"),
+        runtime_class_name=pod.pod_fields.get("runtimeClassName"),
+        image_pull_secrets=pod.pod_fields.get("imagePullSecrets"),
     )
     return m.KubeflowOrgV1ReplicaSpec(
         replicas=count,

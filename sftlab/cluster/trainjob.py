@@ -108,11 +108,13 @@ def trainjob_manifest(
 
 
 def _runtime_patches(pod: TrialPod) -> list[Any] | None:
-    """The pod settings the trainer has no field for (placement, volumes), as a runtime patch of
-    the ``node`` replicated job; None when there are none."""
+    """The pod settings the trainer has no field for (placement, volumes, image pull secrets), as a
+    runtime patch of the ``node`` replicated job; None when there are none. Trainer 2.2's patches
+    have no priority or runtime class: those come from the ClusterTrainingRuntime."""
     from kubeflow_trainer_api import models as m
 
-    if not (pod.placement or pod.volumes):
+    pull_secrets = pod.pod_fields.get("imagePullSecrets")
+    if not (pod.placement or pod.volumes or pull_secrets):
         return None
     containers = None
     if pod.volumes:
@@ -124,6 +126,9 @@ def _runtime_patches(pod: TrialPod) -> list[Any] | None:
         tolerations=[m.IoK8sApiCoreV1Toleration.from_dict(t) for t in tolerations] if tolerations else None,
         volumes=[m.IoK8sApiCoreV1Volume.from_dict(volume) for volume in pod.volumes] or None,
         containers=containers,
+        image_pull_secrets=(
+            [m.IoK8sApiCoreV1LocalObjectReference.from_dict(ref) for ref in pull_secrets] if pull_secrets else None
+        ),
     )
     template = m.TrainerV1alpha1PodTemplatePatch(
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.labels), spec=pod_spec

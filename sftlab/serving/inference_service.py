@@ -4,10 +4,11 @@
 names: ``sftlab``, the chart's ServingRuntime running sftlab's own server (the one the local
 backend runs, so it answers log-likelihoods too), selected by name; or KServe's Hugging Face
 runtime on its Transformers backend (generation only: it answers ``logprobs: null``) or its vLLM
-backend on GPUs, optionally with LoRA adapters on the same server. ``InferenceServiceRunner.serving`` creates it, waits for ``Ready`` (``ready_timeout_s``),
-yields the OpenAI-compatible base URL, and deletes it when the block ends, however it ends (see
-``sftlab.cluster.objects``). A failed or late start is one error line with the predictor pods' states and the
-latest Warning events.
+backend on GPUs, optionally with LoRA adapters on the same server.
+``InferenceServiceRunner.serving`` creates it, waits for ``Ready`` (``ready_timeout_s``), yields the
+OpenAI-compatible base URL, and deletes it when the block ends, however it ends (see
+``sftlab.cluster.objects``). A failed or late start is one error line with the predictor pods'
+states and the latest Warning events.
 
 LoRA adapters are served by ONE base-model server through vLLM (``--enable-lora --lora-modules
 name=path ...``, loaded at start-up). The base and each adapter are separate ``predictor.storageUris``
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from sftlab.cluster.defaults import ClusterDefaults
 from sftlab.cluster.objects import (
     LABEL_MANAGED_BY,
     MAX_DETAIL,
@@ -41,7 +43,6 @@ from sftlab.cluster.objects import (
     is_dns_name,
     label_value,
     one_line,
-    placement,
     pod_resources,
     shm_volume,
 )
@@ -120,7 +121,9 @@ def inference_service_manifest(
     if adapters:
         storage_uris = [V1beta1StorageUri(uri=storage_uri, mount_path=BASE_DIR)]
         storage_uris += [V1beta1StorageUri(uri=uri, mount_path=f"{ADAPTERS_DIR}/{a}") for a, uri in adapters.items()]
-    pod = placement(resources)
+    defaults = ClusterDefaults.from_env()
+    pod = defaults.placement(resources)
+    fields = defaults.pod_fields(resources, "evaluate")
     predictor = V1beta1PredictorSpec(
         model=model,
         min_replicas=1,
@@ -130,6 +133,9 @@ def inference_service_manifest(
         node_selector=pod.get("nodeSelector"),
         tolerations=pod.get("tolerations"),
         volumes=volumes or None,
+        priority_class_name=fields.get("priorityClassName"),
+        runtime_class_name=fields.get("runtimeClassName"),
+        image_pull_secrets=fields.get("imagePullSecrets"),
         annotations=(
             {PROGRESS_DEADLINE: f"{math.ceil(config.ready_timeout_s)}s"}
             if config.deployment_mode == "Serverless"

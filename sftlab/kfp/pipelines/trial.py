@@ -37,6 +37,13 @@ CLUSTER_DEFAULTS = (
     "SFTLAB_ARTIFACTS_DESTINATION",  # where KServe reads trained models (evaluation.backend: kserve)
     "SFTLAB_SERVICE_ACCOUNT",  # the service account InferenceServices download with
     "SFTLAB_SERVING_RUNTIME",  # the chart's ServingRuntime (evaluation.kserve.runtime sftlab)
+    # What the pods a stage creates get (sftlab.cluster.defaults): pull secrets, GPU placement, priority.
+    "SFTLAB_IMAGE_PULL_REFS",
+    "SFTLAB_GPU_NODE_SELECTOR",
+    "SFTLAB_GPU_TOLERATIONS",
+    "SFTLAB_GPU_RUNTIME_CLASS",
+    "SFTLAB_TRAIN_PRIORITY_CLASS",
+    "SFTLAB_EVAL_PRIORITY_CLASS",
     "SFTLAB_IMAGE",  # the training image multi-node TrainJob/PyTorchJob pods run
 )
 
