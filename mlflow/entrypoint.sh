@@ -22,7 +22,8 @@
 #   MLFLOW_BASIC_AUTH=true     enable MLflow's basic-auth app; the admin comes from
 #                              MLFLOW_AUTH_ADMIN_USERNAME(admin) / MLFLOW_AUTH_ADMIN_PASSWORD, users are
 #                              stored in MLFLOW_AUTH_DATABASE_URI (default: the backend store)
-#   MLFLOW_EXTRA_ARGS          appended verbatim (word-split)
+#   MLFLOW_EXTRA_ARGS_JSON     a JSON array of extra arguments, appended one item per argument
+#                              (the chart's mlflow.extraArgs; an item may contain spaces)
 # Proxied multipart uploads (multi-GB models) are read by MLflow itself from
 # MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD, MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE and
 # MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE; the chart sets them.
@@ -123,11 +124,21 @@ case "$mode" in
             write_auth_config
             set -- "$@" --app-name basic-auth
         fi
-        # shellcheck disable=SC2086 # word-splitting of extra args is intended
-        if [ -n "${MLFLOW_EXTRA_ARGS:-}" ]; then set -- "$@" $MLFLOW_EXTRA_ARGS; fi
+        if [ -n "${MLFLOW_EXTRA_ARGS_JSON:-}" ]; then
+            # Each item shell-quoted by Python, then re-read by eval: items keep their spaces.
+            quoted="$(python3 -c 'import json, os, shlex, sys
+try:
+    items = json.loads(os.environ["MLFLOW_EXTRA_ARGS_JSON"])
+except ValueError:
+    items = None
+if not (isinstance(items, list) and all(isinstance(i, str) for i in items)):
+    sys.exit(1)
+print(" ".join(shlex.quote(i) for i in items))')" || die "MLFLOW_EXTRA_ARGS_JSON: expected a JSON array of strings"
+            eval "set -- \"\$@\" $quoted"
+        fi
         if [ "$mode" = print ]; then
-            # the DSN may hold a password: mask it
-            echo "$@" | sed -E 's#(://[^:/@ ]+:)[^@ ]+@#\1***@#'
+            # argv as a JSON array (what exec would run); the DSN may hold a password: mask it
+            python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" | sed -E 's#(://[^:/@ ]+:)[^@ ]+@#\1***@#'
             exit 0
         fi
         exec "$@"

@@ -294,7 +294,7 @@ def test_external_database_and_s3() -> None:
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "https://s3.eu-central-1.amazonaws.com"
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "mlflow-s3", "key": "secret-access-key"}
     assert env["MLFLOW_BASIC_AUTH"] == "true"
-    assert env["MLFLOW_EXTRA_ARGS"] == "--uvicorn-opts --timeout-keep-alive 120"
+    assert json.loads(env["MLFLOW_EXTRA_ARGS_JSON"]) == ["--uvicorn-opts", "--timeout-keep-alive 120"]
     assert env["MLFLOW_WORKERS"] == "4" and deployment["spec"]["replicas"] == 2
     assert {"mlflow.example.com", "mlflow.internal.example.com"} <= set(env["MLFLOW_ALLOWED_HOSTS"].split(","))
     assert pod_spec(deployment)["containers"][0]["image"] == "registry.example.com/ml/sftlab-mlflow:0.1.0"

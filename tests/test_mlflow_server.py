@@ -13,6 +13,7 @@ went through the server's artifact proxy (``--serve-artifacts``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -100,6 +101,13 @@ def run_entrypoint(
     )
 
 
+def chart_env(kind: str) -> dict[str, Any]:
+    """The MLflow Deployment's env as the chart renders it for ``ci/<kind>-values.yaml``."""
+    from tests.test_chart import env_of, find, manifests, values
+
+    return env_of(find(manifests(values(kind)), "Deployment", "-mlflow"))
+
+
 def test_entrypoint_builds_the_server_command_from_parts() -> None:
     """The bundled-database path: the DSN is assembled with the password URL-encoded, and the
     printed command masks it."""
@@ -110,20 +118,25 @@ def test_entrypoint_builds_the_server_command_from_parts() -> None:
             "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/mlflow",
             "MLFLOW_WORKERS": "3",
             "MLFLOW_ALLOWED_HOSTS": "a,b:*",
-            "MLFLOW_EXTRA_ARGS": "--uvicorn-opts --timeout-keep-alive=120",
+            # What the chart renders for mlflow.extraArgs ["--uvicorn-opts", "--timeout-keep-alive 120"].
+            "MLFLOW_EXTRA_ARGS_JSON": chart_env("external")["MLFLOW_EXTRA_ARGS_JSON"],
         }
     )
-    out = subprocess.run(
-        ["sh", str(ENTRYPOINT), "print"], env=env, capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = json.loads(
+        subprocess.run(["sh", str(ENTRYPOINT), "print"], env=env, capture_output=True, text=True, check=True).stdout
+    )
     assert out[:2] == ["mlflow", "server"]
     assert out[out.index("--backend-store-uri") + 1] == "postgresql+psycopg2://mlflow:***@sftlab-postgresql:5432/mlflow"
     assert "p@ss" not in " ".join(out)
     assert out[out.index("--artifacts-destination") + 1] == "s3://b/mlflow"
     assert "--serve-artifacts" in out and out[out.index("--workers") + 1] == "3"
     assert out[out.index("--allowed-hosts") + 1] == "a,b:*"
-    assert out[-2:] == ["--uvicorn-opts", "--timeout-keep-alive=120"]
+    assert out[-2:] == ["--uvicorn-opts", "--timeout-keep-alive 120"]
     assert "--app-name" not in out
+    env["MLFLOW_EXTRA_ARGS_JSON"] = "--uvicorn-opts"  # not JSON: one line, not a crash loop of mlflow errors
+    bad = subprocess.run(["sh", str(ENTRYPOINT), "print"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 64
+    assert bad.stderr.strip() == "entrypoint: MLFLOW_EXTRA_ARGS_JSON: expected a JSON array of strings"
 
 
 def test_entrypoint_rejects_missing_settings() -> None:
