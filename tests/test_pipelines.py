@@ -103,6 +103,25 @@ def test_committed_pipelines_match_a_fresh_compile(tmp_path: Path, monkeypatch: 
         assert images(fresh[0]) == {f"{DEFAULT_IMAGE}:{__version__}"}
 
 
+def test_every_step_requests_resources_and_retries(tmp_path: Path) -> None:
+    """A pod without requests is placed anywhere and evicted first; a lost pod retries (stages
+    resume), in the committed pipelines, built with no spec."""
+    from sftlab.kfp.pipelines.compile import COMPILED
+
+    for kind, path in COMPILED.items():
+        ir, _platform = load_docs(path)
+        tasks = ir["root"]["dag"]["tasks"]
+        for name, task in tasks.items():
+            policy = task["retryPolicy"]
+            assert (policy["maxRetryCount"], policy["backoffDuration"]) == (2, "60s"), (kind, name)
+            resources = ir["deploymentSpec"]["executors"][task["componentRef"]["name"].replace("comp-", "exec-")]
+            requests = resources["container"]["resources"]
+            assert requests["resourceCpuRequest"] and requests["resourceMemoryRequest"], (kind, name)
+    sweep, _ = load_docs(COMPILED["sweep"])
+    launch = sweep["deploymentSpec"]["executors"]["exec-launch"]["container"]["resources"]
+    assert (launch["resourceCpuRequest"], launch["resourceMemoryLimit"]) == ("250m", "2Gi")
+
+
 def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:
     from sftlab.kfp.pipelines.compile import compile_pipeline
 

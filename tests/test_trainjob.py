@@ -123,12 +123,16 @@ def test_trial_job_round_trips_through_the_manifest(job: TrialJob) -> None:
     )
 
 
-def test_cpu_only_manifest_has_no_gpu_or_patches(job: TrialJob) -> None:
+def test_cpu_only_manifest_has_no_gpu_and_patches_only_pod_metadata(job: TrialJob) -> None:
     m = manifest_for(job, TaskResources(cpu="2", memory="4Gi"), secrets=[], cache_pvc=None, nodes=1)
     trainer = m["spec"]["trainer"]
     assert trainer["numNodes"] == 1 and trainer["numProcPerNode"] == 1
     assert "nvidia.com/gpu" not in json.dumps(trainer["resourcesPerNode"])
-    assert "runtimePatches" not in m["spec"]
+    (patch,) = m["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    template = node["template"]["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}  # Kubeflow profiles: Istio
+    assert template["spec"] == {}  # no placement, volumes or pull secrets
     assert [e["name"] for e in trainer["env"]] == [JOB_ENV]
 
 

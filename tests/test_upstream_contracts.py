@@ -171,6 +171,7 @@ def test_the_clusters_defaults_reach_every_pod_sftlab_creates(job: TrialJob, mon
 
     pytorch = pytorchjob_for(job, gpu)
     for replica in pytorch["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
         pod = replica["template"]["spec"]
         assert pod["priorityClassName"] == "sftlab-training" and pod["runtimeClassName"] == "nvidia"
         assert pod["imagePullSecrets"] == secrets and pod["tolerations"] == toleration

@@ -28,6 +28,10 @@ JOB_ENV = "SFTLAB_TRIAL_JOB"
 
 
 LABEL_TRIAL_KEY = "sftlab.trial-key"
+# Training nodes opt out of Istio's sidecar (Kubeflow profile namespaces inject it): a sidecar keeps
+# a finished node's pod running, so the job never completes, and it intercepts the nodes'
+# rendezvous traffic. KFP stamps the same annotation on its own pipeline pods.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
 
 
 CACHE_VOLUME = "model-cache"
@@ -44,6 +48,7 @@ class TrialPod:
 
     name: str
     labels: dict[str, str]
+    annotations: dict[str, str]
     env: list[dict[str, Any]]
     volumes: list[dict[str, Any]]
     mounts: list[dict[str, Any]]
@@ -91,6 +96,7 @@ def trial_pod(
     return TrialPod(
         name=trainjob_name(key),
         labels={LABEL_TRIAL_KEY: label_value(key), LABEL_MANAGED_BY: "sftlab"},
+        annotations=dict(POD_ANNOTATIONS),
         env=env,
         volumes=volumes,
         mounts=mounts,

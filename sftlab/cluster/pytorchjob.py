@@ -101,7 +101,7 @@ def _replica(count: int, image: str, command: Sequence[str], args: Sequence[str]
         # Static torchrun rendezvous cannot take one restarted node back into a running group, so a
         # failed pod fails the job (a clear error now); the pipeline's retry reruns the trial.
         restart_policy="Never",
-        template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=pod.labels), spec=spec),
+        template=V1PodTemplateSpec(metadata=V1ObjectMeta(labels=pod.labels, annotations=pod.annotations), spec=spec),
     )
 
 

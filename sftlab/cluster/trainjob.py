@@ -107,15 +107,13 @@ def trainjob_manifest(
     return train_job.to_dict()
 
 
-def _runtime_patches(pod: TrialPod) -> list[Any] | None:
-    """The pod settings the trainer has no field for (placement, volumes, image pull secrets), as a
-    runtime patch of the ``node`` replicated job; None when there are none. Trainer 2.2's patches
-    have no priority or runtime class: those come from the ClusterTrainingRuntime."""
+def _runtime_patches(pod: TrialPod) -> list[Any]:
+    """The pod settings the trainer has no field for (annotations, placement, volumes, image pull
+    secrets), as a runtime patch of the ``node`` replicated job. Trainer 2.2's patches have no
+    priority or runtime class: those come from the ClusterTrainingRuntime."""
     from kubeflow_trainer_api import models as m
 
     pull_secrets = pod.pod_fields.get("imagePullSecrets")
-    if not (pod.placement or pod.volumes or pull_secrets):
-        return None
     containers = None
     if pod.volumes:
         mounts = [m.IoK8sApiCoreV1VolumeMount.from_dict(mount) for mount in pod.mounts]
@@ -131,7 +129,8 @@ def _runtime_patches(pod: TrialPod) -> list[Any] | None:
         ),
     )
     template = m.TrainerV1alpha1PodTemplatePatch(
-        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.labels), spec=pod_spec
+        metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod.labels, annotations=pod.annotations),
+        spec=pod_spec,
     )
     replicated = m.TrainerV1alpha1ReplicatedJobPatch(
         name=NODE, template=m.TrainerV1alpha1JobTemplatePatch(spec=m.TrainerV1alpha1JobSpecPatch(template=template))

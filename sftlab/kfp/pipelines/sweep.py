@@ -11,10 +11,11 @@ from kfp.dsl.base_component import BaseComponent
 from sftlab.kfp.auth import POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
 from sftlab.kfp.components import image_for
 from sftlab.kfp.components.sweep import sweep_components
-from sftlab.kfp.pipelines.trial import use_cluster_defaults, use_secrets
+from sftlab.kfp.pipelines.trial import RETRIES, RETRY_BACKOFF, use_cluster_defaults, use_secrets
 from sftlab.spec.schema import PipelineConfig, Spec
 
 SWEEP_PIPELINE = "sftlab-sweep"
+STEP_CPU, STEP_MEMORY, STEP_MEMORY_LIMIT = "250m", "1Gi", "2Gi"
 
 
 def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
@@ -40,6 +41,11 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
         report = components.report(plan=plan.outputs["trials"], failed=launch.outputs["Output"])
         for task in (plan, launch, report):
             task.set_caching_options(False)  # each step reads or writes MLflow state
+            # Light controllers (KFP and MLflow clients), but never scheduled without requests or
+            # evicted first. A retried launch step skips the trials already finished; those that
+            # were in flight when its pod was lost run again.
+            task.set_cpu_request(STEP_CPU).set_memory_request(STEP_MEMORY).set_memory_limit(STEP_MEMORY_LIMIT)
+            task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
             use_secrets(task, secrets)
             use_cluster_defaults(task, defaults)
         # Who the launch step is, for the KFP API of a multi-user install (sftlab.kfp.auth).

@@ -63,16 +63,28 @@ def use_model_cache(task: PipelineTask, pvc: str | None) -> None:
             task.set_env_variable(name, value)
 
 
+# What a stage's pod requests when the spec sets nothing (a scheduler places a pod with no
+# requests anywhere, and evicts it first), and the retries a stage gets: stages resume from their
+# checkpoints and claims, so a pod lost to a node failure or an eviction costs a restart, not a trial.
+DEFAULT_CPU, DEFAULT_MEMORY = "1", "4Gi"
+RETRIES, RETRY_BACKOFF = 2, "60s"
+
+
 def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:
     """Apply one stage's pod settings.
 
     Caching is off: every stage writes to the trial's MLflow run, so a cache hit would skip that.
     """
     task.set_caching_options(False)
+    task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
     if resources.cpu:
         task.set_cpu_request(resources.cpu).set_cpu_limit(resources.cpu)
+    else:
+        task.set_cpu_request(DEFAULT_CPU)
     if resources.memory:
         task.set_memory_request(resources.memory).set_memory_limit(resources.memory)
+    else:
+        task.set_memory_request(DEFAULT_MEMORY)
     if resources.gpus:
         task.set_accelerator_type(resources.accelerator).set_accelerator_limit(resources.gpus)
     for label, value in resources.node_selector.items():
