@@ -303,6 +303,13 @@ def test_external_database_and_s3() -> None:
     migrate = find(docs, "Job", "-migrate")
     assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert env_of(migrate)["MLFLOW_BACKEND_STORE_URI"] == env["MLFLOW_BACKEND_STORE_URI"]
+    # A pre-install hook runs before the chart's own Secrets exist: with an external database and
+    # the bundled MinIO it must not wait on MinIO's Secret (it needs the database alone).
+    mixed = manifests({**values("external"), "artifacts": {"minio": {"enabled": True}}})
+    hook = find(mixed, "Job", "-migrate")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    referenced = {v["secretKeyRef"]["name"] for v in env_of(hook).values() if isinstance(v, dict)}
+    assert referenced == {"mlflow-db"}
     ingress = find(docs, "Ingress", "-mlflow")
     rule = ingress["spec"]["rules"][0]
     assert rule["host"] == "mlflow.example.com" and ingress["spec"]["tls"][0]["secretName"] == "mlflow-tls"
@@ -433,7 +440,11 @@ def test_schema_is_strict_json_schema() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["additionalProperties"] is False
     top = set(yaml.safe_load((CHART / "values.yaml").read_text()))
-    assert top == set(schema["properties"])  # every value is described, nothing undocumented
+    # Every value is described, nothing undocumented; and `global`, which Helm passes to a chart
+    # used as a subchart, is allowed (a strict schema without it fails every parent chart).
+    assert top | {"global"} == set(schema["properties"])
+    parent = manifests({"global": {"imageRegistry": "registry.example.com"}})
+    assert find(parent, "ConfigMap", "-defaults")
 
 
 def test_pipeline_tasks_read_the_charts_defaults_config_map() -> None:

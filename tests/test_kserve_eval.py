@@ -229,3 +229,5 @@ def test_models_a_cluster_cannot_read_are_one_line_errors(monkeypatch: pytest.Mo
     with pytest.raises(SftlabError, match="needs the model on s3:// or the hub"):
         model_storage_uri(ModelSpec(name="t", uri="tiny:llama"))
     assert model_storage_uri(ModelSpec(name="h", uri="org/model")) == "hf://org/model"
+    pinned = ModelSpec(name="h", uri="org/model", revision="0123abc")
+    assert model_storage_uri(pinned) == "hf://org/model:0123abc"  # the storage initializer's pin syntax

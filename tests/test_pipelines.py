@@ -120,6 +120,32 @@ def test_every_step_requests_resources_and_retries(tmp_path: Path) -> None:
     sweep, _ = load_docs(COMPILED["sweep"])
     launch = sweep["deploymentSpec"]["executors"]["exec-launch"]["container"]["resources"]
     assert (launch["resourceCpuRequest"], launch["resourceMemoryLimit"]) == ("250m", "2Gi")
+    # kfp.local honours retry policies too: local trials run without (a local failure would only
+    # be repeated, minutes later).
+    from kfp import compiler
+
+    from sftlab.kfp.pipelines.trial import build_trial_pipeline
+
+    compiler.Compiler().compile(build_trial_pipeline(None, retries=False), str(tmp_path / "local.yaml"))
+    local, _ = load_docs(tmp_path / "local.yaml")
+    assert not any("retryPolicy" in task for task in local["root"]["dag"]["tasks"].values())
+
+
+def test_image_pull_secrets_reach_every_pipeline_pod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftlab.kfp.pipelines.compile import compile_pipeline
+
+    monkeypatch.delenv("SFTLAB_IMAGE_PULL_REFS", raising=False)
+    spec = make_spec(pipeline={"image_pull_secrets": ["registry-a"]})
+    for kind in ("trial", "sweep"):
+        _ir, platform = load_docs(compile_pipeline(kind, spec, tmp_path / f"{kind}.yaml"))
+        for name, executor in k8s_executors(platform).items():
+            assert [ref["secretName"] for ref in executor["imagePullSecret"]] == ["registry-a"], (kind, name)
+    # In the cluster, the launch step compiles trial runs with the chart's when the spec names none.
+    monkeypatch.setenv("SFTLAB_IMAGE_PULL_REFS", "chart-registry")
+    _ir, platform = load_docs(compile_pipeline("trial", make_spec(), tmp_path / "in-cluster.yaml"))
+    assert {ref["secretName"] for e in k8s_executors(platform).values() for ref in e["imagePullSecret"]} == {
+        "chart-registry"
+    }
 
 
 def test_spec_resources_compile_into_the_pipelines(tmp_path: Path) -> None:

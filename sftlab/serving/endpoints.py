@@ -47,12 +47,8 @@ def model_storage_uri(model: ModelSpec) -> str:
     kind = classify_uri(model.uri)
     if kind == "s3":
         return model.uri
-    if kind == "hub":
-        if model.revision:
-            raise SftlabError(
-                f"base model {model.name}: evaluation.backend kserve cannot pin a hub revision; mirror it to s3://"
-            )
-        return f"hf://{model.uri}"
+    if kind == "hub":  # the storage initializer's hf://owner/model[:revision] (kserve_storage's hf tests)
+        return f"hf://{model.uri}:{model.revision}" if model.revision else f"hf://{model.uri}"
     raise SftlabError(
         f"base model {model.name}: evaluation.backend kserve needs the model on s3:// or the hub, got {model.uri!r}"
     )

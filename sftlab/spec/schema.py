@@ -567,6 +567,11 @@ class PipelineConfig(Strict):
     defaults_config_map: str | None = Field(
         "sftlab-defaults", description="ConfigMap (from the Helm chart) whose cluster defaults every task gets as env."
     )
+    image_pull_secrets: list[Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]] = Field(
+        [],
+        description="docker-registry Secrets every pipeline pod pulls its image with; default, in a sweep's "
+        "launch step: the chart's image.pullSecrets ($SFTLAB_IMAGE_PULL_REFS).",
+    )
 
 
 class Spec(Strict):

@@ -95,6 +95,14 @@ Environment of the MLflow server and of the migration Job: backend store, artifa
 S3 credentials (server side only). Values are literal settings; credentials are secretKeyRefs.
 */}}
 {{- define "sftlab.mlflow.env" -}}
+{{ include "sftlab.mlflow.backend.env" . }}
+{{ include "sftlab.mlflow.artifacts.env" . }}
+{{- end }}
+
+{{/* The backend store alone: all the migration hook needs. A pre-install hook runs before the
+     chart's ordinary resources exist, the bundled MinIO's Secret included, so it must not
+     reference them. */}}
+{{- define "sftlab.mlflow.backend.env" -}}
 {{- if .Values.postgresql.enabled }}
 - name: MLFLOW_DB_HOST
   value: {{ include "sftlab.postgresql.fullname" . }}
@@ -116,6 +124,9 @@ S3 credentials (server side only). Values are literal settings; credentials are 
       name: {{ required "externalDatabase.existingSecret is required when postgresql.enabled is false" .Values.externalDatabase.existingSecret }}
       key: {{ .Values.externalDatabase.dsnKey }}
 {{- end }}
+{{- end }}
+
+{{- define "sftlab.mlflow.artifacts.env" -}}
 - name: MLFLOW_ARTIFACTS_DESTINATION
   value: {{ printf "s3://%s/%s" .Values.artifacts.bucket (trimAll "/" .Values.artifacts.prefix) | trimSuffix "/" | quote }}
 {{- with (include "sftlab.s3.endpoint" .) }}

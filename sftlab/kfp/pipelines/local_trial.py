@@ -22,7 +22,7 @@ def run_local_trial(job_json: str, root: Path) -> None:
         workspace_root=str(root / "workspace"),  # else kfp.local leaves a temp dir behind per run
         raise_on_error=True,
     )
-    build_trial_pipeline(None)(job=job_json)
+    build_trial_pipeline(None, retries=False)(job=job_json)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,14 @@ from kfp.dsl.base_component import BaseComponent
 from sftlab.kfp.auth import POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
 from sftlab.kfp.components import image_for
 from sftlab.kfp.components.sweep import sweep_components
-from sftlab.kfp.pipelines.trial import RETRIES, RETRY_BACKOFF, use_cluster_defaults, use_secrets
+from sftlab.kfp.pipelines.trial import (
+    RETRIES,
+    RETRY_BACKOFF,
+    pull_secret_names,
+    use_cluster_defaults,
+    use_pull_secrets,
+    use_secrets,
+)
 from sftlab.spec.schema import PipelineConfig, Spec
 
 SWEEP_PIPELINE = "sftlab-sweep"
@@ -26,6 +33,7 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
     components = sweep_components(image_for(spec))
     secrets = spec.resources.secrets if spec is not None else []
     defaults = (spec.pipeline if spec is not None else PipelineConfig()).defaults_config_map
+    pull_secrets = pull_secret_names(spec)
 
     @dsl.pipeline(name=SWEEP_PIPELINE)
     def sweep_pipeline(spec: str):
@@ -48,6 +56,7 @@ def build_sweep_pipeline(spec: Spec | None = None) -> BaseComponent:
             task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
             use_secrets(task, secrets)
             use_cluster_defaults(task, defaults)
+            use_pull_secrets(task, pull_secrets)
         # Who the launch step is, for the KFP API of a multi-user install (sftlab.kfp.auth).
         kubernetes.use_field_path_as_env(launch, env_name=POD_NAMESPACE_ENV, field_path="metadata.namespace")
         kubernetes.use_field_path_as_env(launch, env_name=POD_SERVICE_ACCOUNT_ENV, field_path="spec.serviceAccountName")

@@ -11,6 +11,7 @@ from kfp.dsl import PipelineTask
 from kfp.dsl.base_component import BaseComponent
 from kfp.dsl.pipeline_channel import PipelineChannel
 
+from sftlab.cluster.defaults import ClusterDefaults
 from sftlab.kfp.components import image_for
 from sftlab.kfp.components.stages import stage_components
 from sftlab.spec.job import CACHE_MOUNT, cache_env
@@ -48,6 +49,19 @@ CLUSTER_DEFAULTS = (
 )
 
 
+def pull_secret_names(spec: Spec | None) -> list[str]:
+    """The spec's image pull secrets; inside the cluster (the launch step compiling trial runs),
+    the chart's when the spec names none; none for the committed pipelines (no spec)."""
+    if spec is None:
+        return []
+    return list(spec.pipeline.image_pull_secrets) or ClusterDefaults.from_env().image_pull_secrets
+
+
+def use_pull_secrets(task: PipelineTask, names: list[str]) -> None:
+    if names:
+        kubernetes.set_image_pull_secrets(task, names)
+
+
 def use_cluster_defaults(task: PipelineTask, config_map: str | None) -> None:
     """Cluster defaults as env (optional: a cluster without the chart's ConfigMap still runs)."""
     if config_map:
@@ -70,13 +84,16 @@ DEFAULT_CPU, DEFAULT_MEMORY = "1", "4Gi"
 RETRIES, RETRY_BACKOFF = 2, "60s"
 
 
-def configure(task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv]) -> PipelineTask:
+def configure(
+    task: PipelineTask, resources: TaskResources, secrets: list[SecretEnv], retries: bool = True
+) -> PipelineTask:
     """Apply one stage's pod settings.
 
     Caching is off: every stage writes to the trial's MLflow run, so a cache hit would skip that.
     """
     task.set_caching_options(False)
-    task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
+    if retries:
+        task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2)
     if resources.cpu:
         task.set_cpu_request(resources.cpu).set_cpu_limit(resources.cpu)
     else:
@@ -111,11 +128,16 @@ def task_resources(spec: Spec | None, stage: str) -> TaskResources:
     return resources.default if delegated else resources.for_stage(stage)
 
 
-def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
-    """The trial pipeline for ``spec``'s image and resources (release image, no settings, if None)."""
+def build_trial_pipeline(spec: Spec | None = None, retries: bool = True) -> BaseComponent:
+    """The trial pipeline for ``spec``'s image and resources (release image, no settings, if None).
+
+    ``retries`` is for a cluster, where a stage's pod can be lost under it; kfp.local honours
+    retry policies too, and there a failure is the stage's own and would only be repeated, minutes
+    later, so local trials run without."""
     components = stage_components(image_for(spec))
     resources = spec.resources if spec is not None else ResourcesConfig()
     defaults = (spec.pipeline if spec is not None else PipelineConfig()).defaults_config_map
+    pull_secrets = pull_secret_names(spec)
 
     @dsl.pipeline(name=TRIAL_PIPELINE)
     def trial_pipeline(job: str):
@@ -131,8 +153,9 @@ def build_trial_pipeline(spec: Spec | None = None) -> BaseComponent:
             ids = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER, "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
             task = component(job=job, **ids, **inputs)
             use_cluster_defaults(task, defaults)
+            use_pull_secrets(task, pull_secrets)
             use_model_cache(task, resources.model_cache_pvc)
-            return configure(task, task_resources(spec, name), resources.secrets)
+            return configure(task, task_resources(spec, name), resources.secrets, retries)
 
         profile = stage("profile")
         baseline = stage("baseline")
