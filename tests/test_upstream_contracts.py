@@ -208,5 +208,8 @@ def test_a_malformed_cluster_default_is_one_line(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SftlabError, match=r"^\$SFTLAB_GPU_TOLERATIONS: expected JSON \(from the sftlab-defaults"):
         ClusterDefaults.from_env()
     monkeypatch.setenv("SFTLAB_GPU_TOLERATIONS", '[{"operator": "Exists"}]')
-    with pytest.raises(SftlabError, match=r"^cluster defaults \(gpu_tolerations.0.key\): Field required"):
+    expected = (
+        r"^cluster defaults \(the sftlab-defaults ConfigMap\): gpu_tolerations\[0\].key: required field is missing$"
+    )
+    with pytest.raises(SftlabError, match=expected):
         ClusterDefaults.from_env()

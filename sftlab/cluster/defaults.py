@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from sftlab.errors import SftlabError
+from sftlab.spec.problems import describe_errors
 from sftlab.spec.schema import TaskResources, Toleration
 
 # Env a training node gets from its stage pod when set there (what the chart's ConfigMap gave it).
@@ -66,9 +67,7 @@ class ClusterDefaults(BaseModel):
         try:
             return cls.model_validate(fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise SftlabError(f"cluster defaults ({where}): {first['msg']}") from None
+            raise SftlabError(f"cluster defaults (the sftlab-defaults ConfigMap): {describe_errors(exc)[0]}") from None
 
     def placement(self, resources: TaskResources) -> dict[str, Any]:
         """nodeSelector/tolerations: the spec's where it sets them, else the cluster's for GPU pods."""

@@ -26,7 +26,7 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from kubernetes.utils import parse_quantity
 
 from sftlab.serving.inference_service import INFERENCE_SERVICE
 from sftlab.serving.process import LocalModelServer
+from tests.support.json_http import JsonHandler
 from tests.support.kube import NS, SERVING_RUNTIME, custom
 from tests.support.upstream import UPSTREAM
 
@@ -164,7 +165,7 @@ class NullLogprobs:
         self.upstream = upstream.rstrip("/")
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 self._relay(None)
 
@@ -175,20 +176,11 @@ class NullLogprobs:
                 answer = httpx.request(
                     self.command, proxy.upstream + self.path, content=body, headers={"Content-Type": "application/json"}
                 )
-                data = answer.content
+                payload = answer.json()
                 if self.path.endswith("/completions") and answer.status_code == 200:
-                    payload = answer.json()
                     for choice in payload.get("choices", []):
                         choice["logprobs"] = None
-                    data = json.dumps(payload).encode()
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-                pass
+                self.send_json(answer.status_code, payload)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
