@@ -250,3 +250,17 @@ def test_every_epochs_model_is_stored_for_evaluation(tmp_path: Path) -> None:
     single = run_stage("train", one.to_json(), tmp_path / "one.json")
     assert "checkpoints" not in single.outputs  # evaluation.epochs last: nothing extra is kept
     assert artifact_bytes(tracker, one.context.trial_run_id, "model/model.safetensors", tmp_path / "c") == epoch1
+
+
+def test_an_upload_leaves_out_files_another_process_is_still_writing(tmp_path: Path) -> None:
+    """Two nodes sharing one checkpoint folder: the first to finish must not copy the other's
+    temporary files (they vanish mid-copy); the other uploads its finished files itself."""
+    from sftlab.training.checkpoints import FolderStore
+
+    local = tmp_path / "local" / "checkpoint-8"
+    local.mkdir(parents=True)
+    (local / "rng_state_1.pth").write_bytes(b"rank 1")
+    (local / ".tmpvn8C11").write_bytes(b"rank 0, half written")
+    store = FolderStore(tmp_path / "pvc")
+    store.upload(local, 8)
+    assert sorted(p.name for p in (tmp_path / "pvc" / "checkpoint-8").iterdir()) == ["rng_state_1.pth"]

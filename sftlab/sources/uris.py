@@ -110,11 +110,14 @@ def download(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     return target
 
 
-def upload_dir(local_dir: Path, uri: str, storage: StorageConfig) -> None:
+def upload_dir(local_dir: Path, uri: str, storage: StorageConfig, skip_prefix: str | None = None) -> None:
+    """Every file under ``local_dir``, except those whose name starts with ``skip_prefix``."""
     bucket, key = split_s3(uri)
     client = s3_client(storage, bucket)
     try:
         for path in sorted(Path(local_dir).rglob("*")):
+            if skip_prefix and path.name.startswith(skip_prefix):
+                continue
             if path.is_file():
                 client.upload_file(str(path), bucket, f"{key.rstrip('/')}/{path.relative_to(local_dir).as_posix()}")
     except Exception as exc:  # noqa: BLE001

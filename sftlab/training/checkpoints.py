@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 MARKER = ".complete"
 STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint
+# A file another process is still writing (atomic writes go through a temporary name). Where two
+# nodes share one checkpoint folder, the first to finish its save must not copy the other's
+# temporaries, which vanish under it; the other uploads its files itself once its save is done.
+IN_FLIGHT = ".tmp"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 # What only resuming needs (optimizer, scheduler, RNG, trainer state; DeepSpeed's and FSDP's
 # optimizer files); the rest of a checkpoint's top level is the epoch's model (weights or adapter).
@@ -92,7 +96,8 @@ class FolderStore:
         )
 
     def upload(self, local: Path, step: int) -> None:
-        shutil.copytree(local, self.root / f"checkpoint-{step}", dirs_exist_ok=True)
+        ignore = shutil.ignore_patterns(f"{IN_FLIGHT}*")
+        shutil.copytree(local, self.root / f"checkpoint-{step}", ignore=ignore, dirs_exist_ok=True)
 
     def mark_complete(self, step: int) -> None:
         (self.root / f"checkpoint-{step}" / MARKER).write_text("")
@@ -153,7 +158,7 @@ class S3Store:
     def upload(self, local: Path, step: int) -> None:
         from sftlab.sources.uris import upload_dir
 
-        upload_dir(local, f"{self.uri}/checkpoint-{step}", self.storage)
+        upload_dir(local, f"{self.uri}/checkpoint-{step}", self.storage, skip_prefix=IN_FLIGHT)
 
     def mark_complete(self, step: int) -> None:
         with self._errors():
