@@ -66,7 +66,7 @@ def run_side(spec: Path, warm: bool, folder: Path) -> tuple[float, dict[str, lis
 
     loaded = load_spec(folder / spec.parent.name / spec.name)
     root = folder / loaded.tracking.root
-    tracker = Tracker(f"sqlite:///{root / 'mlflow.db'}", loaded.tracking.experiment)
+    tracker = Tracker(f"sqlite:///{root / 'mlflow.db'}", loaded.experiment)
     compute: dict[str, list[float]] = defaultdict(list)
     overhead: dict[str, list[float]] = defaultdict(list)
     for trial in tracker.search("tags.`sftlab.stage` = 'trial'"):
