@@ -312,6 +312,24 @@ def test_kfp_launcher_caps_runs_in_flight_and_maps_failures(tmp_path: Path) -> N
             assert outcome.ok and outcome.error is None
 
 
+def test_a_trial_whose_job_parameter_kfp_would_refuse_fails_alone_in_one_line(tmp_path: Path) -> None:
+    import kfp
+
+    from sftlab.kfp.pipelines.launchers import KfpTrialLauncher
+
+    template = "Context: " + "x" * 10_500 + "\n{instruction}\nAnswer: {response}"
+    spec = make_spec(rates=1, prompt_template=template)
+    outcomes: list[TrialOutcome] = []
+    with FakeKfp() as kfp_api:
+        launcher = KfpTrialLauncher(kfp.Client(host=kfp_api.url), poll_s=0.01, spec=spec)
+        launcher.run(expand(spec), starter(MLFLOW, tmp_path), lambda job, o: outcomes.append(o))
+    (outcome,) = outcomes
+    assert not outcome.ok and kfp_api.runs == {}
+    assert outcome.error is not None and "\n" not in outcome.error
+    assert outcome.error.startswith("could not start the trial: its job parameter is ")
+    assert "characters, over KFP's 10,000" in outcome.error
+
+
 def test_kfp_launcher_terminates_runs_in_flight_when_interrupted(tmp_path: Path) -> None:
     import kfp
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sftlab.diagnostics import oom_kills
+from sftlab.errors import SftlabError
 from sftlab.spec.grid import Trial
 from sftlab.spec.job import TrialJob
 from sftlab.spec.schema import Spec
@@ -330,11 +331,19 @@ class KfpTrialLauncher(_PollingTrialLauncher[str]):
             super().run(trials, start, finish)
 
     def _submit(self, job: TrialJob) -> str:
+        from sftlab.kfp.pipelines.compile import MAX_PARAMETER_CHARS
+
+        parameter = job.to_json()
+        if len(parameter) > MAX_PARAMETER_CHARS:  # KFP would refuse the run; say why, before it does
+            raise SftlabError(
+                f"its job parameter is {len(parameter):,} characters, over KFP's {MAX_PARAMETER_CHARS:,}: "
+                "shorten the spec's templates, descriptions or benchmark list"
+            )
         run = self.client.run_pipeline(
             experiment_id=self._experiment_id,
             job_name=job.trial.label,
             pipeline_package_path=str(self._package),
-            params={"job": job.to_json()},
+            params={"job": parameter},
         )
         return run.run_id
 
