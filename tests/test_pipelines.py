@@ -517,7 +517,8 @@ def test_launch_step_mints_its_own_token_for_multi_user_kfp(tmp_path: Path, monk
     TokenRequest API and runs the trials in its own namespace."""
     from kubernetes import client
 
-    from sftlab.kfp.auth import AUDIENCE, POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
+    from sftlab.cluster.objects import POD_NAMESPACE_ENV
+    from sftlab.kfp.auth import AUDIENCE, POD_SERVICE_ACCOUNT_ENV
     from tests.support.kube import NS, KubeServer, kubeconfig, service_account
 
     with KubeServer() as kube:

@@ -26,12 +26,12 @@ from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, KF_PIPELINES_SA_TOKEN_PATH
 from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 from kfp.client.token_credentials_base import TokenCredentialsBase
 
-from sftlab.cluster.objects import api_client
+from sftlab.cluster.objects import POD_NAMESPACE_ENV, api_client, http_error
 from sftlab.errors import SftlabError
 
 AUDIENCE = "pipelines.kubeflow.org"
-# Set from the downward API on the launch step (metadata.namespace, spec.serviceAccountName).
-POD_NAMESPACE_ENV = "SFTLAB_POD_NAMESPACE"
+# Set from the downward API on the launch step, with POD_NAMESPACE_ENV (sftlab.cluster.objects, which
+# owns the pod's identity): spec.serviceAccountName.
 POD_SERVICE_ACCOUNT_ENV = "SFTLAB_POD_SERVICE_ACCOUNT"
 TOKEN_LIFETIME_S = 3600
 RENEW_AT = 0.8  # of a token's lifetime
@@ -67,8 +67,6 @@ class TokenRequestCredentials(TokenCredentialsBase):
                     self.service_account, self.namespace, body
                 )
             except ApiException as exc:
-                from sftlab.cluster.objects import http_error
-
                 raise SftlabError(
                     f"KFP credentials: cannot mint a {AUDIENCE} token for ServiceAccount "
                     f"{self.namespace}/{self.service_account}: {http_error(exc)} (the chart's pipeline Role "

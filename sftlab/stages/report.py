@@ -87,8 +87,10 @@ def build_for_sweep(
     title = f"sftlab report: {ctx.experiment}"
     inputs = _inputs_digest(title, options, rows)
     stamp = out_dir / BUILT_FROM
-    published = ctx.sweep_run_id is None or tracker.client.get_run(ctx.sweep_run_id).data.tags.get(DIGEST_TAG) == inputs
-    if (out_dir / "report.html").is_file() and stamp.is_file() and stamp.read_text() == inputs and published:
+    built = (out_dir / "report.html").is_file() and stamp.is_file() and stamp.read_text() == inputs
+    if built and (
+        ctx.sweep_run_id is None or tracker.client.get_run(ctx.sweep_run_id).data.tags.get(DIGEST_TAG) == inputs
+    ):
         log.info("report: no trial changed since %s was built; kept as it is", out_dir / "report.html")
         return out_dir / "report.html"
     stamp.unlink(missing_ok=True)

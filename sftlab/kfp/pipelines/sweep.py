@@ -8,7 +8,8 @@ pipeline, compiled from the spec given at run time, so trial resources follow th
 from kfp import dsl, kubernetes
 from kfp.dsl.base_component import BaseComponent
 
-from sftlab.kfp.auth import POD_NAMESPACE_ENV, POD_SERVICE_ACCOUNT_ENV
+from sftlab.cluster.objects import POD_NAMESPACE_ENV
+from sftlab.kfp.auth import POD_SERVICE_ACCOUNT_ENV
 from sftlab.kfp.components import image_for
 from sftlab.kfp.components.sweep import sweep_components
 from sftlab.kfp.pipelines.trial import (
