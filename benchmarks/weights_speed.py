@@ -1,8 +1,8 @@
 """Weights-stage throughput against the physical limit: reading every byte of both checkpoints.
 
-    python perf/weights_speed.py                      # 2 × ~330 MB float32, read from disk
-    python perf/weights_speed.py --layers 12          # 2 × ~630 MB
-    python perf/weights_speed.py --cache warm         # both sides read from the page cache
+    python benchmarks/weights_speed.py                      # 2 × ~330 MB float32, read from disk
+    python benchmarks/weights_speed.py --layers 12          # 2 × ~630 MB
+    python benchmarks/weights_speed.py --cache warm         # both sides read from the page cache
 
 It writes a base and a "fine-tuned" checkpoint (random float32, Llama tensor names, several shards
 with an index, tuned = base + small noise) into a temp dir, then alternates two measurements

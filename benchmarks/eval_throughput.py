@@ -1,7 +1,7 @@
 """Evaluation throughput: sftlab's concurrent batching client vs sequential requests, and sandbox cost.
 
-    python perf/eval_throughput.py                 # tiny llama, 64 prompts, 32 new tokens
-    python perf/eval_throughput.py --prompts 128 --hidden 256
+    python benchmarks/eval_throughput.py                 # tiny llama, 64 prompts, 32 new tokens
+    python benchmarks/eval_throughput.py --prompts 128 --hidden 256
 
 Serving: one local kserve model server; the same prompts are completed (greedy, same
 ``max_tokens``) once one request at a time with one prompt each — what a naive harness does — and

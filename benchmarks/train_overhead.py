@@ -1,6 +1,6 @@
 """Training throughput of the sftlab train stage vs a plain TRL script, same model, data and settings.
 
-    python perf/train_overhead.py [--epochs 30] [--repeats 5]
+    python benchmarks/train_overhead.py [--epochs 30] [--repeats 5]
 
 Both sides run in this process on the same tiny model (built offline) and the shipped math data,
 with identical ``SFTConfig`` settings (checked: the only default that differed was TRL's bf16, which

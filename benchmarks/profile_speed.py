@@ -1,7 +1,7 @@
 """Profile stage speed: batched perplexity vs a bare forward loop, and near-duplicate throughput.
 
-    python perf/profile_speed.py                     # defaults: tiny llama, 512 rows; 200k dup rows
-    python perf/profile_speed.py --hidden 256 --rows 1024 --dup-rows 200000
+    python benchmarks/profile_speed.py                     # defaults: tiny llama, 512 rows; 200k dup rows
+    python benchmarks/profile_speed.py --hidden 256 --rows 1024 --dup-rows 200000
 
 Perplexity: the stage's ``response_nll`` (batching, scoring, bookkeeping included) against a bare
 ``model(**batch)`` loop over exactly the same batches (``make_batches``), interleaved and

@@ -1,6 +1,6 @@
 """The quickstart sweep cold (a fresh process per stage) vs warm (stages forked from the warm server).
 
-    python perf/quickstart.py [--spec examples/quickstart.yaml]
+    python benchmarks/quickstart.py [--spec examples/quickstart.yaml]
 
 Each side runs ``sftlab run SPEC`` (``--no-warm-start`` for cold) in a fresh folder, from nothing:
 tiny models built, profiles and baselines computed, every trial trained and scored. Both are

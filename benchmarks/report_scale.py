@@ -1,7 +1,7 @@
 """Report stage at study scale: 1,000 trial runs with full metrics, against the raw fetch of those runs.
 
-    python perf/report_scale.py                        # 1,000 trials, 10% with 3 checkpoint runs
-    python perf/report_scale.py --trials 2000 --keep /tmp/scale   # reuse the store on the next call
+    python benchmarks/report_scale.py                        # 1,000 trials, 10% with 3 checkpoint runs
+    python benchmarks/report_scale.py --trials 2000 --keep /tmp/scale   # reuse the store on the next call
 
 It writes a synthetic experiment into a local MLflow store (sqlite): base models × datasets ×
 {full, LoRA} × seeds, each trial run with the metric contract's full set (~45 profile measures plus
