@@ -203,6 +203,8 @@ def run(spec_path: str, max_parallel: int | None, yes: bool, warm_start: bool) -
     )
     for label, error in result.failed:
         click.echo(f"  FAILED {label}: {error.splitlines()[0][:300] if error else ''}")
+    for line in result.headline:
+        click.echo(line)
     click.echo(f"report:    {result.report_path}")
     click.echo(
         f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)"

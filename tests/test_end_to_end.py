@@ -70,6 +70,12 @@ def test_sweep_end_to_end_then_resume(tmp_path: Path) -> None:
     assert "4 finished now, 2 failed" in out
     assert "FAILED tiny-llama-chat/broken[method=full]" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
+    # The console says what each trial is doing: its log, each stage's start and end, the headline.
+    for stage in ("profile", "baseline", "train", "evaluate", "weights"):
+        assert f"{stage} started" in out and f"{stage} finished in " in out, (stage, out)
+    assert "] tiny-llama-chat/broken[method=full]: profile FAILED after " in out
+    assert "started (log runs/logs/" in out
+    assert "best gains (CI above 0): " in out and "got worse (CI below 0): " in out
     report = tmp_path / "runs" / "reports" / "quickstart" / "report.html"
     assert f"report:    {report}" in out and report.exists()
 

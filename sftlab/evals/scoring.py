@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sftlab import metric_names
+from sftlab import metric_names, progress
 from sftlab.errors import SftlabError
 from sftlab.evals import task_for
 from sftlab.evals.base import BenchmarkScore, Generator
@@ -137,7 +137,11 @@ def score_endpoint(
     with CompletionsClient(
         endpoint.base_url, endpoint.model, concurrency=evaluation.concurrency, timeout=evaluation.request_timeout_s
     ) as client:
-        return {b.name: score_benchmark(client, b, items[b.name], template, evaluation) for b in benchmarks}
+        scores = {}
+        for b in benchmarks:
+            client.on_progress = progress.Steps(f"{b.name} items")
+            scores[b.name] = score_benchmark(client, b, items[b.name], template, evaluation)
+        return scores
 
 
 def score_models(

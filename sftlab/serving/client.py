@@ -171,8 +171,10 @@ class CompletionsClient:
         retries: int = 3,
         batch_size: int = 8,
         backoff: float = 0.5,
+        on_progress: Progress | None = None,
     ):
         self.model = model
+        self.on_progress = on_progress  # for calls that pass none (tasks do not know who watches)
         self.concurrency = concurrency
         self.batch_size = batch_size
         self._api = OpenAIHttp(base_url, timeout=timeout, retries=retries, backoff=backoff, max_connections=concurrency)
@@ -250,6 +252,7 @@ class CompletionsClient:
         batches = [prompts[i : i + self.batch_size] for i in range(0, len(prompts), self.batch_size)]
         results: list[list[_Result]] = [[] for _ in batches]
         done = 0
+        on_progress = on_progress or self.on_progress
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures: dict[Future[list[_Result]], int] = {
                 pool.submit(self._complete_batch, batch, params): i for i, batch in enumerate(batches)

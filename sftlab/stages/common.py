@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sftlab import metric_names
+from sftlab import metric_names, progress
 from sftlab.diagnostics import disk_full_hint, scratch_paths
 from sftlab.signals import sigterm_interrupts
 from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
@@ -82,7 +82,7 @@ def run_stage(
     inputs = {name: json.loads(Path(path).read_text()) for name, path in (input_paths or {}).items()}
     module = importlib.import_module(f"sftlab.stages.{stage}")
     log.info("stage %s: trial %s (%s)", stage, job.trial.label, job.trial.key)
-    with sigterm_interrupts():
+    with sigterm_interrupts(), progress.stage(stage):
         result: StageResult = module.run(job, inputs)
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)

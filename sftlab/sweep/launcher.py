@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from sftlab.spec.grid import Trial
@@ -35,4 +36,12 @@ class TrialLauncher(Protocol):
 
         A failing trial must not stop the others: it is reported through ``finish``.
         """
+        ...
+
+    def log_path(self, trial_key: str) -> Path | None:
+        """Where the trial's whole output goes, when it goes to a file here."""
+        ...
+
+    def progress_path(self, trial_key: str) -> Path | None:
+        """Where the trial's stages report progress (``sftlab.progress``), when they can reach this machine."""
         ...

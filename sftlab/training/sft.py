@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sftlab import metric_names
+from sftlab import metric_names, progress
 from sftlab.errors import SftlabError
 from sftlab.sources import data, models
 from sftlab.spec.job import StageResult, TrialJob, checkpoint_dir
@@ -152,8 +152,11 @@ def cache_turns(cache_dir: Path) -> Iterator[None]:
 def _callback(tracker: Tracker, run_id: str, flush_every_s: float = 10.0) -> Any:
     from transformers import TrainerCallback
 
+    steps = progress.Steps("step")
+
     class MlflowLogCallback(TrainerCallback):
-        """Per-step loss / lr / grad-norm onto the trial's own run (TRL's MLflow hook would open another).
+        """Per-step loss / lr / grad-norm onto the trial's own run (TRL's MLflow hook would open another),
+        and the step count to the sweep's console (``sftlab.progress``); main process only.
 
         Buffered and written in batches (every ``flush_every_s`` and at the end): one synchronous
         tracking write per step would slow small, fast steps measurably.
@@ -174,6 +177,9 @@ def _callback(tracker: Tracker, run_id: str, flush_every_s: float = 10.0) -> Any
                 self.pending.append((state.global_step, step_metrics))
             if time.monotonic() - self.last_flush > flush_every_s:
                 self.flush()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            steps(state.global_step, state.max_steps)
 
         def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
             self.flush()  # a resumed run must not lose the curve up to its checkpoint

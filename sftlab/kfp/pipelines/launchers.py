@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from sftlab import progress
 from sftlab.diagnostics import oom_kills
 from sftlab.errors import SftlabError
 from sftlab.spec.grid import Trial
@@ -66,6 +67,12 @@ class _PollingTrialLauncher(ABC, Generic[Handle]):
     @abstractmethod
     def _cancel(self, handle: Handle) -> None:
         """Stop a trial in flight (best effort; must not raise)."""
+
+    def log_path(self, trial_key: str) -> Path | None:
+        return None
+
+    def progress_path(self, trial_key: str) -> Path | None:
+        return None
 
     def run(self, trials: Sequence[Trial], start: StartTrial, finish: FinishTrial) -> None:
         if self.max_parallel < 1:
@@ -189,6 +196,9 @@ class LocalTrialLauncher(_PollingTrialLauncher[_LocalTrial]):
     def log_path(self, trial_key: str) -> Path:
         return self.root / "logs" / f"{trial_key}.log"
 
+    def progress_path(self, trial_key: str) -> Path:
+        return self.root / "trials" / trial_key / "progress.jsonl"
+
     def _thread_limits(self) -> dict[str, str]:
         """Each concurrent trial gets its share of the cores.
 
@@ -206,6 +216,8 @@ class LocalTrialLauncher(_PollingTrialLauncher[_LocalTrial]):
         job_file.write_text(job.to_json(), encoding="utf-8")
         log_file = self.log_path(job.trial.key)
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        progress_file = self.progress_path(job.trial.key)
+        progress_file.unlink(missing_ok=True)  # a re-run's console starts from its own events
         command = [sys.executable, "-m", "sftlab.kfp.pipelines.local_trial", "--job-file", str(job_file)]
         with log_file.open("wb") as out:
             process = subprocess.Popen(
@@ -213,7 +225,13 @@ class LocalTrialLauncher(_PollingTrialLauncher[_LocalTrial]):
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self._thread_limits(), **self._warm_env},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    progress.ENV: str(progress_file),
+                    **self._thread_limits(),
+                    **self._warm_env,
+                },
                 start_new_session=True,
             )
         return _LocalTrial(process, log_file, oom_kills())
